@@ -1,0 +1,14 @@
+"""samlearn: self-supervised anatomical embeddings (SAM, Yan et al., IEEE TMI 2022) for CT and
+X-ray, with a scikit-learn API. Click a point on one image; find the same anatomy in every other."""
+from ._version import __version__
+from .image import Image, ImageGeometry, check_images, check_points, normalize_intensity, read_image
+
+__all__ = [
+    "__version__",
+    "Image",
+    "ImageGeometry",
+    "check_images",
+    "check_points",
+    "normalize_intensity",
+    "read_image",
+]
