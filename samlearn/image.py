@@ -205,6 +205,31 @@ class ImageGeometry:
         origin = corner + self.direction @ (spacing / 2)
         return ImageGeometry(tuple(int(s) for s in size), spacing, origin, self.direction)
 
+    def canonical(self, spacing=None, size=None) -> "ImageGeometry":
+        """Identity-direction grid covering this grid's axis-aligned world bounding box, at
+        ``spacing`` (mm) or with ``size`` voxels (x, y[, z]); exactly one of them. This is how
+        samlearn puts every image in one orientation before the network sees it, so anatomy is never
+        mirrored or permuted between images stored with different directions."""
+        if (spacing is None) == (size is None):
+            raise ValueError("give exactly one of spacing and size")
+        corners = self.corners_world()
+        lo, hi = corners.min(0), corners.max(0)
+        extent = hi - lo
+        if spacing is not None:
+            spacing = _as_vector(spacing, self.ndim, "spacing")
+            if np.any(spacing <= 0):
+                raise ValueError(f"spacing must be positive, got {spacing.tolist()}")
+            n = np.maximum(1, np.round(extent / spacing - 1e-9)).astype(int)
+            # centre the grid on the bounding box
+            origin = (lo + hi) / 2 - (n - 1) * spacing / 2
+        else:
+            n = np.asarray(size)
+            if n.shape != (self.ndim,) or np.any(n < 1):
+                raise ValueError(f"size must be {self.ndim} positive integers (x, y[, z]), got {n.tolist()}")
+            spacing = extent / n
+            origin = lo + spacing / 2
+        return ImageGeometry(tuple(int(v) for v in n), spacing, origin, np.eye(self.ndim))
+
     def strided(self, stride, size=None) -> "ImageGeometry":
         """Grid of a feature map computed with ``stride`` (int or per axis, x, y, z order): feature
         voxel ``i`` sits at the centre of input voxels ``[s*i, s*i + s - 1]``, i.e. at input index

@@ -305,3 +305,28 @@ def test_pickle_round_trip():
     back = pickle.loads(pickle.dumps(img))
     assert back.geometry == img.geometry
     np.testing.assert_array_equal(back.array, img.array)
+
+
+@settings(max_examples=30, deadline=None)
+@given(geom=geometries())
+def test_canonical_grid_covers_the_image_with_identity_direction(geom):
+    c = geom.canonical(spacing=1.7)
+    np.testing.assert_allclose(c.direction, np.eye(geom.ndim))
+    corners = geom.corners_world()
+    lo, hi = c.corners_world().min(0), c.corners_world().max(0)
+    assert np.all(lo <= corners.min(0) + 0.86) and np.all(hi >= corners.max(0) - 0.86)
+    s = geom.canonical(size=(8,) * geom.ndim)
+    np.testing.assert_allclose(s.corners_world().min(0), corners.min(0), atol=1e-9)
+    np.testing.assert_allclose(s.corners_world().max(0), corners.max(0), atol=1e-9)
+    with pytest.raises(ValueError, match="exactly one"):
+        geom.canonical()
+
+
+def test_canonical_resampling_unflips_a_mirrored_image():
+    arr = np.zeros((6, 8), np.float32)
+    arr[1, 2] = 1.0
+    flipped = Image.from_array(arr, spacing=(1.0, 1.0), origin=(7, 5), direction=[[-1, 0], [0, -1]])
+    world = flipped.index_to_world([2, 1])
+    can = flipped.resample_to_geometry(flipped.geometry.canonical(spacing=1.0), antialias=False)
+    peak = np.unravel_index(np.argmax(can.array), can.shape)
+    np.testing.assert_allclose(can.array_index_to_world(peak), world, atol=1e-9)

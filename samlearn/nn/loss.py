@@ -1,0 +1,181 @@
+"""Pixel-level InfoNCE with hard and diverse negatives (paper §III-B, §III-C, Algorithm 1).
+
+Everything is batched tensor code on the training device: no per-query Python loops.
+
+Inputs per batch of ``B`` patch pairs:
+
+* ``g1, g2`` (B, C, *Sg) and ``l1, l2`` (B, C, *Sl): the L2-normalised global / local maps of the
+  two patches of each pair;
+* ``pos1, pos2`` (B, n_pos, ndim): the positive pairs as continuous patch array indices (numpy
+  order); pixel ``pos1[b, i]`` of patch 1 and ``pos2[b, i]`` of patch 2 show the same source point;
+* ``pos_mm`` (B, n_pos, ndim): that source point in millimetres;
+* ``cg1, cg2`` (B, ndim, *Sg) and ``cl1, cl2`` (B, ndim, *Sl): the source position in mm of every
+  voxel of each map (so negatives closer than ``delta_mm`` to a positive can be excluded);
+* ``image_ids`` (B,): which source image each pair came from (random negatives come only from
+  *other* images).
+
+Global loss: for each anchor, the ``n_hard`` most similar voxels of both patches' global maps that
+are farther than ``delta_mm`` from the positive (hard negatives) plus ``n_random`` random global
+voxels of other images in the batch. Local loss: candidates ranked by the combined similarity
+S^g (upsampled to the local grid) + S^l, the top ``n_candidates`` kept, ``n_local`` of them drawn at
+random (diverse negatives). Excluded candidates are masked with ``-inf`` (never 0). Symmetric
+InfoNCE (each patch serves as anchor), temperature ``tau``; total loss L = L^g + L^l.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LossConfig", "sam_loss", "sample_vectors", "info_nce_from_logits",
+           "hard_negative_indices", "random_negative_indices", "diverse_local_negative_indices"]
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class LossConfig:
+    tau: float = 0.5
+    delta_mm: float = 3.0
+    n_hard: int = 500          # global hard negatives
+    n_random: int = 1000       # global random negatives from other images
+    n_candidates: int = 20000  # local: top candidates by S^g + S^l (2e4 CT, 5e3 X-ray)
+    n_local: int = 500         # local: drawn at random among the candidates
+    global_weight: float = 1.0
+    local_weight: float = 1.0
+
+
+def sample_vectors(maps: torch.Tensor, u: torch.Tensor, stride) -> torch.Tensor:
+    """Vectors of ``maps`` (B, C, *S) at continuous patch array indices ``u`` (B, n, ndim) of a map
+    with ``stride`` (per axis): feature index f = (u + 0.5) / s - 0.5. Linear interpolation,
+    renormalised. Returns (B, n, C)."""
+    B, C = maps.shape[:2]
+    S = maps.shape[2:]
+    ndim = len(S)
+    s = torch.as_tensor(stride, dtype=u.dtype, device=u.device)
+    size = torch.as_tensor(S, dtype=u.dtype, device=u.device)
+    norm = 2.0 * (u + 0.5) / (s * size) - 1.0  # align_corners=False normalisation
+    grid = norm.flip(-1).view(B, *([1] * (ndim - 1)), u.shape[1], ndim)
+    out = F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    out = out.reshape(B, C, -1).transpose(1, 2)
+    return F.normalize(out, dim=-1)
+
+
+def info_nce_from_logits(pos_logit: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
+    """-log(exp(pos) / (exp(pos) + sum exp(neg))) per anchor; ``neg_logits`` may hold -inf."""
+    logits = torch.cat([pos_logit.unsqueeze(-1), neg_logits], dim=-1)
+    return torch.logsumexp(logits, dim=-1) - pos_logit
+
+
+def _flat(maps):
+    return maps.flatten(2).transpose(1, 2)  # (B, N, C)
+
+
+def _flat_coords(coords):
+    return coords.flatten(2).transpose(1, 2)  # (B, N, ndim)
+
+
+def hard_negative_indices(sim: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torch.Tensor,
+                          k: int, delta_mm: float):
+    """Top-``k`` most similar candidates farther than ``delta_mm`` from the positive.
+    ``sim`` (B, n, N), ``cand_mm`` (B, N, ndim), ``pos_mm`` (B, n, ndim). Returns the indices
+    (B, n, k) and a validity mask (False where fewer than k candidates qualify)."""
+    far = torch.cdist(pos_mm, cand_mm) > delta_mm
+    masked = sim.detach().masked_fill(~far, NEG_INF)
+    k = min(k, sim.shape[-1])
+    vals, idx = masked.topk(k, dim=-1)
+    return idx, torch.isfinite(vals)
+
+
+def random_negative_indices(image_ids: torch.Tensor, n_per_map: int, k: int, generator=None):
+    """For each pair b, ``k`` random voxel indices into the pooled global voxels of all 2B patches
+    (layout: pair-major, patch 1 then patch 2, each ``n_per_map`` voxels) drawn only from pairs whose
+    source image differs from pair b's. Returns indices (B, k) and a validity mask."""
+    B = image_ids.shape[0]
+    owner = image_ids.repeat_interleave(2 * n_per_map)  # image id of every pooled voxel
+    allowed = owner.unsqueeze(0) != image_ids.unsqueeze(1)  # (B, 2B*N)
+    keys = torch.rand(allowed.shape, generator=generator, device=image_ids.device)
+    keys = keys.masked_fill(~allowed, NEG_INF)
+    k = min(k, keys.shape[1])
+    vals, idx = keys.topk(k, dim=1)
+    return idx, torch.isfinite(vals)
+
+
+def diverse_local_negative_indices(rank: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torch.Tensor,
+                                   n_candidates: int, k: int, delta_mm: float, generator=None):
+    """Rank candidates by ``rank`` (B, n, N) = S^g + S^l, exclude those within ``delta_mm`` of the
+    positive, keep the top ``n_candidates`` and draw ``k`` of them at random. Returns indices
+    (B, n, k) into N and a validity mask."""
+    far = torch.cdist(pos_mm, cand_mm) > delta_mm
+    masked = rank.detach().masked_fill(~far, NEG_INF)
+    nc = min(n_candidates, rank.shape[-1])
+    top_vals, top_idx = masked.topk(nc, dim=-1)
+    keys = torch.rand(top_vals.shape, generator=generator, device=rank.device)
+    keys = keys.masked_fill(~torch.isfinite(top_vals), NEG_INF)  # never draw excluded candidates
+    k = min(k, nc)
+    kv, pick = keys.topk(k, dim=-1)
+    return top_idx.gather(-1, pick), torch.isfinite(kv)
+
+
+def sam_loss(g1, g2, l1, l2, pos1, pos2, pos_mm, cg1, cg2, cl1, cl2, image_ids,
+             global_stride, local_stride, config: LossConfig = LossConfig(), generator=None):
+    """The SAM training loss. Returns ``(loss, stats)``; stats holds detached 0-d tensors (no
+    host-device synchronisation: convert them only when logging). ``generator`` is a
+    ``torch.Generator`` on the maps' device driving the random draws."""
+    cfg = config
+    B = g1.shape[0]
+    inv_tau = 1.0 / cfg.tau
+    # vectors at the positives
+    fg1, fg2 = sample_vectors(g1, pos1, global_stride), sample_vectors(g2, pos2, global_stride)
+    fl1, fl2 = sample_vectors(l1, pos1, local_stride), sample_vectors(l2, pos2, local_stride)
+
+    gcand = torch.cat([_flat(g1), _flat(g2)], 1)                  # (B, 2Ng, C)
+    gcand_mm = torch.cat([_flat_coords(cg1), _flat_coords(cg2)], 1).to(pos_mm.dtype)
+    lcand = torch.cat([_flat(l1), _flat(l2)], 1)                  # (B, 2Nl, C)
+    lcand_mm = torch.cat([_flat_coords(cl1), _flat_coords(cl2)], 1).to(pos_mm.dtype)
+    Ng = g1[0, 0].numel()
+    Sg, Sl = g1.shape[2:], l1.shape[2:]
+
+    # random global negatives from other images (shared by all anchors of a pair)
+    pool = gcand.reshape(-1, gcand.shape[-1])                     # pair-major, as the ids expect
+    ridx, rvalid = random_negative_indices(image_ids, Ng, cfg.n_random, generator)
+    rneg = pool[ridx]                                             # (B, k, C)
+
+    losses_g, losses_l = [], []
+    stats = {}
+    for anchor_g, pos_g, anchor_l, pos_l in ((fg1, fg2, fl1, fl2), (fg2, fg1, fl2, fl1)):
+        # ---- global: hard + random negatives
+        sim_g = torch.bmm(anchor_g, gcand.transpose(1, 2))       # (B, n, 2Ng)
+        hidx, hvalid = hard_negative_indices(sim_g, gcand_mm, pos_mm, cfg.n_hard, cfg.delta_mm)
+        hard = sim_g.gather(-1, hidx).masked_fill(~hvalid, NEG_INF)
+        rand = torch.bmm(anchor_g, rneg.transpose(1, 2)).masked_fill(~rvalid.unsqueeze(1), NEG_INF)
+        pos_logit_g = (anchor_g * pos_g).sum(-1) * inv_tau
+        neg_g = torch.cat([hard, rand], -1) * inv_tau
+        losses_g.append(info_nce_from_logits(pos_logit_g, neg_g))
+
+        # ---- local: diverse negatives ranked by upsampled S^g + S^l
+        sim_l = torch.bmm(anchor_l, lcand.transpose(1, 2))       # (B, n, 2Nl)
+        with torch.no_grad():
+            n = sim_g.shape[1]
+            sg = sim_g.reshape(B * n * 2, 1, *Sg)
+            sg_up = F.interpolate(sg, size=Sl, mode="bilinear" if len(Sl) == 2 else "trilinear",
+                                  align_corners=False).reshape(B, n, -1)
+            rank = sg_up + sim_l
+        lidx, lvalid = diverse_local_negative_indices(rank, lcand_mm, pos_mm, cfg.n_candidates,
+                                                      cfg.n_local, cfg.delta_mm, generator)
+        neg_l = sim_l.gather(-1, lidx).masked_fill(~lvalid, NEG_INF) * inv_tau
+        pos_logit_l = (anchor_l * pos_l).sum(-1) * inv_tau
+        losses_l.append(info_nce_from_logits(pos_logit_l, neg_l))
+        with torch.no_grad():
+            stats.setdefault("pos_sim_global", []).append((anchor_g * pos_g).sum(-1).mean())
+            stats.setdefault("pos_sim_local", []).append((anchor_l * pos_l).sum(-1).mean())
+            stats.setdefault("top1_global", []).append((pos_logit_g > neg_g.amax(-1)).float().mean())
+            stats.setdefault("top1_local", []).append((pos_logit_l > neg_l.amax(-1)).float().mean())
+
+    loss_g = torch.stack(losses_g).mean()
+    loss_l = torch.stack(losses_l).mean()
+    loss = cfg.global_weight * loss_g + cfg.local_weight * loss_l
+    out = {k: torch.stack(v).mean() for k, v in stats.items()}
+    out.update(loss_global=loss_g.detach(), loss_local=loss_l.detach())
+    return loss, out

@@ -1,0 +1,231 @@
+"""The coarse-to-fine SAM network: a 2D/3D ResNet backbone, an FPN, and global / local heads.
+
+Paper §III-A and Fig. 4. The backbone is a ResNet (BasicBlocks; ResNet-18 for CT, ResNet-34 for
+X-ray) with the paper's resolution choices: a stem convolution of stride 1, max-pool downsampling in
+Conv2_x and strided downsampling elsewhere, and z-stride 1 in Conv3_x / Conv4_x for 3D. An FPN fuses
+the stages; the **global** embedding comes from the coarsest FPN level and the **local** one from
+the finest, each through its own 3x3(x3) convolution and L2 normalisation. The top-down connection
+from the coarsest level into the next one is cut, so global and local stay more independent.
+
+Geometry: downsampling is done by 2x2(x2) max / average pooling before the convolutions (a
+"ResNet-D" style down-block), so feature voxel ``i`` of a map with stride ``s`` is centred exactly on
+input voxel ``s*i + (s-1)/2``, the convention of :meth:`samlearn.image.ImageGeometry.strided` and of
+``F.interpolate(align_corners=False)``. Inputs are padded to a multiple of the total stride and the
+maps cropped back to ``ceil(size / stride)``.
+
+Pure torch: no sklearn, no I/O.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["NetworkConfig", "SAMNet", "RESNET_LAYERS"]
+
+RESNET_LAYERS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+def _tuple(v, ndim):
+    if isinstance(v, int):
+        return (v,) * ndim
+    v = tuple(int(x) for x in v)
+    if len(v) != ndim:
+        raise ValueError(f"expected {ndim} values, got {v}")
+    return v
+
+
+@dataclass
+class NetworkConfig:
+    """Architecture of :class:`SAMNet`. Strides are per axis in numpy order ((z, y, x) for 3D)."""
+
+    ndim: int = 3
+    depth: str = "resnet18"
+    width: float = 1.0                  # channel multiplier of the ResNet (1.0 = 64-128-256-512)
+    stem_stride: Sequence[int] | int = 1
+    stem_kernel: int = 7
+    # strides of Conv2_x (max pool) .. Conv5_x; the paper: 2, (1,2,2), (1,2,2), 2 for 3D
+    stage_strides: Sequence = ((2, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2))
+    n_stages: int = 4                   # use the first n_stages of Conv2_x .. Conv5_x
+    local_level: int = 0                # index of the stage whose FPN level gives F^l (0 = Conv2_x)
+    fpn_channels: int = 128
+    embed_dim: int = 128
+    in_channels: int = 1
+
+    def __post_init__(self):
+        if self.ndim not in (2, 3):
+            raise ValueError(f"ndim must be 2 or 3, got {self.ndim}")
+        if self.depth not in RESNET_LAYERS:
+            raise ValueError(f"depth must be one of {sorted(RESNET_LAYERS)}, got {self.depth!r}")
+        if not (0 < self.width <= 4):
+            raise ValueError(f"width must be in (0, 4], got {self.width}")
+        if not (1 <= self.n_stages <= 4):
+            raise ValueError(f"n_stages must be 1..4, got {self.n_stages}")
+        if not (0 <= self.local_level < self.n_stages):
+            raise ValueError(f"local_level must be in [0, n_stages), got {self.local_level}")
+        self.stem_stride = _tuple(self.stem_stride, self.ndim)
+        self.stage_strides = tuple(_tuple(s, self.ndim) for s in self.stage_strides)[: self.n_stages]
+        if len(self.stage_strides) != self.n_stages:
+            raise ValueError("stage_strides must give a stride for each stage")
+
+    @property
+    def channels(self):
+        return [max(8, int(round(c * self.width))) for c in (64, 128, 256, 512)][: self.n_stages]
+
+    def level_strides(self):
+        """Total stride (numpy axis order) of each stage's output."""
+        out, cur = [], list(self.stem_stride)
+        for s in self.stage_strides:
+            cur = [a * b for a, b in zip(cur, s)]
+            out.append(tuple(cur))
+        return out
+
+    @property
+    def global_stride(self):
+        return self.level_strides()[-1]
+
+    @property
+    def local_stride(self):
+        return self.level_strides()[self.local_level]
+
+    def to_dict(self):
+        d = asdict(self)
+        d["stem_stride"] = list(self.stem_stride)
+        d["stage_strides"] = [list(s) for s in self.stage_strides]
+        return d
+
+
+def _conv(ndim):
+    return nn.Conv3d if ndim == 3 else nn.Conv2d
+
+
+def _bn(ndim):
+    return nn.BatchNorm3d if ndim == 3 else nn.BatchNorm2d
+
+
+def _pool(ndim, kind, stride):
+    if all(s == 1 for s in stride):
+        return nn.Identity()
+    if kind == "max":
+        return (nn.MaxPool3d if ndim == 3 else nn.MaxPool2d)(kernel_size=stride, stride=stride)
+    return (nn.AvgPool3d if ndim == 3 else nn.AvgPool2d)(kernel_size=stride, stride=stride)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block. A strided block first pools (2x2 average), then convolves at the lower
+    resolution; its shortcut is average-pool + 1x1 conv (ResNet-D), keeping voxel centres aligned."""
+
+    def __init__(self, ndim, cin, cout, stride):
+        super().__init__()
+        conv, bn = _conv(ndim), _bn(ndim)
+        self.pool = _pool(ndim, "avg", stride)
+        self.conv1 = conv(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = bn(cout)
+        self.conv2 = conv(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = bn(cout)
+        self.relu = nn.ReLU(inplace=True)
+        if cin != cout or any(s != 1 for s in stride):
+            self.downsample = nn.Sequential(_pool(ndim, "avg", stride), conv(cin, cout, 1, bias=False), bn(cout))
+        else:
+            self.downsample = None
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(self.pool(x))))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class SAMNet(nn.Module):
+    """ResNet + FPN with a global head on the coarsest level and a local head on level
+    ``local_level``. ``forward(x)`` returns ``(F_global, F_local)``, both L2-normalised along the
+    channel axis, cropped to ``ceil(input_size / stride)``."""
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.config = cfg = config
+        nd = cfg.ndim
+        conv, bn = _conv(nd), _bn(nd)
+        ch = cfg.channels
+        layers = RESNET_LAYERS[cfg.depth]
+        stem_pool = _pool(nd, "avg", cfg.stem_stride)
+        self.stem = nn.Sequential(stem_pool, conv(cfg.in_channels, ch[0], cfg.stem_kernel,
+                                                  padding=cfg.stem_kernel // 2, bias=False),
+                                  bn(ch[0]), nn.ReLU(inplace=True))
+        stages = []
+        cin = ch[0]
+        for i in range(cfg.n_stages):
+            stride = cfg.stage_strides[i]
+            blocks = []
+            if i == 0:  # Conv2_x downsamples by max pooling (paper, Fig. 4)
+                blocks.append(_pool(nd, "max", stride))
+                stride = (1,) * nd
+            for j in range(layers[i]):
+                blocks.append(BasicBlock(nd, cin, ch[i], stride if j == 0 else (1,) * nd))
+                cin = ch[i]
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        top = cfg.n_stages - 1
+        self.lateral = nn.ModuleList([conv(ch[i], cfg.fpn_channels, 1) for i in range(cfg.local_level, cfg.n_stages)])
+        self.global_head = conv(cfg.fpn_channels, cfg.embed_dim, 3, padding=1)
+        self.local_head = conv(cfg.fpn_channels, cfg.embed_dim, 3, padding=1)
+        self._top = top
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # zero-init the last BN of each residual branch: blocks start as identities (stable start)
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    @property
+    def total_stride(self):
+        return self.config.global_stride
+
+    def output_sizes(self, spatial):
+        """Sizes (numpy order) of the global and local maps for an input of shape ``spatial``."""
+        g = tuple(math.ceil(n / s) for n, s in zip(spatial, self.config.global_stride))
+        loc = tuple(math.ceil(n / s) for n, s in zip(spatial, self.config.local_stride))
+        return g, loc
+
+    def forward(self, x: torch.Tensor, pad_value: float | None = None):
+        cfg = self.config
+        spatial = x.shape[2:]
+        tot = cfg.global_stride
+        pad = [(-n) % s for n, s in zip(spatial, tot)]
+        if any(pad):
+            fill = float(x.amin()) if pad_value is None else pad_value
+            padding = []
+            for p in reversed(pad):  # F.pad wants the last axis first
+                padding += [0, p]
+            x = F.pad(x, padding, value=fill)
+        feats = []
+        h = self.stem(x)
+        for stage in self.stages:
+            h = stage(h)
+            feats.append(h)
+        lat = [l(feats[cfg.local_level + i]) for i, l in enumerate(self.lateral)]
+        p_global = lat[-1]
+        # top-down pathway below the coarsest level; the coarsest -> next connection is cut
+        p = lat[-2] if len(lat) > 1 else lat[-1]
+        for lvl in range(len(lat) - 3, -1, -1):
+            p = lat[lvl] + F.interpolate(p, size=lat[lvl].shape[2:], mode="bilinear" if cfg.ndim == 2 else "trilinear",
+                                         align_corners=False)
+        g = F.normalize(self.global_head(p_global), dim=1)
+        loc = F.normalize(self.local_head(p), dim=1)
+        gs, ls = self.output_sizes(spatial)
+        g = g[(slice(None), slice(None)) + tuple(slice(0, n) for n in gs)]
+        loc = loc[(slice(None), slice(None)) + tuple(slice(0, n) for n in ls)]
+        return g, loc
