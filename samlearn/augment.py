@@ -410,13 +410,14 @@ class PatchTransform:
         jac[~finite] = np.nan
         return out, jac
 
-    def _elastic_grid(self, positions) -> np.ndarray:
-        """Displacement on the tensor grid of 1D ``positions`` -> (ndim, *grid)."""
-        mats = [_bspline_matrix(p, self._shape[a], self._e.shape[a + 1] - 3)
-                for a, p in enumerate(positions)]
-        if self.ndim == 2:
-            return np.einsum("ip,jq,apq->aij", mats[0], mats[1], self._e, optimize=True)
-        return np.einsum("ip,jq,kr,apqr->aijk", mats[0], mats[1], mats[2], self._e, optimize=True)
+    def _elastic_grid(self, positions, coef=None) -> np.ndarray:
+        """B-spline field (default: the displacement e) on the tensor grid of 1D ``positions``
+        -> (ndim, *grid), by one separable contraction per axis."""
+        out = self._e if coef is None else coef
+        for a, p in enumerate(positions):  # contract control axis a + 1 with its basis matrix
+            B = _bspline_matrix(p, self._shape[a], self._e.shape[a + 1] - 3)
+            out = np.moveaxis(np.tensordot(B, out, axes=([1], [a + 1])), 0, a + 1)
+        return out
 
     # --------------------------------------------------------------------------- points
     def to_source(self, u) -> np.ndarray:
@@ -476,6 +477,7 @@ class PatchTransform:
 
     # --------------------------------------------------------------------------- grids
     def _coords64(self, positions) -> np.ndarray:
+        """Source indices (float64, (ndim, *grid)) on the tensor grid of 1D patch ``positions``."""
         ndim = self.ndim
         grids = []
         for a, p in enumerate(positions):
@@ -483,15 +485,14 @@ class PatchTransform:
             shp[a] = p.size
             grids.append(p.reshape(shp))
         gshape = tuple(p.size for p in positions)
-        if self._e is not None:
-            disp = self._elastic_grid(positions)
-            grids = [g + disp[a] for a, g in enumerate(grids)]
         out = np.empty((ndim,) + gshape)
-        for a in range(ndim):
+        for a in range(ndim):  # affine part, broadcast from the 1D axes
             acc = self._t[a]
             for b in range(ndim):
                 acc = acc + self._M[a, b] * grids[b]
             out[a] = acc
+        if self._e is not None:  # + M e(u): the B-spline of the coefficients M c
+            out += self._elastic_grid(positions, np.tensordot(self._M, self._e, axes=([1], [0])))
         return out
 
     def source_coords(self, stride=1) -> np.ndarray:
@@ -527,13 +528,10 @@ class PatchTransform:
             src = src.astype(np.float32)
         cval = _check_number(cval, "cval")
         if self.ndim == 2:
-            c = self.source_coords(1).astype(np.float64)
-            y, x = c[0].ravel(), c[1].ravel()
-            out = np.full(y.size, cval, dtype=np.float32)
-            valid = (y >= 0) & (y <= src.shape[0] - 1) & (x >= 0) & (x <= src.shape[1] - 1)
-            if valid.any():
-                out[valid] = _bilinear(src[None], y[valid], x[valid])[0]
-            return out.reshape(self._shape)
+            y, x = self.source_coords(1)
+            out = _bilinear(src[None], y, x)[0]
+            out[~_inside_source(src.shape, y, x)] = cval
+            return out
         if self._block_diagonal_z():
             return self._apply_separable_z(src, cval)
         coords = self.source_coords(1)
@@ -541,57 +539,73 @@ class PatchTransform:
                                        prefilter=False, output=np.float32)
 
     def _apply_separable_z(self, src: np.ndarray, cval: float) -> np.ndarray:
-        """3D with z independent of (y, x): interpolate the needed slab along z, then bilinear in
-        (y, x). Same float32-rounded coordinates as source_coords, same border rule as
+        """3D with z independent of (y, x): interpolate the needed slab along z (a blend of two
+        slices per patch slice), then bilinear in (y, x) with indices shared by all slices. Same
+        float32-rounded coordinates as source_coords, same border rule as
         map_coordinates(order=1, mode='constant')."""
         P = self._shape
         S = src.shape
         M, t = self._M, self._t
         u0, u1, u2 = (np.arange(p, dtype=np.float64) for p in P)
         # same arithmetic (and order) as _coords64, where the zero terms add nothing
-        z = (t[0] + M[0, 0] * u0).astype(np.float32).astype(np.float64)
+        z = (t[0] + M[0, 0] * u0).astype(np.float32)
         y = ((t[1] + M[1, 1] * u1[:, None]) + M[1, 2] * u2[None, :]).astype(np.float32)
         x = ((t[2] + M[2, 1] * u1[:, None]) + M[2, 2] * u2[None, :]).astype(np.float32)
-        y = y.astype(np.float64).ravel()
-        x = x.astype(np.float64).ravel()
         out = np.full(P, cval, dtype=np.float32)
         vz = (z >= 0) & (z <= S[0] - 1)
-        vyx = (y >= 0) & (y <= S[1] - 1) & (x >= 0) & (x <= S[2] - 1)
+        vyx = _inside_source(S[1:], y, x)
         if not vz.any() or not vyx.any():
             return out
-        yv, xv = y[vyx], x[vyx]
         # (y, x) region actually needed, one voxel of margin for the upper neighbour
-        ylo, xlo = int(np.floor(yv.min())), int(np.floor(xv.min()))
-        yhi = min(int(np.floor(yv.max())) + 2, S[1])
-        xhi = min(int(np.floor(xv.max())) + 2, S[2])
+        ylo, xlo = int(np.floor(y[vyx].min())), int(np.floor(x[vyx].min()))
+        yhi = min(int(np.floor(y[vyx].max())) + 2, S[1])
+        xhi = min(int(np.floor(x[vyx].max())) + 2, S[2])
         zi = z[vz]
-        z0 = np.minimum(np.floor(zi), max(S[0] - 2, 0)).astype(np.int64)
+        z0 = np.minimum(np.floor(zi), max(S[0] - 2, 0)).astype(np.intp)
         z1 = np.minimum(z0 + 1, S[0] - 1)
-        fz = (zi - z0).astype(np.float32)[:, None, None]
+        fz = (zi - z0.astype(np.float32))[:, None, None]
         region = (slice(ylo, yhi), slice(xlo, xhi))
-        slab = src[(z0,) + region] * (1 - fz) + src[(z1,) + region] * fz
-        res = _bilinear(slab, yv - ylo, xv - xlo)
-        out.reshape(P[0], -1)[np.ix_(np.flatnonzero(vz), np.flatnonzero(vyx))] = res
+        lower = src[(z0,) + region]
+        slab = lower + fz * (src[(z1,) + region] - lower)
+        res = _bilinear(slab, y - np.float32(ylo), x - np.float32(xlo))
+        res[:, ~vyx] = cval
+        out[vz] = res
         return out
+
+
+def _inside_source(shape, *coords) -> np.ndarray:
+    """Mask of the points whose coordinates all lie in [0, S - 1] (map_coordinates' rule for
+    order=1, mode='constant': anything else is cval)."""
+    mask = None
+    for c, n in zip(coords, shape):
+        m = (c >= 0) & (c <= n - 1)
+        mask = m if mask is None else mask & m
+    return mask
 
 
 def _bilinear(planes: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Bilinear interpolation of every plane of ``planes`` (B, H, W) at the same points
-    ``(y, x)`` (N,), all inside ``[0, H - 1] x [0, W - 1]`` -> (B, N) float32."""
-    _, h, w = planes.shape
-    y0 = np.minimum(np.floor(y), max(h - 2, 0))
-    x0 = np.minimum(np.floor(x), max(w - 2, 0))
-    fy = (y - y0).astype(np.float32)
-    fx = (x - x0).astype(np.float32)
-    y0 = y0.astype(np.int64)
-    x0 = x0.astype(np.int64)
-    y1 = np.minimum(y0 + 1, h - 1)
-    x1 = np.minimum(x0 + 1, w - 1)
-    flat = planes.reshape(planes.shape[0], -1)
-    gy = 1 - fy
-    gx = 1 - fx
-    return (flat[:, y0 * w + x0] * (gy * gx) + flat[:, y0 * w + x1] * (gy * fx)
-            + flat[:, y1 * w + x0] * (fy * gx) + flat[:, y1 * w + x1] * (fy * fx))
+    ``(y, x)`` (float32 arrays of one shape) -> (B, *shape) float32. Indices are clamped to the
+    plane: values at points outside ``[0, H - 1] x [0, W - 1]`` are meaningless (mask them)."""
+    b, h, w = planes.shape
+    if h < 2 or w < 2:  # one-voxel-thin plane: duplicate it so both neighbours exist
+        planes = np.pad(planes, ((0, 0), (0, max(0, 2 - h)), (0, max(0, 2 - w))), mode="edge")
+        b, h, w = planes.shape
+    y0 = np.floor(y)
+    np.clip(y0, 0, h - 2, out=y0)
+    x0 = np.floor(x)
+    np.clip(x0, 0, w - 2, out=x0)
+    fy = (y - y0)
+    fx = (x - x0)
+    idx = y0.astype(np.intp) * w + x0.astype(np.intp)
+    flat = planes.reshape(b, -1)
+    v00 = np.take(flat, idx, axis=1)
+    v01 = np.take(flat, idx + 1, axis=1)
+    v10 = np.take(flat, idx + w, axis=1)
+    v11 = np.take(flat, idx + (w + 1), axis=1)
+    top = v00 + fx * (v01 - v00)
+    bottom = v10 + fx * (v11 - v10)
+    return top + fy * (bottom - top)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -679,7 +693,7 @@ class PatchPair:
         hi = np.asarray(t1.patch_shape, dtype=np.float64) - 1
         frac = max(self.overlap_fraction, 1e-3)
         got1, got2, have = [], [], 0
-        for _ in range(20):
+        for _ in range(10):
             m = int(min(max(math.ceil(1.3 * (n - have) / frac) + 16, 64), 400_000))
             u1 = rng.uniform(0.0, 1.0, size=(m, self.ndim)) * hi
             u2 = t2.from_source(t1.to_source(u1))
