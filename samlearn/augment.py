@@ -64,6 +64,7 @@ _INVERSE_MAX_ITER = 200
 _INVERSE_RESIDUAL = 1e-4     # source voxels; larger residual -> NaN
 _OVERLAP_GRID = 9            # points per axis of the overlap check grid
 _MAX_DRAW_ATTEMPTS = 200
+_POSITIVE_BUDGET = 100_000   # candidate points per positives() call before reusing points found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -692,17 +693,20 @@ class PatchPair:
         t1, t2 = self.transforms
         hi = np.asarray(t1.patch_shape, dtype=np.float64) - 1
         frac = max(self.overlap_fraction, 1e-3)
-        got1, got2, have = [], [], 0
-        for _ in range(10):
-            m = int(min(max(math.ceil(1.3 * (n - have) / frac) + 16, 64), 400_000))
+        got1, got2, have, drawn = [], [], 0, 0
+        while drawn < _POSITIVE_BUDGET:
+            m = int(min(max(math.ceil(1.3 * (n - have) / frac) + 16, 64),
+                        _POSITIVE_BUDGET - drawn))
             u1 = rng.uniform(0.0, 1.0, size=(m, self.ndim)) * hi
             u2 = t2.from_source(t1.to_source(u1))
             ok = _inside(u2, t2.patch_shape)
             got1.append(u1[ok])
             got2.append(u2[ok])
             have += int(ok.sum())
+            drawn += m
             if have >= n:
                 break
+            frac = max(have / drawn, 1e-4)  # the grid estimate was optimistic: use the rate seen
         u1 = np.concatenate(got1)
         u2 = np.concatenate(got2)
         if have == 0:  # tiny overlap: fall back to the overlap check grid (non-empty)
