@@ -2,6 +2,8 @@
 X-ray, with a scikit-learn API. Click a point on one image; find the same anatomy in every other."""
 from ._version import __version__
 from .image import Image, ImageGeometry, check_images, check_points, normalize_intensity, read_image
+from .embedder import SAMEmbedder
+from .persistence import load
 
 __all__ = [
     "__version__",
@@ -11,4 +13,6 @@ __all__ = [
     "check_points",
     "normalize_intensity",
     "read_image",
+    "SAMEmbedder",
+    "load",
 ]

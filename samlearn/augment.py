@@ -49,10 +49,10 @@ __all__ = [
     "PatchPair",
     "PatchPairSampler",
     "sampler_for_preset",
+    "sampler_from_config",
     "estimate_overlap",
     "feature_grid_positions",
     "patch_to_feature_index",
-    "PRESETS",
 ]
 
 #: Largest Lipschitz constant of the elastic displacement a :class:`PatchTransform` accepts.
@@ -948,29 +948,22 @@ class PatchPairSampler:
 
 
 # ---------------------------------------------------------------------------------------------
-#: Plain default settings; ``sampler_for_preset(name, **overrides)`` builds a sampler from them.
-#: CT follows the paper's best CT setting (Table VI: crop + scaling + intensity jitter; rotation
-#: and deformation did not help CT); X-ray adds rotation and mild elastic deformation (crucial
-#: for hand X-rays) with the per-crop settings of the cephalogram prototype (+-15 degrees per
-#: crop, i.e. relative rotations within 30 degrees).
-PRESETS = {
-    "ct": dict(patch_shape=(32, 96, 96), overlap=(0.2, 1.0), scale=(0.8, 1.25), rotation_deg=0.0,
-               rotation_axes="axial", elastic=False, intensity_jitter=0.1),
-    "ct-lite": dict(patch_shape=(32, 64, 64), overlap=(0.2, 1.0), scale=(0.8, 1.25),
-                    rotation_deg=0.0, rotation_axes="axial", elastic=False, intensity_jitter=0.1),
-    "xray": dict(patch_shape=(400, 400), overlap=(0.2, 1.0), scale=(0.8, 1.25), rotation_deg=15.0,
-                 elastic=True, elastic_magnitude=0.02, elastic_grid=4, intensity_jitter=0.1),
-    "xray-lite": dict(patch_shape=(256, 256), overlap=(0.2, 1.0), scale=(0.8, 1.25),
-                      rotation_deg=15.0, elastic=True, elastic_magnitude=0.02, elastic_grid=4,
-                      intensity_jitter=0.1),
-}
+_SAMPLER_KEYS = ("patch_shape", "overlap", "scale", "scale_anisotropy", "rotation_deg", "rotation_axes",
+                 "elastic", "elastic_magnitude", "elastic_grid", "intensity_jitter", "noise_std")
+
+
+def sampler_from_config(cfg: dict, **overrides) -> PatchPairSampler:
+    """The sampler of a configuration dict (a :mod:`samlearn.presets` entry or a fitted
+    ``SAMEmbedder.config_``): its augmentation keys, with ``overrides`` on top."""
+    params = {k: cfg[k] for k in _SAMPLER_KEYS if k in cfg}
+    params.update(overrides)
+    if "elastic" in params:
+        params["elastic"] = bool(params["elastic"])
+    return PatchPairSampler(params.pop("patch_shape"), **params)
 
 
 def sampler_for_preset(name: str, **overrides) -> PatchPairSampler:
-    """A :class:`PatchPairSampler` for ``"ct"`` (32x96x96), ``"ct-lite"`` (32x64x64), ``"xray"``
-    (400x400) or ``"xray-lite"`` (256x256); keyword ``overrides`` replace preset values."""
-    if name not in PRESETS:
-        raise ValueError(f"name must be one of {sorted(PRESETS)}, got {name!r}")
-    params = dict(PRESETS[name])
-    params.update(overrides)
-    return PatchPairSampler(**params)
+    """The sampler of a named preset (``"ct"`` 32x96x96, ``"ct-lite"``, ``"xray"`` 400x400,
+    ``"xray-lite"``; see :mod:`samlearn.presets`); keyword ``overrides`` replace its values."""
+    from .presets import get_preset
+    return sampler_from_config(get_preset(name), **overrides)

@@ -1,0 +1,609 @@
+"""``SAMEmbedder``: trains SAM on unlabeled images and maps images to global / local embeddings.
+
+``SAMEmbedder().fit(images)`` runs the paper's self-supervised training loop (patch pairs with exact
+correspondences, coarse-to-fine network, pixel-level InfoNCE with hard and diverse negatives) on a
+GPU when there is one and on the CPU otherwise; ``transform(images)`` returns, per image, a
+:class:`~samlearn.maps.Embedding` whose maps carry the world geometry of their grids.
+
+Preprocessing (the same in ``fit`` and ``transform``): every image is resampled onto an
+identity-direction grid covering its world bounding box (so images stored with mirrored or permuted
+axes look alike to the network), at ``spacing_mm`` (CT presets: isotropic 2 mm) or with
+``image_size`` voxels (X-ray presets: 512 x 512), then normalised with the ``intensity`` preset.
+World coordinates are untouched by all of this: results are in the input image's world mm.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from ._version import __version__
+from .image import Image, check_images, normalize_intensity
+from .maps import Embedding, EmbeddingMap
+from .nn.loss import LossConfig
+from .nn.network import NetworkConfig, SAMNet
+from .presets import get_preset, resolve_preset_name
+
+__all__ = ["SAMEmbedder"]
+
+# parameters that override preset keys of the same name
+_PRESET_KEYS = (
+    "spacing_mm", "image_size", "intensity", "patch_shape", "batch_size", "depth", "width",
+    "stem_stride", "stem_kernel", "stage_strides", "n_stages", "local_level", "fpn_channels",
+    "embed_dim", "lr", "warmup_iter", "lr_schedule", "weight_decay", "max_iter", "max_time",
+    "n_pos", "n_hard", "n_random", "n_candidates", "n_local", "tau", "delta_mm", "overlap",
+    "scale", "rotation_deg", "elastic", "intensity_jitter",
+)
+
+
+class SAMEmbedder(BaseEstimator):
+    """Self-supervised anatomical embedding (SAM) model.
+
+    Parameters (keyword-only; ``None`` takes the value of the ``preset``):
+
+    preset : {"auto", "ct", "xray", "ct-lite", "xray-lite"}, default "auto"
+        Named configuration (see :mod:`samlearn.presets`). "auto" picks "ct"/"xray" on a GPU and
+        the "-lite" variants on a CPU, by the dimensionality of the training images.
+    spacing_mm, image_size : working resolution (3D: isotropic spacing in mm; 2D: size in pixels).
+    intensity : {"ct", "xray", "none"} intensity normalisation preset.
+    patch_shape : training patch shape in numpy order ((z, y, x) or (y, x)).
+    depth, width, stem_stride, stem_kernel, stage_strides, n_stages, local_level, fpn_channels,
+    embed_dim : network architecture (:class:`samlearn.nn.NetworkConfig`).
+    batch_size, lr, warmup_iter, lr_schedule, weight_decay : optimisation (RAdam).
+    max_iter, max_time : training budget: total iterations and total seconds of training, whichever
+        is reached first (``None``: no limit of that kind; at least one must be set).
+    n_pos, n_hard, n_random, n_candidates, n_local, tau, delta_mm : loss and negative sampling
+        (:class:`samlearn.nn.LossConfig`).
+    overlap, scale, rotation_deg, elastic, intensity_jitter : patch-pair augmentation.
+    pretrained : str or None
+        Path to a local torchvision-format ResNet state dict to initialise the backbone (I3D
+        inflation for 3D). Nothing is ever downloaded; ``None`` means random initialisation.
+    device : "auto", "cpu", "cuda", "cuda:N"; resolved in ``fit`` into ``device_``.
+    amp : "auto" (bf16 autocast on CUDA, off on CPU), "bf16", "fp16" or "none".
+    num_workers : DataLoader worker processes (``None``: 1 on the CPU, 4 on a GPU).
+    n_threads : torch CPU threads during fit / transform (``None``: leave torch's setting).
+    channels_last : use channels-last memory format (helps on GPUs with tensor cores).
+    compile : wrap the network with ``torch.compile`` for training.
+    checkpoint_path, checkpoint_every : write an atomic checkpoint every N iterations (and at the
+        end or on interruption); with ``resume=True`` an existing checkpoint is continued.
+    warm_start : if True and already fitted, ``fit`` continues training the current network until
+        the total iteration budget is reached instead of starting over.
+    random_state : int or None. Same seed on the CPU -> identical weights.
+    verbose : 0 silent, 1 progress bar (tqdm) with loss and it/s.
+
+    Attributes
+    ----------
+    preset_, config_ (resolved configuration), ndim_, device_, network_ (the torch module),
+    n_iter_, history_ (per-iteration dicts: loss, loss_global, loss_local, lr, time, ...),
+    train_time_, interrupted_ (True if Ctrl-C stopped training early: partially trained model).
+    """
+
+    def __init__(self, *, preset="auto", spacing_mm=None, image_size=None, intensity=None,
+                 patch_shape=None, batch_size=None, depth=None, width=None, stem_stride=None,
+                 stem_kernel=None, stage_strides=None, n_stages=None, local_level=None,
+                 fpn_channels=None, embed_dim=None, lr=None, warmup_iter=None, lr_schedule=None,
+                 weight_decay=None, max_iter=None, max_time=None, n_pos=None, n_hard=None,
+                 n_random=None, n_candidates=None, n_local=None, tau=None, delta_mm=None,
+                 overlap=None, scale=None, rotation_deg=None, elastic=None, intensity_jitter=None,
+                 pretrained=None, device="auto", amp="auto", num_workers=None, n_threads=None,
+                 channels_last=False, compile=False, checkpoint_path=None, checkpoint_every=None,
+                 resume=False, warm_start=False, random_state=None, verbose=0):
+        self.preset = preset
+        self.spacing_mm = spacing_mm
+        self.image_size = image_size
+        self.intensity = intensity
+        self.patch_shape = patch_shape
+        self.batch_size = batch_size
+        self.depth = depth
+        self.width = width
+        self.stem_stride = stem_stride
+        self.stem_kernel = stem_kernel
+        self.stage_strides = stage_strides
+        self.n_stages = n_stages
+        self.local_level = local_level
+        self.fpn_channels = fpn_channels
+        self.embed_dim = embed_dim
+        self.lr = lr
+        self.warmup_iter = warmup_iter
+        self.lr_schedule = lr_schedule
+        self.weight_decay = weight_decay
+        self.max_iter = max_iter
+        self.max_time = max_time
+        self.n_pos = n_pos
+        self.n_hard = n_hard
+        self.n_random = n_random
+        self.n_candidates = n_candidates
+        self.n_local = n_local
+        self.tau = tau
+        self.delta_mm = delta_mm
+        self.overlap = overlap
+        self.scale = scale
+        self.rotation_deg = rotation_deg
+        self.elastic = elastic
+        self.intensity_jitter = intensity_jitter
+        self.pretrained = pretrained
+        self.device = device
+        self.amp = amp
+        self.num_workers = num_workers
+        self.n_threads = n_threads
+        self.channels_last = channels_last
+        self.compile = compile
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.warm_start = warm_start
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ configuration
+    def _resolve_device(self) -> torch.device:
+        dev = self.device
+        if dev is None or dev == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if isinstance(dev, torch.device):
+            d = dev
+        elif isinstance(dev, str):
+            try:
+                d = torch.device(dev)
+            except RuntimeError:
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {dev!r}") from None
+        else:
+            raise TypeError(f"device must be a str or torch.device, got {type(dev).__name__}")
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={dev!r} was requested but CUDA is not available on this machine")
+        return d
+
+    def _resolve_config(self, ndim: int, device: torch.device) -> tuple:
+        name = resolve_preset_name(self.preset, ndim, device.type == "cuda")
+        cfg = get_preset(name)
+        if cfg["ndim"] != ndim:
+            raise ValueError(f"preset {name!r} is for {cfg['ndim']}D images but the images are {ndim}D")
+        for key in _PRESET_KEYS:
+            val = getattr(self, key)
+            if val is not None:
+                cfg[key] = val
+        _validate_config(cfg)
+        return name, cfg
+
+    def _amp_dtype(self, device: torch.device):
+        amp = self.amp
+        if amp in (None, "none", False):
+            return None
+        if amp == "auto":
+            return torch.bfloat16 if device.type == "cuda" else None
+        if amp == "bf16":
+            return torch.bfloat16
+        if amp == "fp16":
+            if device.type != "cuda":
+                raise ValueError("amp='fp16' needs a CUDA device; use 'bf16' or 'none' on the CPU")
+            return torch.float16
+        raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'none', got {amp!r}")
+
+    @staticmethod
+    def _network_config(cfg: dict) -> NetworkConfig:
+        return NetworkConfig(ndim=cfg["ndim"], depth=cfg["depth"], width=cfg["width"],
+                             stem_stride=cfg["stem_stride"], stem_kernel=cfg["stem_kernel"],
+                             stage_strides=cfg["stage_strides"], n_stages=cfg["n_stages"],
+                             local_level=cfg["local_level"], fpn_channels=cfg["fpn_channels"],
+                             embed_dim=cfg["embed_dim"])
+
+    @staticmethod
+    def _loss_config(cfg: dict) -> LossConfig:
+        return LossConfig(tau=cfg["tau"], delta_mm=cfg["delta_mm"], n_hard=cfg["n_hard"],
+                          n_random=cfg["n_random"], n_candidates=cfg["n_candidates"],
+                          n_local=cfg["n_local"])
+
+    # ------------------------------------------------------------------ preprocessing
+    def _preprocess(self, image: Image, cfg: dict | None = None) -> Image:
+        """Resample onto the canonical working grid and normalise intensities."""
+        cfg = cfg or self.config_
+        geom = image.geometry
+        if cfg.get("spacing_mm") is not None:
+            target = geom.canonical(spacing=cfg["spacing_mm"])
+        else:
+            size = tuple(int(v) for v in cfg["image_size"])
+            target = geom.canonical(size=size[::-1])  # image_size is (rows, cols) numpy order
+        if target.allclose(geom, atol=1e-6):
+            work = image
+        else:
+            work = image.resample_to_geometry(target, interpolator="linear")
+        return normalize_intensity(work, cfg["intensity"])
+
+    # ------------------------------------------------------------------ training
+    def fit(self, images, y=None):
+        """Train SAM on ``images`` (paths, Images, SimpleITK images, or a list). ``y`` is ignored
+        (accepted for pipeline compatibility). With ``warm_start=True`` a fitted model continues
+        until its total iteration budget is reached; with ``resume=True`` an existing checkpoint at
+        ``checkpoint_path`` is continued."""
+        return self._fit(images, continuing=bool(self.warm_start) and self.__sklearn_is_fitted__(),
+                         additional=False, extra_iter=None)
+
+    def partial_fit(self, images, y=None, n_iter=None):
+        """Train ``n_iter`` more iterations (default: the configuration's ``max_iter``) on
+        ``images``, continuing the current network and optimiser state (a new model if unfitted).
+        ``max_time``, when set, also bounds this call."""
+        if n_iter is not None and (not isinstance(n_iter, (numbers.Integral, np.integer)) or n_iter < 1):
+            raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
+        return self._fit(images, continuing=self.__sklearn_is_fitted__(), additional=True,
+                         extra_iter=int(n_iter) if n_iter is not None else None)
+
+    def _fit(self, images, continuing, additional, extra_iter):
+        images = check_images(images, name="images")
+        ndim = images[0].ndim
+        if continuing:
+            if self.ndim_ != ndim:
+                raise ValueError(f"the model was trained on {self.ndim_}D images, got {ndim}D images")
+            device, preset, cfg = self.device_, self.preset_, self.config_
+        else:
+            device = self._resolve_device()
+            preset, cfg = self._resolve_config(ndim, device)
+        _check_random_state(self.random_state)
+        amp_dtype = self._amp_dtype(device)
+        if additional and extra_iter is None:
+            extra_iter = cfg["max_iter"]
+        resume_ckpt = None
+        if not continuing and self.resume and self.checkpoint_path is not None \
+                and os.path.exists(self.checkpoint_path):
+            resume_ckpt = _read_checkpoint(self.checkpoint_path)
+        with _threads(self.n_threads):
+            arrays, spacings = [], []
+            for im in images:
+                pre = self._preprocess(im, cfg)
+                arrays.append(pre.array)
+                spacings.append(pre.spacing[::-1].copy())
+            self._train(arrays, spacings, preset, cfg, device, amp_dtype, continuing, resume_ckpt,
+                        additional, extra_iter)
+        return self
+
+    def _train(self, arrays, spacings, preset, cfg, device, amp_dtype, continuing, resume_ckpt,
+               additional, extra_iter):
+        from .augment import sampler_from_config
+        from .training import PairStream, TrainState, make_loader, train
+
+        ss = np.random.SeedSequence(self.random_state)
+        ss_weights, ss_data, ss_loss = ss.spawn(3)
+        net_cfg = self._network_config(cfg)
+        if continuing:
+            net = self.network_
+            state = TrainState(self.n_iter_, self.train_time_, list(self.history_))
+            opt_state = getattr(self, "_optimizer_state", None)
+        elif resume_ckpt is not None:
+            # the estimator's parameters rule (budget included); the checkpoint brings the state
+            meta, tensors = resume_ckpt
+            if self._network_config(meta["config"]).to_dict() != net_cfg.to_dict():
+                raise ValueError(f"checkpoint '{self.checkpoint_path}' was written by a different network "
+                                 f"architecture; resume with the parameters that produced it")
+            net = SAMNet(net_cfg)
+            net.load_state_dict(tensors["network"])
+            state = TrainState(meta["n_iter"], meta["train_time"], meta["history"])
+            opt_state = tensors.get("optimizer")
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(ss_weights.generate_state(1)[0]))
+                net = SAMNet(net_cfg)
+            if self.pretrained is not None:
+                from .nn.pretrained import load_torchvision_resnet
+                load_torchvision_resnet(net, self.pretrained)
+            state = TrainState()
+            opt_state = None
+        net = net.to(device)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last_3d if cfg["ndim"] == 3 else torch.channels_last)
+        optimizer = torch.optim.RAdam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+
+        # the data stream continues deterministically after a resume: seed by the iteration count
+        data_seed = np.random.SeedSequence(ss_data.entropy, spawn_key=ss_data.spawn_key + (state.iteration,))
+        sampler = sampler_from_config(cfg)
+        stream = PairStream(arrays, spacings, sampler, cfg["n_pos"], net_cfg.global_stride,
+                            net_cfg.local_stride, data_seed)
+        n_workers = self.num_workers if self.num_workers is not None else (4 if device.type == "cuda" else 1)
+        loader = make_loader(stream, cfg["batch_size"], n_workers, pin_memory=device.type == "cuda",
+                             seed=int(data_seed.generate_state(1)[0]))
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(np.random.SeedSequence(ss_loss.entropy, spawn_key=ss_loss.spawn_key
+                                                   + (state.iteration,)).generate_state(1)[0]))
+
+        if additional:  # partial_fit: a budget on top of what was already done
+            max_iter = state.iteration + extra_iter if extra_iter is not None else None
+            max_time = state.train_time + cfg["max_time"] if cfg["max_time"] is not None else None
+        else:
+            max_iter, max_time = cfg["max_iter"], cfg["max_time"]
+
+        train_net = torch.compile(net) if self.compile else net
+        train_net.config = net.config
+        progress = None
+        if self.verbose:
+            try:
+                from tqdm.auto import tqdm
+                total = max_iter if max_iter is not None else None
+                progress = tqdm(total=total, initial=state.iteration, desc=f"SAM {preset}", unit="it",
+                                dynamic_ncols=True)
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                progress = None
+
+        ckpt_fn = None
+        if self.checkpoint_path is not None:
+            def ckpt_fn(st):
+                self._write_checkpoint(self.checkpoint_path, net, optimizer, cfg, preset, st)
+
+        try:
+            state = train(train_net, optimizer, loader, state, loss_config=self._loss_config(cfg),
+                          device=device, amp_dtype=amp_dtype, max_iter=max_iter, max_time=max_time,
+                          lr=cfg["lr"], warmup=cfg["warmup_iter"], schedule=cfg["lr_schedule"],
+                          generator=gen, checkpoint=ckpt_fn, checkpoint_every=self.checkpoint_every,
+                          progress=progress, channels_last=self.channels_last)
+        finally:
+            if progress is not None:
+                progress.close()
+        net.eval()
+        self.preset_ = preset
+        self.config_ = cfg
+        self.ndim_ = cfg["ndim"]
+        self.device_ = device
+        self.network_ = net
+        self.n_iter_ = state.iteration
+        self.train_time_ = state.train_time
+        self.history_ = state.history
+        self.interrupted_ = state.interrupted
+        self._optimizer_state = optimizer.state_dict()
+        if state.interrupted:
+            warnings.warn(f"training was interrupted after {state.iteration} iterations: the model is "
+                          f"only partially trained (interrupted_=True); fit again with warm_start=True "
+                          f"to continue", UserWarning, stacklevel=3)
+        if not state.history or not all(math.isfinite(h["loss"]) for h in state.history[-10:]):
+            if state.history:
+                raise FloatingPointError("training diverged: the loss became NaN or infinite; lower lr")
+
+    # ------------------------------------------------------------------ inference
+    def transform(self, images) -> list:
+        """Embed images: a list of :class:`~samlearn.maps.Embedding` (global and local maps with
+        world geometry), one per input image."""
+        check_is_fitted(self, "network_")
+        images = check_images(images, name="images")
+        if images[0].ndim != self.ndim_:
+            raise ValueError(f"this model was trained on {self.ndim_}D images; got {images[0].ndim}D images")
+        with _threads(self.n_threads):
+            return [self._embed(im) for im in images]
+
+    def fit_transform(self, images, y=None):
+        return self.fit(images).transform(images)
+
+    def embed(self, image) -> Embedding:
+        """Embedding of one image."""
+        return self.transform(image)[0]
+
+    def _embed(self, image: Image) -> Embedding:
+        pre = self._preprocess(image)
+        net = self.network_
+        device = self.device_
+        amp_dtype = self._amp_dtype(device)
+        x = torch.from_numpy(np.ascontiguousarray(pre.array))[None, None].to(device)
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
+                                             enabled=amp_dtype is not None):
+            g, l = net(x, pad_value=float(pre.array.min()))
+        g, l = g[0].float(), l[0].float()
+        cfg = net.config
+        ggeom = pre.geometry.strided(cfg.global_stride[::-1], size=g.shape[1:][::-1])
+        lgeom = pre.geometry.strided(cfg.local_stride[::-1], size=l.shape[1:][::-1])
+        return Embedding(EmbeddingMap(g, ggeom), EmbeddingMap(l, lgeom), pre.geometry, image.geometry)
+
+    # ------------------------------------------------------------------ persistence
+    def _meta(self) -> dict:
+        return {
+            "params": _jsonable(self.get_params(deep=False)),
+            "config": _jsonable(self.config_),
+            "preset": self.preset_,
+            "ndim": self.ndim_,
+            "n_iter": self.n_iter_,
+            "train_time": self.train_time_,
+            "interrupted": bool(self.interrupted_),
+            "history": self.history_,
+        }
+
+    def save(self, path):
+        """Save the fitted model: parameters and metadata as JSON, weights as a state dict, written
+        atomically. Load it with :func:`samlearn.load`."""
+        check_is_fitted(self, "network_")
+        from .persistence import save_payload
+        tensors = {"network": {k: v.detach().cpu() for k, v in self.network_.state_dict().items()}}
+        return save_payload(path, "SAMEmbedder", self._meta(), tensors)
+
+    def _write_checkpoint(self, path, net, optimizer, cfg, preset, state):
+        from .persistence import save_payload
+        meta = {"params": _jsonable(self.get_params(deep=False)), "config": _jsonable(cfg), "preset": preset,
+                "ndim": cfg["ndim"], "n_iter": state.iteration, "train_time": state.train_time,
+                "interrupted": bool(state.interrupted), "history": state.history, "checkpoint": True}
+        tensors = {"network": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                   "optimizer": _to_cpu(optimizer.state_dict())}
+        save_payload(path, "SAMEmbedder", meta, tensors)
+
+    @classmethod
+    def _from_payload(cls, meta, tensors, header, source=None):
+        params = meta["params"]
+        est = cls(**{k: _untuple(v) for k, v in params.items() if k in cls._get_param_names()})
+        cfg = meta["config"]
+        net = SAMNet(cls._network_config(cfg))
+        try:
+            net.load_state_dict(tensors["network"])
+        except (RuntimeError, KeyError, TypeError) as exc:
+            from .persistence import ModelFileError
+            raise ModelFileError(f"model file {source!r}: weights do not match the architecture: "
+                                 f"{str(exc).splitlines()[0][:200]}") from None
+        device = est._resolve_device_for_load()
+        est.network_ = net.to(device).eval()
+        est.device_ = device
+        est.config_ = cfg
+        est.preset_ = meta["preset"]
+        est.ndim_ = int(meta["ndim"])
+        est.n_iter_ = int(meta["n_iter"])
+        est.train_time_ = float(meta["train_time"])
+        est.history_ = meta["history"]
+        est.interrupted_ = bool(meta.get("interrupted", False))
+        if "optimizer" in tensors:
+            est._optimizer_state = tensors["optimizer"]
+        return est
+
+    def _resolve_device_for_load(self):
+        try:
+            return self._resolve_device()
+        except ValueError:
+            return torch.device("cpu")
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "network_" in state:
+            state["network_"] = None
+            state["_network_state"] = {k: v.detach().cpu() for k, v in self.network_.state_dict().items()}
+            state["device_"] = str(self.device_)
+        state.pop("_optimizer_state", None)
+        return state
+
+    def __setstate__(self, state):
+        net_state = state.pop("_network_state", None)
+        self.__dict__.update(state)
+        if net_state is not None:
+            net = SAMNet(self._network_config(self.config_))
+            net.load_state_dict(net_state)
+            dev = torch.device(state.get("device_", "cpu"))
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                dev = torch.device("cpu")
+            self.device_ = dev
+            self.network_ = net.to(dev).eval()
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "network_") and self.network_ is not None
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _read_checkpoint(path):
+    from .persistence import load_payload
+    _, meta, tensors, _ = load_payload(path, kind="SAMEmbedder")
+    return meta, tensors
+
+
+def _to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.device):
+        return str(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise TypeError(f"cannot store parameter value of type {type(obj).__name__} in a model file")
+
+
+def _untuple(v):
+    if isinstance(v, list):
+        return tuple(_untuple(x) for x in v)
+    return v
+
+
+def _check_random_state(rs):
+    if rs is not None and not isinstance(rs, (numbers.Integral, np.integer)):
+        raise TypeError(f"random_state must be an int or None, got {type(rs).__name__}")
+    if rs is not None and rs < 0:
+        raise ValueError(f"random_state must be non-negative, got {rs}")
+
+
+@contextlib.contextmanager
+def _threads(n):
+    if n is None:
+        yield
+        return
+    if not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n_threads must be a positive integer or None, got {n!r}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _validate_config(cfg: dict) -> None:
+    nd = cfg["ndim"]
+
+    def pos_int(name, allow_none=False):
+        v = cfg[name]
+        if v is None and allow_none:
+            return
+        if not isinstance(v, (numbers.Integral, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+    def pos_float(name, allow_none=False):
+        v = cfg[name]
+        if v is None and allow_none:
+            return
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not (v > 0) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
+
+    for name in ("batch_size", "n_pos", "n_hard", "n_random", "n_candidates", "n_local", "embed_dim",
+                 "fpn_channels", "n_stages", "stem_kernel"):
+        pos_int(name)
+    pos_int("max_iter", allow_none=True)
+    pos_float("max_time", allow_none=True)
+    if cfg["max_iter"] is None and cfg["max_time"] is None:
+        raise ValueError("max_iter and max_time are both None: set a training budget")
+    for name in ("lr", "tau", "delta_mm", "width"):
+        pos_float(name)
+    if not isinstance(cfg["warmup_iter"], (numbers.Integral, np.integer)) or cfg["warmup_iter"] < 0:
+        raise ValueError(f"warmup_iter must be a non-negative integer, got {cfg['warmup_iter']!r}")
+    if cfg["lr_schedule"] not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {cfg['lr_schedule']!r}")
+    if cfg["intensity"] not in ("ct", "xray", "none"):
+        raise ValueError(f"intensity must be 'ct', 'xray' or 'none', got {cfg['intensity']!r}")
+    if (cfg.get("spacing_mm") is None) == (cfg.get("image_size") is None):
+        raise ValueError("exactly one of spacing_mm and image_size must be set")
+    if cfg.get("spacing_mm") is not None:
+        pos_float("spacing_mm")
+    else:
+        size = cfg["image_size"]
+        if len(size) != nd or any((not isinstance(s, (numbers.Integral, np.integer))) or s < 8 for s in size):
+            raise ValueError(f"image_size must be {nd} integers >= 8, got {size!r}")
+    ps = cfg["patch_shape"]
+    if not isinstance(ps, (list, tuple)) or len(ps) != nd or any(
+            not isinstance(s, (numbers.Integral, np.integer)) or s < 1 for s in ps):
+        raise ValueError(f"patch_shape must be {nd} positive integers in numpy order, got {ps!r}")
+    try:
+        net_cfg = SAMEmbedder._network_config(cfg)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid network configuration: {exc}") from None
+    gs = net_cfg.global_stride
+    if any(p % s for p, s in zip(ps, gs)):
+        raise ValueError(f"patch_shape {tuple(ps)} must be a multiple of the global stride {gs} on every axis")
+    lo, hi = cfg["overlap"]
+    if not (0 < lo <= hi <= 1):
+        raise ValueError(f"overlap must be a range within (0, 1], got {cfg['overlap']!r}")
