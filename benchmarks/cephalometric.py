@@ -1,0 +1,267 @@
+"""Cephalometric one-shot landmark benchmark: one labelled template, 19 landmarks predicted on 30
+unseen cephalograms, errors in full-resolution pixels. Protocol helpers, rows, table printing.
+
+Run (peers need the ``bench`` extra; see benchmarks/RESULTS.md for the recorded run)::
+
+    PYTHONPATH=. /work/venv-bench/bin/python benchmarks/cephalometric.py \\
+        --data ../shared/data/cephalograms --methods ants-affine,ants-syn,elastix-bspline
+
+Protocol (fixed; every row of one run uses exactly this):
+
+* data: ``samlearn.datasets.load_cephalograms``; ground truth = mean of the two annotators (the
+  other one alone where one annotation is missing), in the PNG world frame (half-resolution
+  pixels);
+* split: images 001-070 may be used for training and for choosing the template; images 071-100
+  are the evaluation queries and are never trained on;
+* template: ONE image of 001-070, the one whose normalised landmarks are closest (sum of squared
+  distances) to the mean normalised landmarks of 001-070 (the paper's rule, its ref. [50]).
+  Normalisation of an image's 19 points (:func:`normalise_landmarks`): subtract their centroid,
+  divide by their RMS distance to the centroid (translation and scale removed, rotation kept);
+* errors: Euclidean distance to the ground truth, in full-resolution pixels (world distance times
+  ``FULL_RESOLUTION_FACTOR`` = 2; 10 px = 1 mm at the original 0.1 mm pixels); summary by
+  :func:`samlearn.metrics.landmark_summary`: MRE, SD, median, max, SDR at 20 and 40 px
+  (2 and 4 mm); seconds per query (wall time of the prediction, template preparation included).
+
+Rows:
+
+* ``inter-annotator``: annotator 1 against annotator 2 on 071-100 (the human floor);
+* ``identity``: the template's landmark coordinates copied unchanged. All 100 PNGs are 670 x 835
+  with spacing 1, origin 0, so copying world coordinates is the same as copying normalised image
+  coordinates;
+* one row per registration peer (``benchmarks/peers.py``): register template (fixed) to query
+  (moving), carry the template landmarks through the returned transform. Preprocessing: the PNG
+  (8-bit grey values as float) resized by ``--scale`` (default 0.5: 335 x 418 pixels, i.e. 0.4 mm
+  pixels of the original) over the same physical extent, so world coordinates are unchanged;
+  no intensity normalisation (all peers use Mattes mutual information).
+  ``--threads`` ITK threads per tool (default 1).
+* samlearn rows: any ``predict(template, template_points, queries) -> (n_queries, 19, 2)``
+  callable goes through :func:`evaluate_predictor` with the same split, template and scoring; this
+  is where ``evaluate_samlearn`` plugs in (see ``EXTRA_ROWS`` and :func:`main`).
+
+Output: a markdown table on stdout and JSON (protocol, versions, rows with per-image errors) in
+``benchmarks/out/cephalometric.json`` (ignored by git).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from samlearn.datasets import FULL_RESOLUTION_FACTOR, load_cephalograms  # noqa: E402
+from samlearn.image import Image, read_image  # noqa: E402
+from samlearn.metrics import landmark_summary, radial_errors  # noqa: E402
+
+# ------------------------------------------------------------------------------------ protocol
+TRAIN_IDS = tuple(f"{i:03d}" for i in range(1, 71))
+EVAL_IDS = tuple(f"{i:03d}" for i in range(71, 101))
+RADII_PX = (20.0, 40.0)
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cephalograms"
+DEFAULT_OUT = ROOT / "benchmarks" / "out" / "cephalometric.json"
+
+#: predict(template: Image, template_points (19, 2) world, queries: list[Image]) -> (n, 19, 2) world
+Predictor = Callable[[Image, np.ndarray, Sequence[Image]], np.ndarray]
+
+
+def normalise_landmarks(points) -> np.ndarray:
+    """Remove translation and scale from landmark sets: (n, k, 2) or (k, 2) -> same shape, each
+    set centred on its centroid and divided by its RMS distance to the centroid."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim not in (2, 3) or pts.shape[-1] != 2 or not np.all(np.isfinite(pts)):
+        raise ValueError(f"points must be finite with shape (n, k, 2) or (k, 2), got {pts.shape}")
+    centred = pts - pts.mean(axis=-2, keepdims=True)
+    rms = np.sqrt(np.mean(np.sum(centred ** 2, axis=-1), axis=-1))[..., None, None]
+    if np.any(rms <= 0):
+        raise ValueError("a landmark set has all points at one place: cannot normalise its scale")
+    return centred / rms
+
+
+def choose_template(data, train_ids: Sequence[str] = TRAIN_IDS) -> tuple:
+    """The paper's template rule on the training ids: returns (template id, distances), where
+    distances[i] is the sum of squared distances of train_ids[i]'s normalised landmarks to the mean
+    normalised landmarks."""
+    idx = [data.ids.index(i) for i in train_ids]
+    norm = normalise_landmarks(data.landmarks[idx])
+    mean = norm.mean(axis=0)
+    d = np.sum((norm - mean) ** 2, axis=(1, 2))
+    return train_ids[int(np.argmin(d))], d
+
+
+def score(pred, truth) -> tuple:
+    """Radial errors in full-resolution pixels and their summary (MRE, SD, median, max, SDR at
+    RADII_PX), for world-frame predictions and truth of shape (n, 19, 2)."""
+    err = radial_errors(pred, truth, scale=FULL_RESOLUTION_FACTOR)
+    return err, landmark_summary(err, radii=RADII_PX)
+
+
+def _row(name: str, err: np.ndarray, summary: dict, seconds, threads, notes: str, ids) -> dict:
+    return {"name": name, "mre": summary["mre"], "sd": summary["sd"], "median": summary["median"],
+            "max": summary["max"], "sdr": {f"{r:g}": v for r, v in summary["sdr"].items()},
+            "n_errors": summary["n_errors"], "seconds_per_query": seconds, "threads": threads,
+            "notes": notes, "ids": list(ids),
+            "errors_px": np.where(np.isnan(err), None, np.round(err, 3)).tolist()}
+
+
+# ------------------------------------------------------------------------------------ rows
+def row_inter_annotator(data, eval_ids: Sequence[str] = EVAL_IDS) -> dict:
+    """Annotator 1 against annotator 2 on the evaluation images (pairs with a missing annotation
+    are left out)."""
+    idx = [data.ids.index(i) for i in eval_ids]
+    a1, a2 = data.annotators[0][idx], data.annotators[1][idx].copy()
+    a2[np.isnan(a1).any(-1)] = np.nan
+    err, s = score(a1, a2)
+    return _row("inter-annotator", err, s, None, None,
+                f"{data.annotator_names[0]} vs {data.annotator_names[1]}", eval_ids)
+
+
+def evaluate_predictor(name: str, predict: Predictor, data, template_id: str,
+                       eval_ids: Sequence[str] = EVAL_IDS, *, threads=None, notes: str = "",
+                       verbose: bool = True) -> dict:
+    """Score any predictor under the protocol: it gets the template image, the template's ground
+    truth landmarks (world) and the query images; it returns (n_queries, 19, 2) world points.
+    Seconds per query = wall time of the whole call / number of queries."""
+    t = data.ids.index(template_id)
+    template = read_image(data.image_paths[t])
+    idx = [data.ids.index(i) for i in eval_ids]
+    queries = [read_image(data.image_paths[i]) for i in idx]
+    t0 = time.perf_counter()
+    pred = np.asarray(predict(template, data.landmarks[t].copy(), queries), dtype=np.float64)
+    seconds = (time.perf_counter() - t0) / len(queries)
+    if pred.shape != (len(queries),) + data.landmarks.shape[1:]:
+        raise ValueError(f"predictor {name!r} returned shape {pred.shape}, expected "
+                         f"{(len(queries),) + data.landmarks.shape[1:]}")
+    err, s = score(pred, data.landmarks[idx])
+    if verbose:
+        print(f"[{name}] MRE {s['mre']:.1f} px, median {s['median']:.1f}, {seconds:.2f} s/query",
+              file=sys.stderr)
+    return _row(name, err, s, seconds, threads, notes, eval_ids)
+
+
+def identity_predictor(template, template_points, queries):
+    """Copy the template coordinates into every query."""
+    return np.repeat(np.asarray(template_points)[None], len(queries), axis=0)
+
+
+def peer_predictor(method: str, *, scale: float = 0.5, threads: int = 1, verbose: bool = True) -> Predictor:
+    """A registration peer as a predictor: images resized by ``scale`` (same physical extent, so
+    world coordinates are unchanged), template registered as fixed to each query as moving."""
+    import peers
+
+    def predict(template, template_points, queries):
+        fixed = _prepare(template, scale)
+        out = []
+        for k, q in enumerate(queries):
+            res = peers.map_points(fixed, _prepare(q, scale), template_points, method, threads=threads)
+            out.append(res.points)
+            if verbose:
+                print(f"  {method} query {k + 1}/{len(queries)}: {res.seconds:.1f} s", file=sys.stderr)
+        return np.stack(out)
+
+    return predict
+
+
+def _prepare(image: Image, scale: float) -> Image:
+    if scale == 1.0:
+        return image
+    size = np.maximum(8, np.round(np.asarray(image.size) * scale)).astype(int)
+    return image.resize(size)
+
+
+#: Extra rows: (name, factory(args) -> Predictor, notes). evaluate_samlearn / --model add here.
+EXTRA_ROWS: list = []
+
+
+# ------------------------------------------------------------------------------------ table
+def markdown_table(rows: Sequence[dict]) -> str:
+    r1, r2 = (f"{r:g}" for r in RADII_PX)
+    lines = [f"| method | MRE px | SD | median | max | SDR {r1} px (2 mm) | SDR {r2} px (4 mm) | s / query | threads |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        sec = "-" if r["seconds_per_query"] is None else f"{r['seconds_per_query']:.2f}"
+        thr = "-" if r["threads"] is None else str(r["threads"])
+        lines.append(f"| {r['name']} | {r['mre']:.1f} | {r['sd']:.1f} | {r['median']:.1f} | {r['max']:.0f} | "
+                     f"{100 * r['sdr'][r1]:.1f}% | {100 * r['sdr'][r2]:.1f}% | {sec} | {thr} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ main
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cephalogram folder")
+    ap.add_argument("--methods", default="ants-affine,ants-syn,elastix-bspline",
+                    help="comma-separated peers (benchmarks/peers.py METHODS), or 'none'")
+    ap.add_argument("--scale", type=float, default=0.5, help="image resize factor for the peers")
+    ap.add_argument("--threads", type=int, default=1, help="ITK threads per peer")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N evaluation images (smoke runs)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output")
+    ap.add_argument("--machine", default="2-core AMD EPYC CPU, no GPU")
+    args = ap.parse_args(argv)
+
+    methods = [] if args.methods in ("", "none") else args.methods.split(",")
+    if methods:
+        import peers
+        bad = [m for m in methods if m not in peers.METHODS]
+        if bad:
+            ap.error(f"unknown methods {bad}; choose from {peers.METHODS}")
+        peers.configure_threads(args.threads)  # before any ITK registration
+    data = load_cephalograms(args.data)
+    eval_ids = EVAL_IDS[: args.limit] if args.limit else EVAL_IDS
+    template_id, dists = choose_template(data)
+    print(f"template: {template_id} (normalised-landmark distance {dists.min():.4f}; "
+          f"median over 001-070 {np.median(dists):.4f})", file=sys.stderr)
+
+    rows = [row_inter_annotator(data, eval_ids),
+            evaluate_predictor("identity (template coordinates)", identity_predictor, data,
+                               template_id, eval_ids, notes="world = PNG pixel; all images 670 x 835")]
+    if methods:
+        warm = peers.warm_up(methods)
+        print(f"warm-up (not timed): { {k: round(v, 1) for k, v in warm.items()} }", file=sys.stderr)
+    for m in methods:
+        rows.append(evaluate_predictor(
+            m, peer_predictor(m, scale=args.scale, threads=args.threads), data, template_id, eval_ids,
+            threads=args.threads, notes=f"PNG resized x{args.scale:g}, template fixed, query moving"))
+    for name, factory, notes in EXTRA_ROWS:
+        rows.append(evaluate_predictor(name, factory(args), data, template_id, eval_ids, notes=notes))
+
+    result = {
+        "benchmark": "cephalometric one-shot landmarks",
+        "date": datetime.date.today().isoformat(),
+        "machine": args.machine,
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "python": platform.python_version(),
+        "versions": _versions(methods),
+        "protocol": {"train_ids": [TRAIN_IDS[0], TRAIN_IDS[-1]], "eval_ids": list(eval_ids),
+                     "template": template_id, "ground_truth": "mean of the two annotators",
+                     "template_rule": "min sum of squared distances of centroid-removed, RMS-scaled "
+                                      "landmarks to their mean over 001-070",
+                     "error_unit": "full-resolution pixel (0.1 mm)", "radii_px": list(RADII_PX),
+                     "peer_scale": args.scale, "threads": args.threads},
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(markdown_table(rows))
+    print(f"\nJSON: {args.out}", file=sys.stderr)
+    return result
+
+
+def _versions(methods) -> dict:
+    if methods:
+        import peers
+        return peers.peer_versions()
+    return {"numpy": np.__version__}
+
+
+if __name__ == "__main__":
+    main()
