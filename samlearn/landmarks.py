@@ -1,0 +1,290 @@
+"""One-shot landmark detection: mark points on one template image, find them in any other image.
+
+:class:`OneShotLandmarkDetector` wraps a fitted embedder (a ``SAMEmbedder`` or anything with the
+same ``transform(images) -> list[Embedding]`` / ``ndim_`` interface) and the similarity search of
+:mod:`samlearn.matching` in a scikit-learn estimator: ``fit`` reads the template vectors,
+``predict`` returns world-mm points per query image.
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from .image import Image, check_images, check_points
+from .maps import Embedding
+from .matching import (DEFAULT_CHUNK_SIZE, MODES, check_search_radius, combine_templates,
+                       cycle_consistency, match_points, template_vectors)
+
+__all__ = ["OneShotLandmarkDetector"]
+
+
+def _check_flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class OneShotLandmarkDetector(BaseEstimator):
+    """Find landmarks marked on one (or a few) template images in new images (SAM §III-D).
+
+    ``fit(template_image, template_points)`` reads the template's global and local embedding
+    vectors at the points; ``predict(images)`` finds, in each image, the peak of the similarity
+    maps for every point (see :func:`samlearn.matching.match_points`). No labels beyond the
+    template's points are needed.
+
+    Parameters
+    ----------
+    embedder : fitted estimator or path
+        A fitted ``SAMEmbedder`` (anything with ``transform(images) -> list[Embedding]`` and
+        ``ndim_``), or the path of a saved model, loaded with ``samlearn.load`` in ``fit``.
+        **The embedder is treated as a frozen, pre-trained component**: the detector never fits it,
+        and ``sklearn.base.clone(detector)`` returns an unfitted detector that shares the *same*
+        embedder object (like ``sklearn.frozen.FrozenEstimator``), so ``Pipeline``,
+        ``cross_val_score`` and ``GridSearchCV`` clone the detector cheaply without discarding the
+        trained network. For the same reason ``get_params(deep=True)`` does not expose the
+        embedder's own parameters: change the embedder by setting another one
+        (``set_params(embedder=...)``), never its parameters through the detector.
+    mode : {"sum", "global", "local"}, default "sum"
+        Which similarity maps decide the match: ``(S^g + S^l) / 2`` (SAM), or one of them.
+    search_radius_mm : "auto", float or None, default "auto"
+        Coarse-to-fine window: search the local map only within this radius (mm) of the global
+        map's peak. ``"auto"`` is two voxels of the query's global grid. ``None`` searches the whole
+        image (the paper's rule), which lets far-away false local peaks win (measured on real
+        cephalograms: MRE 34.8 px whole-image vs 21.5 px windowed).
+    refine : bool, default True
+        Sub-voxel (parabola) refinement of each peak.
+    cycle_check : bool, default False
+        Also compute the forward-backward distance (mm) of every match (query -> template; the
+        mean over templates), returned by ``predict(..., return_scores=True)``. Keeps the template
+        embeddings in memory.
+    batch_size : int, default 1
+        Images embedded per call of ``embedder.transform`` (embeddings of whole CT volumes are
+        large: keep this small).
+    chunk_size : int, default 2**24
+        Memory bound of the search (floats per intermediate), see ``match_points``.
+
+    Attributes
+    ----------
+    embedder_ : the embedder used (the loaded model when ``embedder`` is a path).
+    template_global_, template_local_ : (n_points, C) float32 arrays
+        Template vectors, averaged over templates (averaging vectors = averaging similarity maps).
+    n_points_, ndim_, n_templates_ : int
+    template_points_ : (n_templates, n_points, ndim) template points in world mm.
+    template_embeddings_ : list of Embedding, only with ``cycle_check``.
+    """
+
+    def __init__(self, *, embedder=None, mode="sum", search_radius_mm="auto", refine=True,
+                 cycle_check=False, batch_size=1, chunk_size=DEFAULT_CHUNK_SIZE):
+        self.embedder = embedder
+        self.mode = mode
+        self.search_radius_mm = search_radius_mm
+        self.refine = refine
+        self.cycle_check = cycle_check
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+
+    # ------------------------------------------------------------------ sklearn plumbing
+    def __sklearn_clone__(self):
+        """Clone own parameters, pass the (frozen, pre-trained) embedder through unchanged."""
+        params = self.get_params(deep=False)
+        new = {k: (v if k == "embedder" else clone(v, safe=False)) for k, v in params.items()}
+        return type(self)(**new)
+
+    def get_params(self, deep=True):
+        """Parameters of this detector; the embedder's own parameters are not exposed (the embedder
+        is frozen; see the class docstring), whatever ``deep`` is."""
+        return super().get_params(deep=False)
+
+    def set_params(self, **params):
+        """Set this detector's parameters. Nested ``embedder__...`` parameters are refused: the
+        embedder is shared and frozen; set another embedder instead."""
+        nested = sorted(k for k in params if "__" in k)
+        if nested:
+            raise ValueError(f"Invalid parameter(s) {nested} for {type(self).__name__}: the embedder "
+                             f"is a frozen, shared component; pass another one with "
+                             f"set_params(embedder=...) instead of changing its parameters")
+        return super().set_params(**params)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.input_tags.two_d_array = False
+        return tags
+
+    # ------------------------------------------------------------------ validation
+    def _check_params(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        check_search_radius(self.search_radius_mm)
+        _check_flag(self.refine, "refine")
+        _check_flag(self.cycle_check, "cycle_check")
+        _check_positive_int(self.batch_size, "batch_size")
+        _check_positive_int(self.chunk_size, "chunk_size")
+
+    def _resolve_embedder(self):
+        emb = self.embedder
+        if emb is None:
+            raise ValueError("embedder is required: pass a fitted SAMEmbedder or the path of a saved "
+                             "model, e.g. OneShotLandmarkDetector(embedder=SAMEmbedder().fit(images))")
+        if isinstance(emb, (str, os.PathLike)):
+            from . import load  # lazily: the model loader lives in the package root
+
+            emb = load(emb)
+        if not (hasattr(emb, "transform") and callable(emb.transform)):
+            raise TypeError(f"embedder must be a fitted SAMEmbedder-like estimator with a transform "
+                            f"method (or a path to a saved model), got {type(emb).__name__}")
+        try:
+            check_is_fitted(emb)
+        except NotFittedError:
+            raise NotFittedError(
+                f"embedder ({type(emb).__name__}) is not fitted: fit it on unlabelled images first "
+                f"(embedder.fit(images)) or pass a path to a saved, trained model") from None
+        ndim = getattr(emb, "ndim_", None)
+        if ndim not in (2, 3):
+            raise TypeError(f"embedder must expose ndim_ (2 or 3) after fitting, got {ndim!r}")
+        return emb
+
+    def _embed(self, embedder, images: List[Image]) -> List[Embedding]:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            batch = images[i:i + self.batch_size]
+            embs = list(embedder.transform(batch))
+            if len(embs) != len(batch) or not all(isinstance(e, Embedding) for e in embs):
+                raise TypeError(f"embedder.transform must return one samlearn.maps.Embedding per "
+                                f"image; got {len(embs)} objects for {len(batch)} images")
+            out.extend(embs)
+        return out
+
+    @staticmethod
+    def _check_templates(template_image, template_points, ndim):
+        multiple = isinstance(template_image, (list, tuple))
+        images = check_images(template_image, name="template_image")
+        if images[0].ndim != ndim:
+            raise ValueError(f"template_image is {images[0].ndim}D but the embedder was fitted on "
+                             f"{ndim}D images (embedder.ndim_={ndim})")
+        if not multiple:
+            point_sets = [check_points(template_points, ndim, name="template_points")]
+        else:
+            if isinstance(template_points, np.ndarray) and template_points.ndim == 2 and len(images) == 1:
+                raw = [template_points]
+            elif isinstance(template_points, np.ndarray) and template_points.ndim == 3:
+                raw = list(template_points)
+            elif isinstance(template_points, (list, tuple)):
+                raw = list(template_points)
+            else:
+                raise ValueError(
+                    f"with {len(images)} template images, template_points must be a list of "
+                    f"{len(images)} point arrays (n_points, {ndim}) or an array (n_templates, "
+                    f"n_points, {ndim}); got {type(template_points).__name__} of shape "
+                    f"{np.shape(template_points)}")
+            if len(raw) != len(images):
+                raise ValueError(f"template_points holds {len(raw)} point arrays but {len(images)} "
+                                 f"template images were given; give one point array per image")
+            point_sets = [check_points(p, ndim, name=f"template_points[{i}]") for i, p in enumerate(raw)]
+            counts = {len(p) for p in point_sets}
+            if len(counts) != 1:
+                raise ValueError(f"every template must mark the same points: template_points arrays "
+                                 f"have {[len(p) for p in point_sets]} rows")
+        for i, (im, pts) in enumerate(zip(images, point_sets)):
+            inside = im.geometry.contains(pts)
+            if not np.all(inside):
+                bad = np.nonzero(~inside)[0].tolist()
+                where = "template_points" if not multiple else f"template_points[{i}]"
+                raise ValueError(f"{where} rows {bad} lie outside the template image "
+                                 f"(points {pts[bad].round(2).tolist()} mm; the image covers "
+                                 f"{im.geometry!r})")
+        return images, point_sets
+
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, template_image, template_points):
+        """Read the template vectors.
+
+        Parameters
+        ----------
+        template_image : image or list of images
+            One template (``Image``, ``SimpleITK.Image`` or path), or several.
+        template_points : (n_points, ndim) array, or one such array per template
+            World mm in (x, y[, z]) order; every template marks the same points in the same order.
+        """
+        self._check_params()
+        embedder = self._resolve_embedder()
+        ndim = int(embedder.ndim_)
+        images, point_sets = self._check_templates(template_image, template_points, ndim)
+        embeddings = self._embed(embedder, images)
+        sets = [template_vectors(e, p) for e, p in zip(embeddings, point_sets)]
+        vg, vl = combine_templates(sets)
+        self.embedder_ = embedder
+        self.template_global_ = vg.detach().float().cpu().numpy()
+        self.template_local_ = vl.detach().float().cpu().numpy()
+        self.template_points_ = np.stack(point_sets)
+        self.n_points_ = int(point_sets[0].shape[0])
+        self.n_templates_ = len(images)
+        self.ndim_ = ndim
+        if self.cycle_check:
+            self.template_embeddings_ = embeddings
+        elif hasattr(self, "template_embeddings_"):
+            del self.template_embeddings_
+        return self
+
+    def _match_kwargs(self):
+        return dict(mode=self.mode, search_radius_mm=self.search_radius_mm, refine=self.refine,
+                    chunk_size=self.chunk_size)
+
+    def predict(self, images, return_scores=False):
+        """Landmark positions (n_images, n_points, ndim), world mm of each image.
+
+        With ``return_scores``, also the peak scores (n_images, n_points) (in [-1, 1]; see
+        ``samlearn.matching.MatchResult.scores``), and with ``cycle_check`` the forward-backward
+        distances (n_images, n_points) in mm: ``(points, scores)`` or ``(points, scores, cycle)``.
+        """
+        check_is_fitted(self, "template_local_")
+        ims = check_images(images, name="images")
+        if ims[0].ndim != self.ndim_:
+            raise ValueError(f"images are {ims[0].ndim}D but the detector was fitted on {self.ndim_}D "
+                             f"templates")
+        kwargs = self._match_kwargs()
+        points = np.empty((len(ims), self.n_points_, self.ndim_))
+        scores = np.empty((len(ims), self.n_points_))
+        cycle = np.empty((len(ims), self.n_points_)) if self.cycle_check else None
+        for i in range(0, len(ims), self.batch_size):
+            embs = self._embed(self.embedder_, ims[i:i + self.batch_size])
+            for j, emb in enumerate(embs):
+                res = match_points(self.template_global_, self.template_local_, emb, **kwargs)
+                points[i + j] = res.points
+                scores[i + j] = res.scores
+                if self.cycle_check:
+                    d = [cycle_consistency(t_emb, t_pts, emb, forward=res, **kwargs).distances_mm
+                         for t_emb, t_pts in zip(self.template_embeddings_, self.template_points_)]
+                    cycle[i + j] = np.mean(d, axis=0)
+        if not return_scores:
+            return points
+        return (points, scores, cycle) if self.cycle_check else (points, scores)
+
+    def score(self, images, points):
+        """Negative mean radial error (mm) of ``predict(images)`` against ``points``
+        (n_images, n_points, ndim) world mm; NaN rows (missing landmarks) are ignored.
+        Higher is better, as scikit-learn's model selection expects."""
+        check_is_fitted(self, "template_local_")
+        ims = check_images(images, name="images")
+        truth = np.asarray(points, dtype=np.float64)
+        expected = (len(ims), self.n_points_, self.ndim_)
+        if truth.shape != expected:
+            raise ValueError(f"points must have shape (n_images, n_points, ndim) = {expected}, "
+                             f"got {truth.shape}")
+        if np.isinf(truth).any():
+            raise ValueError("points contains infinite coordinates")
+        err = np.linalg.norm(self.predict(ims) - truth, axis=-1)
+        if np.all(np.isnan(err)):
+            raise ValueError("points holds no finite landmark to score against")
+        return -float(np.nanmean(err))
