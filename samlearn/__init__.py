@@ -3,6 +3,7 @@ X-ray, with a scikit-learn API. Click a point on one image; find the same anatom
 from ._version import __version__
 from .image import Image, ImageGeometry, check_images, check_points, normalize_intensity, read_image
 from .embedder import SAMEmbedder
+from .landmarks import OneShotLandmarkDetector
 from .persistence import load
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "normalize_intensity",
     "read_image",
     "SAMEmbedder",
+    "OneShotLandmarkDetector",
     "load",
 ]
