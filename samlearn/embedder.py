@@ -40,7 +40,7 @@ __all__ = ["SAMEmbedder"]
 _PRESET_KEYS = (
     "spacing_mm", "image_size", "intensity", "patch_shape", "batch_size", "depth", "width",
     "stem_stride", "stem_kernel", "stage_strides", "n_stages", "local_level", "fpn_channels",
-    "embed_dim", "lr", "warmup_iter", "lr_schedule", "weight_decay", "max_iter", "max_time",
+    "embed_dim", "head", "lr", "warmup_iter", "lr_schedule", "weight_decay", "max_iter", "max_time",
     "n_pos", "n_hard", "n_random", "n_candidates", "n_local", "tau", "delta_mm", "overlap",
     "scale", "rotation_deg", "elastic", "intensity_jitter",
 )
@@ -58,7 +58,7 @@ class SAMEmbedder(BaseEstimator):
     intensity : {"ct", "xray", "none"} intensity normalisation preset.
     patch_shape : training patch shape in numpy order ((z, y, x) or (y, x)).
     depth, width, stem_stride, stem_kernel, stage_strides, n_stages, local_level, fpn_channels,
-    embed_dim : network architecture (:class:`samlearn.nn.NetworkConfig`).
+    embed_dim, head : network architecture (:class:`samlearn.nn.NetworkConfig`).
     batch_size, lr, warmup_iter, lr_schedule, weight_decay : optimisation (RAdam).
     max_iter, max_time : training budget: total iterations and total seconds of training, whichever
         is reached first (``None``: no limit of that kind; at least one must be set).
@@ -91,7 +91,7 @@ class SAMEmbedder(BaseEstimator):
     def __init__(self, *, preset="auto", spacing_mm=None, image_size=None, intensity=None,
                  patch_shape=None, batch_size=None, depth=None, width=None, stem_stride=None,
                  stem_kernel=None, stage_strides=None, n_stages=None, local_level=None,
-                 fpn_channels=None, embed_dim=None, lr=None, warmup_iter=None, lr_schedule=None,
+                 fpn_channels=None, embed_dim=None, head=None, lr=None, warmup_iter=None, lr_schedule=None,
                  weight_decay=None, max_iter=None, max_time=None, n_pos=None, n_hard=None,
                  n_random=None, n_candidates=None, n_local=None, tau=None, delta_mm=None,
                  overlap=None, scale=None, rotation_deg=None, elastic=None, intensity_jitter=None,
@@ -113,6 +113,7 @@ class SAMEmbedder(BaseEstimator):
         self.local_level = local_level
         self.fpn_channels = fpn_channels
         self.embed_dim = embed_dim
+        self.head = head
         self.lr = lr
         self.warmup_iter = warmup_iter
         self.lr_schedule = lr_schedule
@@ -195,7 +196,7 @@ class SAMEmbedder(BaseEstimator):
                              stem_stride=cfg["stem_stride"], stem_kernel=cfg["stem_kernel"],
                              stage_strides=cfg["stage_strides"], n_stages=cfg["n_stages"],
                              local_level=cfg["local_level"], fpn_channels=cfg["fpn_channels"],
-                             embed_dim=cfg["embed_dim"])
+                             embed_dim=cfg["embed_dim"], head=cfg.get("head", "conv"))
 
     @staticmethod
     def _loss_config(cfg: dict) -> LossConfig:

@@ -19,6 +19,7 @@ __all__ = ["PRESETS", "get_preset", "resolve_preset_name"]
 
 _COMMON = dict(
     embed_dim=128,
+    head="conv",
     n_pos=100,
     n_hard=500,
     n_random=1000,

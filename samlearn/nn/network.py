@@ -55,6 +55,8 @@ class NetworkConfig:
     fpn_channels: int = 128
     embed_dim: int = 128
     in_channels: int = 1
+    head: str = "conv"                  # "conv": dense 3x3(x3) head (paper); "separable": depthwise
+                                        # 3x3(x3) + pointwise, same receptive field, ~8x cheaper
 
     def __post_init__(self):
         if self.ndim not in (2, 3):
@@ -67,6 +69,8 @@ class NetworkConfig:
             raise ValueError(f"n_stages must be 1..4, got {self.n_stages}")
         if not (0 <= self.local_level < self.n_stages):
             raise ValueError(f"local_level must be in [0, n_stages), got {self.local_level}")
+        if self.head not in ("conv", "separable"):
+            raise ValueError(f"head must be 'conv' or 'separable', got {self.head!r}")
         self.stem_stride = _tuple(self.stem_stride, self.ndim)
         self.stage_strides = tuple(_tuple(s, self.ndim) for s in self.stage_strides)[: self.n_stages]
         if len(self.stage_strides) != self.n_stages:
@@ -171,10 +175,18 @@ class SAMNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         top = cfg.n_stages - 1
         self.lateral = nn.ModuleList([conv(ch[i], cfg.fpn_channels, 1) for i in range(cfg.local_level, cfg.n_stages)])
-        self.global_head = conv(cfg.fpn_channels, cfg.embed_dim, 3, padding=1)
-        self.local_head = conv(cfg.fpn_channels, cfg.embed_dim, 3, padding=1)
+        self.global_head = self._head(cfg)
+        self.local_head = self._head(cfg)
         self._top = top
         self._init_weights()
+
+    @staticmethod
+    def _head(cfg):
+        conv = _conv(cfg.ndim)
+        if cfg.head == "conv":
+            return conv(cfg.fpn_channels, cfg.embed_dim, 3, padding=1)
+        return nn.Sequential(conv(cfg.fpn_channels, cfg.fpn_channels, 3, padding=1, groups=cfg.fpn_channels),
+                             conv(cfg.fpn_channels, cfg.embed_dim, 1))
 
     def _init_weights(self):
         for m in self.modules():
