@@ -178,8 +178,54 @@ def _prepare(image: Image, scale: float) -> Image:
     return image.resize(size)
 
 
-#: Extra rows: (name, factory(args) -> Predictor, notes). evaluate_samlearn / --model add here.
+#: Extra rows: (name, factory(args) -> Predictor, notes).
 EXTRA_ROWS: list = []
+
+
+# ------------------------------------------------------------------------------------ samlearn
+def train_samlearn(data, args):
+    """Train ``SAMEmbedder(preset=args.samlearn_preset)`` on images 001-070 only (unlabelled) for at
+    most ``args.samlearn_minutes`` minutes of training on this machine; save it to
+    ``args.samlearn_out``. Returns the fitted embedder."""
+    import ast
+
+    from samlearn import SAMEmbedder
+    params = dict(preset=args.samlearn_preset, max_time=60.0 * args.samlearn_minutes, max_iter=10**9,
+                  random_state=args.samlearn_seed, verbose=1, n_threads=args.samlearn_threads)
+    for kv in args.samlearn_set:
+        key, val = kv.split("=", 1)
+        params[key] = ast.literal_eval(val)
+    emb = SAMEmbedder(**params)
+    train = [read_image(data.image_paths[data.ids.index(i)]) for i in TRAIN_IDS]
+    t0 = time.perf_counter()
+    emb.fit(train)
+    wall = time.perf_counter() - t0
+    print(f"samlearn: {emb.n_iter_} iterations, {emb.train_time_:.0f} s of training "
+          f"({wall:.0f} s wall with preprocessing), {emb.n_iter_ / emb.train_time_:.2f} it/s",
+          file=sys.stderr)
+    if args.samlearn_out:
+        emb.save(args.samlearn_out)
+    return emb, wall
+
+
+def samlearn_predictor(embedder, **detector_params) -> Predictor:
+    """One-shot detection with a fitted embedder: fit the detector on the template, predict the
+    queries (embedding + matching are both inside the timed call)."""
+    from samlearn import OneShotLandmarkDetector
+
+    def predict(template, template_points, queries):
+        det = OneShotLandmarkDetector(embedder=embedder, **detector_params).fit(template, template_points)
+        return det.predict(list(queries))
+
+    return predict
+
+
+SAMLEARN_VARIANTS = (
+    ("samlearn {preset} (S^g+S^l, coarse-to-fine window)", {}),
+    ("samlearn {preset}: S^g+S^l over the whole image (paper rule)", {"search_radius_mm": None}),
+    ("samlearn {preset}: global only", {"mode": "global"}),
+    ("samlearn {preset}: local only", {"mode": "local", "search_radius_mm": None}),
+)
 
 
 # ------------------------------------------------------------------------------------ table
@@ -206,6 +252,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="only the first N evaluation images (smoke runs)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output")
     ap.add_argument("--machine", default="2-core AMD EPYC CPU, no GPU")
+    ap.add_argument("--samlearn-minutes", type=float, default=None,
+                    help="train samlearn on 001-070 for at most this many minutes (then evaluate it)")
+    ap.add_argument("--samlearn-model", type=Path, default=None, help="evaluate this saved model instead")
+    ap.add_argument("--samlearn-preset", default="xray-lite")
+    ap.add_argument("--samlearn-seed", type=int, default=0)
+    ap.add_argument("--samlearn-threads", type=int, default=None, help="torch threads for samlearn")
+    ap.add_argument("--samlearn-set", action="append", default=[], help="extra SAMEmbedder param=value")
+    ap.add_argument("--samlearn-out", type=Path, default=ROOT / "benchmarks" / "out" / "ceph_samlearn.samlearn")
     args = ap.parse_args(argv)
 
     methods = [] if args.methods in ("", "none") else args.methods.split(",")
@@ -217,6 +271,17 @@ def main(argv=None) -> dict:
         peers.configure_threads(args.threads)  # before any ITK registration
     data = load_cephalograms(args.data)
     eval_ids = EVAL_IDS[: args.limit] if args.limit else EVAL_IDS
+    embedder, train_info = None, {}
+    if args.samlearn_model is not None:  # trained earlier (its training record travels in the file)
+        from samlearn import load
+        embedder = load(args.samlearn_model)
+    elif args.samlearn_minutes:  # train first, while nothing else runs
+        embedder, wall = train_samlearn(data, args)
+        train_info = {"wall_seconds": wall}
+    if embedder is not None:
+        train_info.update(preset=embedder.preset_, n_iter=embedder.n_iter_,
+                          train_seconds=embedder.train_time_, train_ids=[TRAIN_IDS[0], TRAIN_IDS[-1]],
+                          interrupted=embedder.interrupted_)
     template_id, dists = choose_template(data)
     print(f"template: {template_id} (normalised-landmark distance {dists.min():.4f}; "
           f"median over 001-070 {np.median(dists):.4f})", file=sys.stderr)
@@ -231,6 +296,13 @@ def main(argv=None) -> dict:
         rows.append(evaluate_predictor(
             m, peer_predictor(m, scale=args.scale, threads=args.threads), data, template_id, eval_ids,
             threads=args.threads, notes=f"PNG resized x{args.scale:g}, template fixed, query moving"))
+    if embedder is not None:
+        notes = (f"trained on 001-070 only: {embedder.n_iter_} iterations, "
+                 f"{embedder.train_time_ / 60:.1f} min on this CPU")
+        for name, params in SAMLEARN_VARIANTS:
+            rows.append(evaluate_predictor(name.format(preset=embedder.preset_),
+                                           samlearn_predictor(embedder, **params), data, template_id,
+                                           eval_ids, threads=args.samlearn_threads, notes=notes))
     for name, factory, notes in EXTRA_ROWS:
         rows.append(evaluate_predictor(name, factory(args), data, template_id, eval_ids, notes=notes))
 
@@ -247,6 +319,7 @@ def main(argv=None) -> dict:
                                       "landmarks to their mean over 001-070",
                      "error_unit": "full-resolution pixel (0.1 mm)", "radii_px": list(RADII_PX),
                      "peer_scale": args.scale, "threads": args.threads},
+        "samlearn_training": train_info,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
