@@ -80,6 +80,7 @@ def main(argv=None):
             emb.save(args.out)
     variants = [
         ("sum, window auto", dict()),
+        ("sum, auto + affine check", dict(consistency="affine")),
         ("sum, window 40mm", dict(search_radius_mm=40.0)),
         ("sum, window 80mm", dict(search_radius_mm=80.0)),
         ("sum, whole image", dict(search_radius_mm=None)),

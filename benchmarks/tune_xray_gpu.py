@@ -36,6 +36,13 @@ CONFIGS = {
     "p192": ({"head": "separable", "patch_shape": (192, 192)}, 3000),
     "stages4": ({"head": "separable", "n_stages": 4}, 1500),
     "lr3e-3": ({"head": "separable", "lr": 3e-3}, 1500),
+    # second round, around the first round's winner (a 4th stage: global stride 32)
+    "s4-ncand1000": ({"head": "separable", "n_stages": 4, "n_candidates": 1000}, 1500),
+    "s4-lr3e-3": ({"head": "separable", "n_stages": 4, "lr": 3e-3}, 1500),
+    "s4-conv": ({"head": "conv", "n_stages": 4}, 1500),
+    "s4-w075": ({"head": "separable", "n_stages": 4, "width": 0.75}, 1200),
+    "s4-3000": ({"head": "separable", "n_stages": 4}, 3000),
+    "s4-p192": ({"head": "separable", "n_stages": 4, "patch_shape": (192, 192)}, 3000),
 }
 VARIANTS = [
     ("sum/window-auto", {}),

@@ -17,8 +17,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .image import Image, check_images, check_points
 from .maps import Embedding
-from .matching import (DEFAULT_CHUNK_SIZE, MODES, check_search_radius, combine_templates,
-                       cycle_consistency, match_points, template_vectors)
+from .matching import (DEFAULT_CHUNK_SIZE, MODES, apply_affine, check_search_radius, combine_templates,
+                       cycle_consistency, match_points, ransac_affine, template_vectors)
 
 __all__ = ["OneShotLandmarkDetector"]
 
@@ -73,6 +73,18 @@ class OneShotLandmarkDetector(BaseEstimator):
         large: keep this small).
     chunk_size : int, default 2**24
         Memory bound of the search (floats per intermediate), see ``match_points``.
+    consistency : {None, "affine"}, default None
+        Joint check of all points of a query: fit an affine from the template points to the matched
+        points robustly (RANSAC), and search every point whose match lies more than
+        ``consistency_tol_mm`` from the affine's prediction again, its coarse peak now restricted to
+        within ``consistency_tol_mm`` of that prediction (the fine search window around it still
+        reaches points that deviate from the affine by more). Repairs the rare global mismatches
+        (a point matched to similar-looking anatomy far away) that one point alone cannot detect.
+        Needs at least ndim + 2 points; anatomy that deforms far beyond an affine (joints in very
+        different poses) may need a larger tolerance.
+    consistency_tol_mm : "auto" or float, default "auto"
+        Residual beyond which a match is searched again; "auto" is one voxel of the query's global
+        grid (its coarsest resolution, where mismatches happen).
 
     Attributes
     ----------
@@ -85,7 +97,8 @@ class OneShotLandmarkDetector(BaseEstimator):
     """
 
     def __init__(self, *, embedder=None, mode="sum", search_radius_mm="auto", refine=True,
-                 cycle_check=False, batch_size=1, chunk_size=DEFAULT_CHUNK_SIZE):
+                 cycle_check=False, batch_size=1, chunk_size=DEFAULT_CHUNK_SIZE, consistency=None,
+                 consistency_tol_mm="auto"):
         self.embedder = embedder
         self.mode = mode
         self.search_radius_mm = search_radius_mm
@@ -93,6 +106,8 @@ class OneShotLandmarkDetector(BaseEstimator):
         self.cycle_check = cycle_check
         self.batch_size = batch_size
         self.chunk_size = chunk_size
+        self.consistency = consistency
+        self.consistency_tol_mm = consistency_tol_mm
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_clone__(self):
@@ -127,6 +142,16 @@ class OneShotLandmarkDetector(BaseEstimator):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_search_radius(self.search_radius_mm)
+        if self.consistency not in (None, "affine"):
+            raise ValueError(f"consistency must be None or 'affine', got {self.consistency!r}")
+        tol = self.consistency_tol_mm
+        if tol != "auto":
+            try:
+                ok = np.isfinite(float(tol)) and float(tol) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"consistency_tol_mm must be 'auto' or a positive number of mm, got {tol!r}")
         _check_flag(self.refine, "refine")
         _check_flag(self.cycle_check, "cycle_check")
         _check_positive_int(self.batch_size, "batch_size")
@@ -263,6 +288,8 @@ class OneShotLandmarkDetector(BaseEstimator):
                 res = match_points(self.template_global_, self.template_local_, emb, **kwargs)
                 points[i + j] = res.points
                 scores[i + j] = res.scores
+                if self.consistency == "affine":
+                    self._affine_repair(emb, points[i + j], scores[i + j], kwargs)
                 if self.cycle_check:
                     d = [cycle_consistency(t_emb, t_pts, emb, forward=res, **kwargs).distances_mm
                          for t_emb, t_pts in zip(self.template_embeddings_, self.template_points_)]
@@ -270,6 +297,28 @@ class OneShotLandmarkDetector(BaseEstimator):
         if not return_scores:
             return points
         return (points, scores, cycle) if self.cycle_check else (points, scores)
+
+    def _affine_repair(self, emb, pts, scores, kwargs):
+        """Search again, near a robust affine's prediction, the points that disagree with it
+        (in place)."""
+        tol = self.consistency_tol_mm
+        if tol == "auto":
+            tol = float(np.max(emb.global_map.geometry.spacing))
+        src = self.template_points_.mean(axis=0)
+        if len(src) < self.ndim_ + 2:
+            return
+        A, _ = ransac_affine(src, pts, tol)
+        expected = apply_affine(A, src)
+        bad = np.linalg.norm(pts - expected, axis=1) > tol
+        if not bad.any():
+            return
+        kw = dict(kwargs)
+        if kw.get("search_radius_mm") is None and kw["mode"] != "global":
+            kw["search_radius_mm"] = "auto"
+        res = match_points(self.template_global_[bad], self.template_local_[bad], emb,
+                           prior_points=expected[bad], prior_radius_mm=tol, **kw)
+        pts[bad] = res.points
+        scores[bad] = res.scores
 
     def score(self, images, points):
         """Negative mean radial error (mm) of ``predict(images)`` against ``points``

@@ -604,7 +604,8 @@ def _check_int(value, name: str, minimum: int) -> int:
 def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str = "sum",
                  search_radius_mm=None, refine: bool = True, top_k: int = 1,
                  min_distance_mm: Optional[float] = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> MatchResult:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, prior_points=None,
+                 prior_radius_mm: Optional[float] = None) -> MatchResult:
     """Find the K template points in ``query``: the peak of the similarity map per point.
 
     Parameters
@@ -635,6 +636,10 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         Upper bound on the floats of any intermediate (similarity values of a slab of the grid,
         the features of a window copied for its product, window positions); the coarse ``S^g``
         map of a chunk of points is held whole.
+    prior_points, prior_radius_mm : (K, ndim) world mm and a radius (mm), optional
+        Restrict the coarse (``S^g``) peak of point k to within ``prior_radius_mm`` of
+        ``prior_points[k]`` (e.g. where a robust fit of all points says it must be). Applies to the
+        coarse stage of a windowed search and to mode ``"global"``.
     """
     query = _check_embedding(query, "query")
     if mode not in MODES:
@@ -650,6 +655,21 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
     if gv is not None and lv is not None and gv.shape[0] != lv.shape[0]:
         raise ValueError(f"global_vectors has {gv.shape[0]} points but local_vectors has {lv.shape[0]}")
     n_points = (gv if gv is not None else lv).shape[0]
+    prior = None
+    if prior_points is not None:
+        prior = check_points(prior_points, query.ndim, name="prior_points")
+        if len(prior) != n_points:
+            raise ValueError(f"prior_points has {len(prior)} points, expected {n_points}")
+        try:
+            ok = np.isfinite(float(prior_radius_mm)) and float(prior_radius_mm) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"prior_radius_mm must be a positive number of mm with prior_points, "
+                             f"got {prior_radius_mm!r}")
+        if radius is None and mode != "global":
+            raise ValueError("prior_points needs a coarse-to-fine search: set search_radius_mm, "
+                             "or use mode='global'")
 
     search_geom = gmap.geometry if mode == "global" else lmap.geometry
     if min_distance_mm is None:
@@ -675,9 +695,16 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         g_chunk = gv[sl] if gv is not None else None
         l_chunk = lv[sl] if lv is not None else None
         centres = gpts = None
+        pc = None
+        if prior is not None:
+            pc = torch.as_tensor(gmap.geometry.world_to_array_index(prior[sl]), dtype=torch.float32,
+                                 device=gmap.data.device)
         if radius is not None:
             gsc = _Scorer("global", g_chunk, None, query, chunk_size)
-            gval, gflat = _full_search(gsc, 1, np.ones(gmap.ndim, int))
+            if pc is not None:
+                gval, gflat = _full_search(gsc, 1, np.ones(gmap.ndim, int), pc, float(prior_radius_mm))
+            else:
+                gval, gflat = _full_search(gsc, 1, np.ones(gmap.ndim, int))
             gidx = _refine(gsc, gval, gflat)[:, 0]
             gpts = gmap.geometry.array_index_to_world(gidx.cpu().numpy())
             centres = torch.as_tensor(lmap.geometry.world_to_array_index(gpts), dtype=torch.float32,
@@ -689,6 +716,8 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
                 vals, flat = _window_search(sc, centres, radius, top_k, nms_half)
             else:
                 vals, flat = _full_search(sc, top_k, nms_half, centres, radius)
+        elif pc is not None:  # mode "global" with a prior
+            vals, flat = _full_search(sc, top_k, nms_half, pc, float(prior_radius_mm))
         else:
             vals, flat = _full_search(sc, top_k, nms_half)
         if refine:
@@ -713,6 +742,64 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         grid=search_geom, hypotheses=hyp, hypothesis_scores=vals,
         global_points=None if radius is None else np.concatenate(out_gpts, 0),
         search_radius_mm=radius)
+
+
+# ============================================================================ robust affine
+
+
+def fit_affine(src, dst, weights=None) -> np.ndarray:
+    """Least-squares affine ``dst ~ A @ [src, 1]``: returns the (ndim+1, ndim+1) homogeneous
+    matrix mapping ``src`` points (n, ndim) onto ``dst`` points (optionally weighted)."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    n, d = src.shape
+    X = np.hstack([src, np.ones((n, 1))])
+    if weights is not None:
+        w = np.sqrt(np.clip(np.asarray(weights, dtype=np.float64), 0, None))[:, None]
+        X, dst = X * w, dst * w
+    sol, *_ = np.linalg.lstsq(X, dst, rcond=None)
+    A = np.eye(d + 1)
+    A[:d, :] = sol.T
+    return A
+
+
+def apply_affine(A: np.ndarray, points) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ A[:-1, :-1].T + A[:-1, -1]
+
+
+def ransac_affine(src, dst, tol_mm: float, *, n_trials: int = 256, random_state=0):
+    """Affine from point correspondences that survives outliers (RANSAC, then least squares on
+    the inliers). Returns ``(A, inlier_mask)``; ``A`` is the homogeneous (ndim+1)^2 matrix mapping
+    ``src`` onto ``dst``. Deterministic for a given ``random_state``."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    n, d = src.shape
+    ok = np.all(np.isfinite(src), 1) & np.all(np.isfinite(dst), 1)
+    if ok.sum() < d + 1:
+        raise ValueError(f"an affine needs at least {d + 1} finite correspondences, got {int(ok.sum())}")
+    rng = np.random.default_rng(random_state)
+    idx_ok = np.flatnonzero(ok)
+    best = None
+    for _ in range(n_trials):
+        pick = rng.choice(idx_ok, size=d + 1, replace=False)
+        if abs(np.linalg.det(np.hstack([src[pick], np.ones((d + 1, 1))]))) < 1e-9:
+            continue  # degenerate (collinear) sample
+        A = fit_affine(src[pick], dst[pick])
+        res = np.linalg.norm(apply_affine(A, src) - dst, axis=1)
+        inl = ok & (res <= tol_mm)
+        key = (inl.sum(), -np.sum(np.minimum(res[ok], tol_mm)))
+        if best is None or key > best[0]:
+            best = (key, inl)
+    inliers = best[1] if best is not None and best[1].sum() >= d + 1 else ok
+    A = fit_affine(src[inliers], dst[inliers])
+    # one re-estimation round: inliers of the refined fit
+    res = np.linalg.norm(apply_affine(A, src) - dst, axis=1)
+    refined = ok & (res <= tol_mm)
+    if refined.sum() >= d + 1:
+        inliers = refined
+        A = fit_affine(src[inliers], dst[inliers])
+    return A, inliers
 
 
 # ============================================================================ cycle consistency

@@ -316,3 +316,41 @@ def test_score_ignores_missing_landmarks(scene2d):
     pred = det.predict(s.queries)
     err = np.linalg.norm(pred - truth, axis=-1)
     assert det.score(s.queries, truth) == pytest.approx(-np.nanmean(err))
+
+
+# ----------------------------------------------------------------------------- joint consistency
+
+
+def test_affine_consistency_repairs_a_global_mismatch(scene2d):
+    s = scene2d
+    i = 0
+    emb_t = s.embedder.transform(s.template)[0]
+    tol = float(np.max(emb_t.global_map.geometry.spacing))
+    # plant a global mismatch: point i's coarse vector is that of far-away anatomy (similar-looking
+    # anatomy elsewhere) while its fine vector stays right
+    size = np.array(s.template.size)
+    corners = np.stack(np.meshgrid(*[[0.1, 0.9]] * 2, indexing="ij"), -1).reshape(-1, 2) * (size - 1)
+    cw = s.template.geometry.index_to_world(corners)
+    far = cw[np.argmax(np.linalg.norm(cw - s.points[i], axis=1))]
+    assert np.linalg.norm(far - s.points[i]) > 4 * tol  # beyond the default coarse-to-fine window
+    g_far, _ = template_vectors(emb_t, far[None])
+    preds = {}
+    for mode in (None, "affine"):
+        det = OneShotLandmarkDetector(embedder=s.embedder, consistency=mode).fit(s.template, s.points)
+        det.template_global_[i] = g_far[0].numpy()
+        preds[mode] = det.predict(s.queries)
+    err_plain = np.linalg.norm(preds[None][:, i] - s.truth[:, i], axis=-1)
+    err_fixed = np.linalg.norm(preds["affine"][:, i] - s.truth[:, i], axis=-1)
+    assert np.all(err_plain > 2 * tol), err_plain
+    assert np.all(err_fixed < 0.5 * s.local_voxel()), err_fixed
+    # the other points are untouched by the check
+    others = np.arange(len(s.points)) != i
+    np.testing.assert_allclose(preds["affine"][:, others], preds[None][:, others])
+
+
+def test_consistency_parameters_are_checked(scene2d):
+    with pytest.raises(ValueError, match="consistency must be"):
+        OneShotLandmarkDetector(embedder=scene2d.embedder, consistency="rigid").fit(scene2d.template, scene2d.points)
+    with pytest.raises(ValueError, match="consistency_tol_mm"):
+        OneShotLandmarkDetector(embedder=scene2d.embedder, consistency="affine",
+                                consistency_tol_mm=-1).fit(scene2d.template, scene2d.points)
