@@ -328,7 +328,7 @@ class SAMEmbedder(BaseEstimator):
         if self.verbose:
             try:
                 from tqdm.auto import tqdm
-                total = max_iter if max_iter is not None else None
+                total = max_iter if max_iter is not None and max_iter < 10**7 else None
                 progress = tqdm(total=total, initial=state.iteration, desc=f"SAM {preset}", unit="it",
                                 dynamic_ncols=True)
             except ImportError:  # pragma: no cover - tqdm is a dependency
