@@ -332,8 +332,9 @@ class SAMEmbedder(BaseEstimator):
                 optimizer.load_state_dict(opt_state)
             except (KeyError, TypeError, ValueError, RuntimeError) as exc:
                 from .persistence import ModelFileError
-                raise ModelFileError(f"the optimiser state to continue from ({'checkpoint ' + repr(self.checkpoint_path) if resume_ckpt is not None else 'this model'}) "
-                                     f"does not fit the network: {str(exc)[:200]}") from None
+                source = f"checkpoint '{self.checkpoint_path}'" if resume_ckpt is not None else "this model"
+                raise ModelFileError(f"the optimiser state of {source} does not fit the network: "
+                                     f"{str(exc)[:200]}") from None
 
         # the data stream continues deterministically after a resume: seed by the iteration count
         data_seed = np.random.SeedSequence(ss_data.entropy, spawn_key=ss_data.spawn_key + (state.iteration,))

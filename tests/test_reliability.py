@@ -169,11 +169,18 @@ class Context:
         return p
 
     # ---------------------------------------------------------------- model files
-    def tampered_model(self, edit, rehash=True):
-        """The saved model, edited by ``edit(payload)`` and rewritten; with ``rehash`` the checksum
-        is recomputed (as a careless or malicious writer would), so the edit itself is what fails."""
+    @cached_property
+    def checkpoint(self):
+        path = self.tmp / "checkpoint.samlearn"
+        tiny_embedder(random_state=0, max_iter=1, checkpoint_path=str(path)).fit(smooth_images(2, ndim=2, seed=0))
+        return path
+
+    def tampered_model(self, edit, rehash=True, source=None):
+        """The saved model (or ``source``), edited by ``edit(payload)`` and rewritten; with ``rehash``
+        the checksum is recomputed (as a careless or malicious writer would), so the edit itself is
+        what fails."""
         from samlearn import persistence
-        payload = torch.load(self.model_path, weights_only=True)
+        payload = torch.load(source or self.model_path, weights_only=True)
         edit(payload)
         digest = getattr(persistence, "payload_digest", None)  # absent before checksums existed
         if rehash and digest is not None and isinstance(payload.get("meta_json"), str):
@@ -228,6 +235,10 @@ def _nan_weight(payload):
     k = next(k for k, v in net.items() if v.is_floating_point() and v.numel() > 1)
     net[k] = net[k].clone()
     net[k].view(-1)[0] = float("nan")
+
+
+def _other_optimizer(payload):
+    payload["tensors"]["optimizer"]["param_groups"][0]["params"] = [0]
 
 
 def _flip_middle(data):
@@ -430,6 +441,10 @@ MATRIX = [
         lambda c: OneShotLandmarkDetector(embedder=c.model_bytes(lambda d: d[:1000])).fit(c.img2, c.points2)),
     Row("resume from a damaged checkpoint", "model file", ModelFileError, r"damaged_.*(checksum|corrupt)",
         lambda c: tiny_embedder(checkpoint_path=str(c.model_bytes(_flip_middle)), resume=True).fit(c.img2)),
+    Row("checkpoint whose optimiser state is for another network", "model file", ModelFileError,
+        r"optimiser state of checkpoint '.*tampered_.*' does not fit the network",
+        lambda c: tiny_embedder(max_iter=2, resume=True, checkpoint_path=str(c.tampered_model(
+            _other_optimizer, source=c.checkpoint))).fit(c.img2)),
     Row("resume from a checkpoint of another architecture", "model file", ValueError,
         r"checkpoint '.*model\.samlearn' was written by a different network architecture",
         lambda c: tiny_embedder(embed_dim=8, checkpoint_path=str(c.model_path), resume=True).fit(c.img2)),
