@@ -36,6 +36,10 @@ from .presets import get_preset, resolve_preset_name
 
 __all__ = ["SAMEmbedder"]
 
+# largest working grid (voxels) an image may be resampled to: 4 GiB of float32. Beyond it an
+# image's geometry is almost surely wrong (e.g. spacing in micrometres read as mm).
+_MAX_WORK_VOXELS = 2 ** 30
+
 # parameters that override preset keys of the same name
 _PRESET_KEYS = (
     "spacing_mm", "image_size", "intensity", "patch_shape", "batch_size", "depth", "width",
@@ -205,20 +209,38 @@ class SAMEmbedder(BaseEstimator):
                           n_local=cfg["n_local"])
 
     # ------------------------------------------------------------------ preprocessing
-    def _preprocess(self, image: Image, cfg: dict | None = None) -> Image:
-        """Resample onto the canonical working grid and normalise intensities."""
+    def _preprocess(self, image: Image, cfg: dict | None = None, where: str = "image") -> Image:
+        """Resample onto the canonical working grid and normalise intensities. ``where`` names the
+        image in error messages (e.g. ``"images[3]"``)."""
         cfg = cfg or self.config_
         geom = image.geometry
+        src = f" ('{image.source}')" if image.source else ""
+        lo, hi = float(image.array.min()), float(image.array.max())
+        if lo == hi:
+            # a blank image holds no anatomy: its embedding would be the same vector everywhere and
+            # any match in it an arbitrary voxel, so refuse it instead of answering silently wrong
+            raise ValueError(f"{where}{src} is constant (every voxel is {lo:g}): it holds no anatomy "
+                             f"to embed; remove blank images")
         if cfg.get("spacing_mm") is not None:
             target = geom.canonical(spacing=cfg["spacing_mm"])
         else:
             size = tuple(int(v) for v in cfg["image_size"])
             target = geom.canonical(size=size[::-1])  # image_size is (rows, cols) numpy order
+        n_vox = float(np.prod(np.asarray(target.size, dtype=np.float64)))
+        if n_vox > _MAX_WORK_VOXELS:
+            raise ValueError(
+                f"{where}{src} would need a working grid of {target.size} voxels (x, y, z) at "
+                f"spacing_mm={cfg.get('spacing_mm')} for its {np.round(geom.extent_mm, 1).tolist()} mm "
+                f"extent, over the limit of {_MAX_WORK_VOXELS:.3g} voxels; check the image's spacing, "
+                f"crop it, or use a larger spacing_mm")
         if target.allclose(geom, atol=1e-6):
             work = image
         else:
             work = image.resample_to_geometry(target, interpolator="linear")
-        return normalize_intensity(work, cfg["intensity"])
+        try:
+            return normalize_intensity(work, cfg["intensity"])
+        except ValueError as exc:
+            raise ValueError(f"{where}{src}: {exc}") from None
 
     # ------------------------------------------------------------------ training
     def fit(self, images, y=None):
@@ -243,7 +265,8 @@ class SAMEmbedder(BaseEstimator):
         ndim = images[0].ndim
         if continuing:
             if self.ndim_ != ndim:
-                raise ValueError(f"the model was trained on {self.ndim_}D images, got {ndim}D images")
+                raise ValueError(f"images are {ndim}D but the model was trained on {self.ndim_}D "
+                                 f"images (ndim_={self.ndim_})")
             device, preset, cfg = self.device_, self.preset_, self.config_
         else:
             device = self._resolve_device()
@@ -252,14 +275,15 @@ class SAMEmbedder(BaseEstimator):
         amp_dtype = self._amp_dtype(device)
         if additional and extra_iter is None:
             extra_iter = cfg["max_iter"]
+        _check_checkpointing(self.checkpoint_path, self.checkpoint_every, self.resume)
         resume_ckpt = None
         if not continuing and self.resume and self.checkpoint_path is not None \
                 and os.path.exists(self.checkpoint_path):
             resume_ckpt = _read_checkpoint(self.checkpoint_path)
         with _threads(self.n_threads):
             arrays, spacings = [], []
-            for im in images:
-                pre = self._preprocess(im, cfg)
+            for i, im in enumerate(images):
+                pre = self._preprocess(im, cfg, where=f"images[{i}]")
                 arrays.append(pre.array)
                 spacings.append(pre.spacing[::-1].copy())
             self._train(arrays, spacings, preset, cfg, device, amp_dtype, continuing, resume_ckpt,
@@ -281,11 +305,14 @@ class SAMEmbedder(BaseEstimator):
         elif resume_ckpt is not None:
             # the estimator's parameters rule (budget included); the checkpoint brings the state
             meta, tensors = resume_ckpt
-            if self._network_config(meta["config"]).to_dict() != net_cfg.to_dict():
+            try:
+                same = self._network_config(meta["config"]).to_dict() == net_cfg.to_dict()
+            except (KeyError, TypeError, ValueError):
+                same = False
+            if not same:
                 raise ValueError(f"checkpoint '{self.checkpoint_path}' was written by a different network "
                                  f"architecture; resume with the parameters that produced it")
-            net = SAMNet(net_cfg)
-            net.load_state_dict(tensors["network"])
+            net = _network_from_state(net_cfg, tensors, f"checkpoint '{self.checkpoint_path}'")
             state = TrainState(meta["n_iter"], meta["train_time"], meta["history"])
             opt_state = tensors.get("optimizer")
         else:
@@ -302,7 +329,13 @@ class SAMEmbedder(BaseEstimator):
             net = net.to(memory_format=torch.channels_last_3d if cfg["ndim"] == 3 else torch.channels_last)
         optimizer = torch.optim.RAdam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         if opt_state is not None:
-            optimizer.load_state_dict(opt_state)
+            try:
+                optimizer.load_state_dict(opt_state)
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                from .persistence import ModelFileError
+                source = f"checkpoint '{self.checkpoint_path}'" if resume_ckpt is not None else "this model"
+                raise ModelFileError(f"the optimiser state of {source} does not fit the network: "
+                                     f"{str(exc)[:200]}") from None
 
         # the data stream continues deterministically after a resume: seed by the iteration count
         data_seed = np.random.SeedSequence(ss_data.entropy, spawn_key=ss_data.spawn_key + (state.iteration,))
@@ -340,11 +373,12 @@ class SAMEmbedder(BaseEstimator):
                 self._write_checkpoint(self.checkpoint_path, net, optimizer, cfg, preset, st)
 
         try:
-            state = train(train_net, optimizer, loader, state, loss_config=self._loss_config(cfg),
-                          device=device, amp_dtype=amp_dtype, max_iter=max_iter, max_time=max_time,
-                          lr=cfg["lr"], warmup=cfg["warmup_iter"], schedule=cfg["lr_schedule"],
-                          generator=gen, checkpoint=ckpt_fn, checkpoint_every=self.checkpoint_every,
-                          progress=progress, channels_last=self.channels_last)
+            with _sigterm_as_interrupt():
+                state = train(train_net, optimizer, loader, state, loss_config=self._loss_config(cfg),
+                              device=device, amp_dtype=amp_dtype, max_iter=max_iter, max_time=max_time,
+                              lr=cfg["lr"], warmup=cfg["warmup_iter"], schedule=cfg["lr_schedule"],
+                              generator=gen, checkpoint=ckpt_fn, checkpoint_every=self.checkpoint_every,
+                              progress=progress, channels_last=self.channels_last)
         finally:
             if progress is not None:
                 progress.close()
@@ -374,9 +408,10 @@ class SAMEmbedder(BaseEstimator):
         check_is_fitted(self, "network_")
         images = check_images(images, name="images")
         if images[0].ndim != self.ndim_:
-            raise ValueError(f"this model was trained on {self.ndim_}D images; got {images[0].ndim}D images")
+            raise ValueError(f"images are {images[0].ndim}D but this model was trained on {self.ndim_}D "
+                             f"images (ndim_={self.ndim_})")
         with _threads(self.n_threads):
-            return [self._embed(im) for im in images]
+            return [self._embed(im, where=f"images[{i}]") for i, im in enumerate(images)]
 
     def fit_transform(self, images, y=None):
         return self.fit(images).transform(images)
@@ -385,8 +420,8 @@ class SAMEmbedder(BaseEstimator):
         """Embedding of one image."""
         return self.transform(image)[0]
 
-    def _embed(self, image: Image) -> Embedding:
-        pre = self._preprocess(image)
+    def _embed(self, image: Image, where: str = "image") -> Embedding:
+        pre = self._preprocess(image, where=where)
         net = self.network_
         device = self.device_
         amp_dtype = self._amp_dtype(device)
@@ -395,6 +430,9 @@ class SAMEmbedder(BaseEstimator):
                                              enabled=amp_dtype is not None):
             g, l = net(x, pad_value=float(pre.array.min()))
         g, l = g[0].float(), l[0].float()
+        if not (torch.isfinite(g).all() and torch.isfinite(l).all()):
+            raise FloatingPointError(f"the embedding of {where} holds NaN or infinite values (numeric "
+                                     f"overflow, e.g. with amp='fp16', or damaged weights)")
         cfg = net.config
         ggeom = pre.geometry.strided(cfg.global_stride[::-1], size=g.shape[1:][::-1])
         lgeom = pre.geometry.strided(cfg.local_stride[::-1], size=l.shape[1:][::-1])
@@ -432,27 +470,35 @@ class SAMEmbedder(BaseEstimator):
 
     @classmethod
     def _from_payload(cls, meta, tensors, header, source=None):
-        params = meta["params"]
-        est = cls(**{k: _untuple(v) for k, v in params.items() if k in cls._get_param_names()})
-        cfg = meta["config"]
-        net = SAMNet(cls._network_config(cfg))
+        from .persistence import ModelFileError
         try:
-            net.load_state_dict(tensors["network"])
-        except (RuntimeError, KeyError, TypeError) as exc:
-            from .persistence import ModelFileError
-            raise ModelFileError(f"model file {source!r}: weights do not match the architecture: "
-                                 f"{str(exc).splitlines()[0][:200]}") from None
+            params = {k: _untuple(v) for k, v in dict(meta["params"]).items() if k in cls._get_param_names()}
+            cfg = dict(meta["config"])
+            preset = str(meta["preset"])
+            ndim = int(meta["ndim"])
+            n_iter = int(meta["n_iter"])
+            train_time = float(meta["train_time"])
+            history = list(meta["history"])
+            interrupted = bool(meta.get("interrupted", False))
+            net_cfg = cls._network_config(cfg)
+            if net_cfg.ndim != ndim:
+                raise ValueError(f"ndim {ndim} does not match the network's {net_cfg.ndim}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelFileError(f"model file {source!r} has damaged or incompatible metadata "
+                                 f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        net = _network_from_state(net_cfg, tensors, f"model file {source!r}")
+        est = cls(**params)
         device = est._resolve_device_for_load()
         est.network_ = net.to(device).eval()
         est.device_ = device
         est.config_ = cfg
-        est.preset_ = meta["preset"]
-        est.ndim_ = int(meta["ndim"])
-        est.n_iter_ = int(meta["n_iter"])
-        est.train_time_ = float(meta["train_time"])
-        est.history_ = meta["history"]
-        est.interrupted_ = bool(meta.get("interrupted", False))
-        if "optimizer" in tensors:
+        est.preset_ = preset
+        est.ndim_ = ndim
+        est.n_iter_ = n_iter
+        est.train_time_ = train_time
+        est.history_ = history
+        est.interrupted_ = interrupted
+        if isinstance(tensors, dict) and "optimizer" in tensors:
             est._optimizer_state = tensors["optimizer"]
         return est
 
@@ -491,9 +537,51 @@ class SAMEmbedder(BaseEstimator):
 
 
 def _read_checkpoint(path):
-    from .persistence import load_payload
+    from .persistence import ModelFileError, load_payload
     _, meta, tensors, _ = load_payload(path, kind="SAMEmbedder")
+    try:
+        meta = dict(meta)
+        meta["n_iter"] = int(meta["n_iter"])
+        meta["train_time"] = float(meta["train_time"])
+        meta["history"] = list(meta["history"])
+        meta["config"] = dict(meta["config"])
+        if meta["n_iter"] < 0 or not math.isfinite(meta["train_time"]):
+            raise ValueError(f"n_iter={meta['n_iter']}, train_time={meta['train_time']}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"checkpoint '{path}' has damaged metadata ({type(exc).__name__}: "
+                             f"{str(exc)[:200]})") from None
     return meta, tensors
+
+
+def _network_from_state(net_cfg, tensors, what):
+    """Build a SAMNet for ``net_cfg`` and load ``tensors["network"]`` into it, refusing (with
+    :class:`~samlearn.persistence.ModelFileError`) weights whose names, shapes or dtypes do not match
+    the architecture, or that are not finite. The architecture is first built on the "meta" device
+    (no memory), so a tampered configuration cannot make samlearn allocate a huge network."""
+    from .persistence import ModelFileError
+    state = tensors.get("network") if isinstance(tensors, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ModelFileError(f"{what} holds no network weights (a dict of tensors)")
+    try:
+        with torch.device("meta"):
+            expected = SAMNet(net_cfg).state_dict()
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ModelFileError(f"{what}: invalid network configuration ({str(exc)[:200]})") from None
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [f"{k}: {tuple(state[k].shape)} {state[k].dtype} (expected {tuple(v.shape)} {v.dtype})"
+             for k, v in expected.items() if k in state
+             and (state[k].shape != v.shape or state[k].dtype != v.dtype)]
+    if missing or extra or wrong:
+        raise ModelFileError(f"{what}: weights do not match the architecture "
+                             f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape/dtype {wrong[:3]})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelFileError(f"{what}: weights {bad[:3]} hold NaN or infinite values (a diverged or "
+                             f"damaged model)")
+    net = SAMNet(net_cfg)
+    net.load_state_dict(state)
+    return net
 
 
 def _to_cpu(obj):
@@ -530,6 +618,57 @@ def _untuple(v):
     if isinstance(v, list):
         return tuple(_untuple(x) for x in v)
     return v
+
+
+def _check_checkpointing(path, every, resume):
+    """Fail at the start of fit, not hours later at the first checkpoint."""
+    if every is not None and (isinstance(every, bool) or not isinstance(every, (numbers.Integral, np.integer))
+                              or every < 1):
+        raise ValueError(f"checkpoint_every must be a positive integer or None, got {every!r}")
+    if path is None:
+        if every is not None:
+            raise ValueError(f"checkpoint_every={every} but checkpoint_path is None: no checkpoint would be "
+                             f"written; set checkpoint_path")
+        if resume:
+            raise ValueError("resume=True but checkpoint_path is None: there is nothing to resume from; "
+                             "set checkpoint_path")
+        return
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_path must be a str or os.PathLike, got {type(path).__name__}")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint_path '{os.fspath(path)}' is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(os.fspath(path)))
+    while not os.path.exists(parent):  # save_payload creates missing folders: check the first existing one
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"checkpoint_path '{os.fspath(path)}' cannot be written (folder '{parent}' is "
+                         f"not writable)")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """During training, turn SIGTERM (what batch schedulers and ``kill`` send before SIGKILL) into
+    the same clean stop as Ctrl-C: the loop ends after the current step, writes a final checkpoint
+    and returns a usable, partially trained model (``interrupted_=True``). Only possible in the
+    main thread; elsewhere (and on platforms without SIGTERM) nothing changes."""
+    import signal
+    import threading
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # pragma: no cover - e.g. embedded interpreters
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _check_random_state(rs):

@@ -46,12 +46,19 @@ __all__ = [
 ]
 
 _ORTHO_TOL = 1e-4
+_COLOUR_PIXEL_IDS = (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16)
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 INTENSITY_PRESETS = ("ct", "xray", "none")
 
 
 def _as_vector(value, ndim: int, name: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
+    if value is None:
+        raise TypeError(f"{name} must be a number or {ndim} numbers (x, y[, z] order), got None")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number or {ndim} numbers (x, y[, z] order), "
+                        f"got {value!r}") from None
     if arr.ndim == 0:
         arr = np.full(ndim, float(arr))
     if arr.shape != (ndim,):
@@ -79,6 +86,15 @@ class ImageGeometry:
         if np.any(spacing <= 0):
             raise ValueError(f"spacing must be positive, got {spacing.tolist()}")
         origin = _as_vector(origin, ndim, "origin")
+        # the grid must map to finite world coordinates, and world back to finite indices
+        with np.errstate(over="ignore", divide="ignore"):
+            reach = np.abs(origin) + np.asarray(size_arr, dtype=np.float64) * spacing
+            finite = np.all(np.isfinite(reach)) and np.all(np.isfinite(1.0 / spacing)) \
+                and np.all(reach < 1e15)
+        if not finite:
+            raise ValueError(f"spacing {spacing.tolist()} and origin {origin.tolist()} put the grid "
+                             f"of size {tuple(int(v) for v in size_arr)} beyond representable world "
+                             f"coordinates (|origin| + size * spacing must stay below 1e15 mm)")
         if direction is None:
             direction = np.eye(ndim)
         direction = np.asarray(direction, dtype=np.float64)
@@ -300,8 +316,17 @@ class Image:
         A 3D image with a single slice whose direction keeps that axis apart becomes 2D."""
         if not isinstance(image, sitk.Image):
             raise TypeError(f"image must be a SimpleITK.Image, got {type(image).__name__}")
-        arr = sitk.GetArrayFromImage(image)
         ncomp = image.GetNumberOfComponentsPerPixel()
+        if ncomp > 1 and not (image.GetDimension() == 2 and ncomp in (2, 3, 4)
+                              and image.GetPixelID() in _COLOUR_PIXEL_IDS):
+            # a 4D volume (read as a vector image), a vector field or a colour volume: converting it
+            # to luminance would be silently wrong
+            raise ValueError(
+                f"image has {ncomp} components per pixel ({image.GetPixelIDTypeAsString()}, "
+                f"{image.GetDimension()}D): samlearn needs one scalar per voxel, and converts only 2D "
+                f"8/16-bit colour pictures (RGB, RGBA, grey+alpha) to luminance. For a 4D or vector "
+                f"image, select one component first (SimpleITK.VectorIndexSelectionCast)")
+        arr = sitk.GetArrayFromImage(image)
         if ncomp > 1:
             arr = _to_luminance(arr, ncomp)
         geom = ImageGeometry.from_sitk(image)
@@ -492,6 +517,8 @@ def read_image(path: PathLike, *, series_id: str | None = None) -> Image:
         raise FileNotFoundError(f"image path does not exist: '{p}'")
     if p.is_dir():
         return _read_dicom_series(p, series_id)
+    from ._integrity import verify_image_file
+    verify_image_file(p)  # damage that SimpleITK would read silently wrong (truncation, NaN, ...)
     try:
         img = sitk.ReadImage(str(p))
     except RuntimeError as exc:
@@ -499,7 +526,15 @@ def read_image(path: PathLike, *, series_id: str | None = None) -> Image:
         detail = next((ln for ln in first if "ERROR" in ln or "exception" in ln.lower()), first[-1] if first else "")
         raise ValueError(f"could not read image file '{p}': not a readable or supported image "
                          f"({detail.strip()[:200]})") from None
-    return Image.from_sitk(img, source=str(p))
+    return _from_sitk_named(img, str(p), f"image file '{p}'")
+
+
+def _from_sitk_named(img: sitk.Image, source: str, what: str) -> Image:
+    """``Image.from_sitk`` whose validation errors name the file they came from."""
+    try:
+        return Image.from_sitk(img, source=source)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def _read_dicom_series(folder: Path, series_id: str | None) -> Image:
@@ -519,11 +554,27 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> Image:
         raise ValueError(f"series_id {series_id!r} is not in folder '{folder}' (found {ids})")
     files = reader.GetGDCMSeriesFileNames(str(folder), series_id)
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         img = reader.Execute()
     except RuntimeError as exc:
         raise ValueError(f"could not read the DICOM series in '{folder}': {str(exc).strip()[-200:]}") from None
-    return Image.from_sitk(img, source=str(folder))
+    _check_dicom_slices(reader, folder, len(files))
+    return _from_sitk_named(img, str(folder), f"DICOM series in '{folder}'")
+
+
+def _check_dicom_slices(reader, folder: Path, n: int) -> None:
+    """Missing or unreadable slices (GDCM silently leaves them out of the series) show as uneven
+    gaps between ImagePositionPatient values: refuse them."""
+    from ._integrity import check_slice_positions
+    try:
+        pos = [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)]
+        iop = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+    except (RuntimeError, ValueError, IndexError):
+        return  # no position tags (e.g. a secondary capture): nothing to compare
+    if len(iop) != 6 or any(len(p) != 3 for p in pos):
+        return
+    check_slice_positions(folder, pos, np.cross(iop[:3], iop[3:]))
 
 
 def check_images(images, *, ndim: int | None = None, name: str = "images") -> list:
@@ -554,7 +605,7 @@ def check_images(images, *, ndim: int | None = None, name: str = "images") -> li
         if isinstance(item, Image):
             out.append(item)
         elif isinstance(item, sitk.Image):
-            out.append(Image.from_sitk(item))
+            out.append(_from_sitk_named(item, None, f"{name}[{i}]"))
         elif isinstance(item, (str, os.PathLike)):
             out.append(read_image(item))
         elif isinstance(item, np.ndarray):

@@ -305,6 +305,8 @@ class _Scorer:
         self.geometry = gmap.geometry if mode == "global" else lmap.geometry
         self.device = (gmap if mode == "global" else lmap).data.device
         self.grid = _GridIndex(self.geometry.shape, self.device)
+        # voxels that do not overlap the query image (padding of the working grid): never a match
+        self.outside = _outside_fov(self.geometry, query.source_geometry, self.device)
         self.k = (gv if gv is not None else lv).shape[0]
         self.sg = sg if mode in ("sum", "global") else None
         if self.sg is None and gv is not None and mode in ("sum", "global"):
@@ -339,6 +341,13 @@ class _Scorer:
 
     # --- whole slabs: shared positions for the k points
     def rows(self, r0: int, r1: int) -> torch.Tensor:
+        vals = self._rows(r0, r1)
+        if self.outside is not None:
+            a, b = r0 * self.grid.row_size, r1 * self.grid.row_size
+            vals = vals.masked_fill(self.outside[a:b], -math.inf)
+        return vals
+
+    def _rows(self, r0: int, r1: int) -> torch.Tensor:
         a, b = r0 * self.grid.row_size, r1 * self.grid.row_size
         if self.mode == "global":
             return self.sg.reshape(self.k, -1)[:, a:b]
@@ -379,16 +388,25 @@ class _Scorer:
                         slice(c, c + b) for c, b in zip(corner[1:], box[1:]))
                     feats = data[sl].reshape(self.n_channels, -1)
                     out[i, r * row:r1 * row] = (self.lv[p0 + i] @ feats).float()
-        if self.mode == "local":
-            return out
         off = _GridIndex(tuple(box), self.device).rows(0, box[0])
-        pos = (start.float()[:, None, :] + off[None]) @ self.m + self.t
-        sg = _interp(self.sg[p0:p0 + k].unsqueeze(1), pos)[:, 0]
-        return (sg + out) * 0.5
+        if self.mode != "local":
+            pos = (start.float()[:, None, :] + off[None]) @ self.m + self.t
+            sg = _interp(self.sg[p0:p0 + k].unsqueeze(1), pos)[:, 0]
+            out = (sg + out) * 0.5
+        if self.outside is not None:
+            flat = self.grid.ravel(start[:, None, :] + off[None].long())
+            out = out.masked_fill(self.outside[flat], -math.inf)
+        return out
 
     # --- per-point voxel sets
     def at(self, flat: torch.Tensor) -> torch.Tensor:
         """Values at flat voxel indices ``flat`` (k, n) of each point's own map: (k, n)."""
+        vals = self._at(flat)
+        if self.outside is not None:
+            vals = vals.masked_fill(self.outside[flat], -math.inf)
+        return vals
+
+    def _at(self, flat: torch.Tensor) -> torch.Tensor:
         k, n = flat.shape
         if self.mode == "global":
             return torch.gather(self.sg.reshape(self.k, -1), 1, flat)
@@ -405,6 +423,49 @@ class _Scorer:
         pos = self.grid.unravel(flat).float() @ self.m + self.t
         sg = _interp(self.sg.unsqueeze(1), pos)[:, 0]
         return (sg + sl) * 0.5
+
+
+def _outside_fov(grid: ImageGeometry, source: ImageGeometry, device) -> Optional[torch.Tensor]:
+    """Flat boolean mask of the voxels of ``grid`` (a map of the working grid) that do not overlap
+    the query image ``source``, or None when every voxel does (always for axis-aligned images).
+
+    The working grid is the axis-aligned bounding box of the image, so for an image stored with a
+    rotated direction its corners are padding; a peak there would put a landmark outside the image.
+    A voxel counts as overlapping when its centre lies within the image's extent widened by the
+    voxel's diagonal (generous on purpose: a voxel's box reaches half a diagonal from its centre, and
+    the working grid may fall short of the image's box by half a working voxel; so some voxel is
+    always valid, whatever the image's size and orientation)."""
+    if grid.allclose(source, atol=1e-9):
+        return None
+    pad = float(np.linalg.norm(grid.spacing)) / np.asarray(source.spacing)  # in source voxels, per axis
+    lo, hi = -0.5 - pad - 1e-6, np.asarray(source.size) - 0.5 + pad + 1e-6
+
+    def inside(array_idx):
+        idx = source.world_to_index(grid.array_index_to_world(array_idx))
+        return np.all((idx >= lo) & (idx <= hi), axis=-1)
+
+    shape = np.asarray(grid.shape)
+    corners = np.stack(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij"), -1).reshape(-1, grid.ndim)
+    if inside(corners.astype(np.float64)).all():
+        return None  # affine grid, convex box: all voxel centres are inside too
+    axes = [np.arange(n, dtype=np.float64) for n in shape]
+    rows = []
+    for r in range(shape[0]):  # row by row: memory bounded by one row of world positions
+        idx = np.stack(np.meshgrid(*([axes[0][r:r + 1]] + axes[1:]), indexing="ij"), -1).reshape(-1, grid.ndim)
+        rows.append(~inside(idx))
+    return torch.as_tensor(np.concatenate(rows), device=device)
+
+
+def _clip_to_image(points: np.ndarray, source: ImageGeometry) -> np.ndarray:
+    """Move points lying just outside the image (a peak voxel overlapping its border, or the
+    sub-voxel refinement) onto its border: a landmark is never reported outside the image."""
+    if len(points) == 0:
+        return points
+    idx = source.world_to_index(points)
+    clipped = np.clip(idx, -0.5, np.asarray(source.size) - 0.5)
+    if np.array_equal(clipped, idx):
+        return points
+    return source.index_to_world(clipped)
 
 
 def _max_filter(x: torch.Tensor, half: Sequence[int]) -> torch.Tensor:
@@ -572,7 +633,8 @@ def _refine(sc: _Scorer, values: torch.Tensor, flat: torch.Tensor) -> torch.Tens
     nb = torch.where(valid[..., None], nb, idx[:, :, None, :])
     f = sc.at(g.ravel(nb).reshape(k, -1)).reshape(k, h, 2 * nd)
     fm, fp = f[..., :nd], f[..., nd:]
-    ok = valid[..., :nd] & valid[..., nd:] & torch.isfinite(values)[..., None]
+    ok = valid[..., :nd] & valid[..., nd:] & torch.isfinite(values)[..., None] \
+        & torch.isfinite(fm) & torch.isfinite(fp)
     f0 = values[..., None]
     denom = fm - 2 * f0 + fp
     ok = ok & (denom < 0)
@@ -736,6 +798,7 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
     hyp = search_geom.array_index_to_world(idx.reshape(-1, d)).reshape(n_points, top_k, d)
     missing = ~np.isfinite(vals)
     hyp[missing] = np.nan
+    hyp[~missing] = _clip_to_image(hyp[~missing], query.source_geometry)
     best_index = _GridIndex(search_geom.shape, flat.device).unravel(flat[:, 0]).cpu().numpy()
     return MatchResult(
         points=hyp[:, 0].copy(), scores=vals[:, 0].copy(), index=best_index.astype(np.int64),
