@@ -458,7 +458,8 @@ def test_ransac_affine_survives_outliers():
         dst[bad] += rng.uniform(40, 80, (9, ndim)) * rng.choice([-1, 1], (9, ndim))
         est, inl = ransac_affine(src, dst, tol_mm=3.0)
         assert set(np.flatnonzero(~inl)) == set(bad)
-        np.testing.assert_allclose(est, A, atol=0.05)
+        np.testing.assert_allclose(est[:ndim, :ndim], A[:ndim, :ndim], atol=0.02)
+        np.testing.assert_allclose(est[:ndim, ndim], A[:ndim, ndim], atol=0.5)  # noise 0.5 mm
         plain = fit_affine(src, dst)
         assert np.abs(plain - A).max() > 0.1  # least squares alone is pulled off
     with pytest.raises(ValueError, match="at least 3"):
