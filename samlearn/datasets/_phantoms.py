@@ -11,6 +11,7 @@ The anatomy is analytic: organs are ellipsoids, tubes and curved plates in a pat
 painted directly on the output voxel grid through the exact world geometry. Landmarks are computed
 from the same per-subject shapes (never from a template), then mapped to world coordinates.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -26,22 +27,64 @@ PHASES = ("non-contrast", "arterial", "venous")
 
 # ----------------------------------------------------------------------------- labels
 ORGAN_NAMES = {
-    0: "background", 1: "subcutaneous_fat", 2: "visceral_fat", 3: "muscle", 4: "lung_left",
-    5: "lung_right", 6: "airway", 7: "esophagus", 8: "heart", 9: "aorta", 10: "pulmonary_artery",
-    11: "vena_cava", 12: "portal_vein", 13: "other_vessel", 14: "liver", 15: "gallbladder",
-    16: "spleen", 17: "stomach", 18: "pancreas", 19: "kidney_left", 20: "kidney_right",
-    21: "bowel", 22: "bladder", 23: "spinal_canal", 24: "vertebra", 25: "intervertebral_disc",
-    26: "rib", 27: "sternum", 28: "clavicle", 29: "scapula", 30: "pelvis", 31: "femur_left",
-    32: "femur_right", 33: "lesion",
+    0: "background",
+    1: "subcutaneous_fat",
+    2: "visceral_fat",
+    3: "muscle",
+    4: "lung_left",
+    5: "lung_right",
+    6: "airway",
+    7: "esophagus",
+    8: "heart",
+    9: "aorta",
+    10: "pulmonary_artery",
+    11: "vena_cava",
+    12: "portal_vein",
+    13: "other_vessel",
+    14: "liver",
+    15: "gallbladder",
+    16: "spleen",
+    17: "stomach",
+    18: "pancreas",
+    19: "kidney_left",
+    20: "kidney_right",
+    21: "bowel",
+    22: "bladder",
+    23: "spinal_canal",
+    24: "vertebra",
+    25: "intervertebral_disc",
+    26: "rib",
+    27: "sternum",
+    28: "clavicle",
+    29: "scapula",
+    30: "pelvis",
+    31: "femur_left",
+    32: "femur_right",
+    33: "lesion",
 }
 _L = {name: k for k, name in ORGAN_NAMES.items()}
 _N_LABELS = 64
 
 LANDMARK_NAMES = (
-    "lung_apex_left", "lung_apex_right", "sternal_notch", "aortic_arch_top", "carina",
-    "vertebra_T1", "vertebra_T6", "heart_apex", "xiphoid_tip", "liver_dome", "vertebra_T12",
-    "spleen_tip", "kidney_left_upper_pole", "kidney_right_upper_pole", "portal_vein_bifurcation",
-    "vertebra_L3", "aortic_bifurcation", "bladder_centre", "femoral_head_left",
+    "lung_apex_left",
+    "lung_apex_right",
+    "sternal_notch",
+    "aortic_arch_top",
+    "carina",
+    "vertebra_T1",
+    "vertebra_T6",
+    "heart_apex",
+    "xiphoid_tip",
+    "liver_dome",
+    "vertebra_T12",
+    "spleen_tip",
+    "kidney_left_upper_pole",
+    "kidney_right_upper_pole",
+    "portal_vein_bifurcation",
+    "vertebra_L3",
+    "aortic_bifurcation",
+    "bladder_centre",
+    "femoral_head_left",
     "femoral_head_right",
 )
 
@@ -75,8 +118,8 @@ _TISSUE_HU = {
     "fat": (-100, -98, -95),
     "muscle": (48, 55, 62),
     "airway_wall": (30, 45, 50),
-    "blood_left": (42, 300, 155),      # aorta, left heart, systemic arteries
-    "blood_right": (42, 215, 150),     # right heart, pulmonary arteries
+    "blood_left": (42, 300, 155),  # aorta, left heart, systemic arteries
+    "blood_right": (42, 215, 150),  # right heart, pulmonary arteries
     "pulm_vein": (42, 285, 150),
     "svc": (42, 340, 150),
     "ivc": (42, 85, 140),
@@ -97,22 +140,48 @@ _TISSUE_HU = {
     "disc": (85, 85, 88),
     "cartilage": (125, 125, 128),
     "bone_cortex": (820, 820, 820),
-    "bone_cancellous": (300, 305, 310),
+    "bone_cancellous": (330, 335, 340),
     "marrow": (10, 12, 15),
     "lesion_liver": (38, 52, 60),
     "lesion_lung": (32, 60, 70),
     "lung": (-850, -848, -846),
     "air": (-990, -990, -990),
 }
-_BASE_JITTER = {"fat": 8, "lung": 18, "bone_cortex": 70, "bone_cancellous": 45, "air": 5,
-                "stool": 15, "fluid": 4, "bowel_fluid": 6}
+_BASE_JITTER = {
+    "fat": 8,
+    "lung": 18,
+    "bone_cortex": 70,
+    "bone_cancellous": 30,
+    "air": 5,
+    "stool": 15,
+    "fluid": 4,
+    "bowel_fluid": 6,
+}
 # Tissues whose enhancement grows (+) or shrinks (-) with timing inside a phase.
 _TIMING = {
-    "arterial": {"blood_left": -0.30, "pulm_vein": -0.30, "blood_right": -0.35, "svc": -0.40,
-                 "portal": 0.3, "liver": 0.45, "spleen": 0.15, "kidney_medulla": 0.5,
-                 "hepatic_vein": 0.6, "ivc": 0.5, "pancreas": -0.1},
-    "venous": {"blood_left": -0.30, "pulm_vein": -0.3, "blood_right": -0.25, "svc": -0.25,
-               "liver": 0.25, "portal": -0.15, "hepatic_vein": 0.1, "kidney_cortex": -0.1},
+    "arterial": {
+        "blood_left": -0.15,
+        "pulm_vein": -0.15,
+        "blood_right": -0.35,
+        "svc": -0.40,
+        "portal": 0.3,
+        "liver": 0.45,
+        "spleen": 0.15,
+        "kidney_medulla": 0.5,
+        "hepatic_vein": 0.6,
+        "ivc": 0.5,
+        "pancreas": -0.1,
+    },
+    "venous": {
+        "blood_left": -0.15,
+        "pulm_vein": -0.15,
+        "blood_right": -0.25,
+        "svc": -0.25,
+        "liver": 0.25,
+        "portal": -0.15,
+        "hepatic_vein": 0.1,
+        "kidney_cortex": -0.1,
+    },
 }
 
 _MU_WATER = 0.02  # linear attenuation of water at ~70 keV, 1/mm (for the 2D projection)
@@ -156,8 +225,12 @@ def _spline(points, step=4.0):
     seg = np.repeat(np.arange(len(p) - 1), n)
     t = ((np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(n, n))[:, None]
     p0, p1, p2, p3 = ext[seg], ext[seg + 1], ext[seg + 2], ext[seg + 3]
-    out = 0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
-                 + (-p0 + 3 * p1 - 3 * p2 + p3) * t ** 3)
+    out = 0.5 * (
+        (2 * p1)
+        + (-p0 + p2) * t
+        + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+        + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3
+    )
     return np.vstack([out, p[-1:]]), np.concatenate([seg + t[:, 0], [len(p) - 1.0]])
 
 
@@ -191,13 +264,13 @@ class _Canvas:
         np.clip(zi, 0, nz_tab - 1, out=zi)
         self.ZI = zi.astype(np.int32)
         self.cavity = None  # bool array, filled by the body painter
-        self.ZI2 = None     # 2 * ZI + (Y > 0), for front/back tables
+        self.ZI2 = None  # 2 * ZI + (Y > 0), for front/back tables
 
     # -- construction
     @classmethod
     def for_grid(cls, geometry: ImageGeometry, pose_R, pose_t, z0, inv_dz, nz_tab):
         D = geometry.direction
-        A = pose_R.T @ D @ np.diag(geometry.spacing)          # anat = A @ (i, j, k) + b
+        A = pose_R.T @ D @ np.diag(geometry.spacing)  # anat = A @ (i, j, k) + b
         b = pose_R.T @ (geometry.origin - pose_t)
         nx, ny, nz = geometry.size
         i = np.arange(nx, dtype=np.float32)[None, None, :]
@@ -205,7 +278,7 @@ class _Canvas:
         k = np.arange(nz, dtype=np.float32)[:, None, None]
         coords = []
         for r in range(3):
-            plane = np.float32(A[r, 0]) * i + np.float32(A[r, 1]) * j            # (1, ny, nx)
+            plane = np.float32(A[r, 0]) * i + np.float32(A[r, 1]) * j  # (1, ny, nx)
             c = np.empty((nz, ny, nx), np.float32)
             np.add(plane, np.float32(A[r, 2]) * k + np.float32(b[r]), out=c)
             coords.append(c)
@@ -217,8 +290,15 @@ class _Canvas:
     @classmethod
     def for_points(cls, pts, z0, inv_dz, nz_tab):
         pts = np.asarray(pts, dtype=np.float32)
-        return cls(pts[:, 0].copy(), pts[:, 1].copy(), pts[:, 2].copy(), grid=False, z0=z0,
-                   inv_dz=inv_dz, nz_tab=nz_tab)
+        return cls(
+            pts[:, 0].copy(),
+            pts[:, 1].copy(),
+            pts[:, 2].copy(),
+            grid=False,
+            z0=z0,
+            inv_dz=inv_dz,
+            nz_tab=nz_tab,
+        )
 
     # -- access
     def region(self, lo, hi):
@@ -234,8 +314,14 @@ class _Canvas:
                 return None
             key = (slice(i0[2], i1[2]), slice(i0[1], i1[1]), slice(i0[0], i1[0]))
             return key, self.X[key], self.Y[key], self.Z[key]
-        sel = ((self.X >= lo[0]) & (self.X <= hi[0]) & (self.Y >= lo[1]) & (self.Y <= hi[1])
-               & (self.Z >= lo[2]) & (self.Z <= hi[2]))
+        sel = (
+            (self.X >= lo[0])
+            & (self.X <= hi[0])
+            & (self.Y >= lo[1])
+            & (self.Y <= hi[1])
+            & (self.Z >= lo[2])
+            & (self.Z <= hi[2])
+        )
         key = np.flatnonzero(sel)
         if key.size == 0:
             return None
@@ -302,8 +388,11 @@ def _ellipsoid_mask(cv, c, semi, R=None, margin=0.0, scale=1.0, region=None):
     dx, dy, dz = X - np.float32(c[0]), Y - np.float32(c[1]), Z - np.float32(c[2])
     q = None
     for j in range(3):
-        u = (np.float32(R[0, j] / semi[j]) * dx + np.float32(R[1, j] / semi[j]) * dy
-             + np.float32(R[2, j] / semi[j]) * dz)
+        u = (
+            np.float32(R[0, j] / semi[j]) * dx
+            + np.float32(R[1, j] / semi[j]) * dy
+            + np.float32(R[2, j] / semi[j]) * dz
+        )
         q = u * u if q is None else q + u * u
     return key, q <= 1.0, q
 
@@ -385,7 +474,7 @@ def _paint_tubes(cv, tubes, layers, allowed=None):
         pts = np.asarray(pts, dtype=np.float64)
         radii = np.broadcast_to(np.asarray(radii, dtype=np.float64), (len(pts),)).copy()
         rmax = float(radii.max()) + pad
-        if cv.region(pts.min(0) - rmax, pts.max(0) + rmax) is None:   # whole tube off the canvas
+        if cv.region(pts.min(0) - rmax, pts.max(0) + rmax) is None:  # whole tube off the canvas
             continue
         if len(pts) > 2:
             step = float(np.clip(1.8 * np.median(radii), 10.0, 24.0))
@@ -446,9 +535,9 @@ class _Torso:
             mid = 0.5 * (lo + hi)
             return mid + v * (float(rng.uniform(lo, hi)) - mid)
 
-        self.s_h = 1.0 + N(0.045)   # length (height) scale
-        self.s_w = 1.0 + N(0.05)    # width scale
-        self.s_d = 1.0 + N(0.06)    # depth scale
+        self.s_h = 1.0 + N(0.045)  # length (height) scale
+        self.s_w = 1.0 + N(0.05)  # width scale
+        self.s_d = 1.0 + N(0.06)  # depth scale
         s_bone = 1.0 + N(0.05)
         self.fat0 = float(np.clip(14.0 + N(7.0), 3.0, 40.0))
         self.breath = U(-16.0, 16.0)  # diaphragm shift, mm (+ = expiration, higher)
@@ -486,13 +575,27 @@ class _Torso:
         self.levels = lv
         self.order = _CERVICAL + _THORACIC + _LUMBAR
         # vertebral body radii (lateral rx, antero-posterior ry)
-        rx = np.concatenate([np.full(4, 10.5), np.linspace(13.0, 20.0, 12), np.linspace(22.0, 25.0, 5)])
-        ry = np.concatenate([np.full(4, 8.0), np.linspace(10.0, 15.5, 12), np.linspace(16.5, 18.5, 5)])
+        rx = np.concatenate(
+            [np.full(4, 10.5), np.linspace(13.0, 20.0, 12), np.linspace(22.0, 25.0, 5)]
+        )
+        ry = np.concatenate(
+            [np.full(4, 8.0), np.linspace(10.0, 15.5, 12), np.linspace(16.5, 18.5, 5)]
+        )
         self.vrx = dict(zip(self.order, rx * s_bone))
         self.vry = dict(zip(self.order, ry * s_bone))
         # antero-posterior position of the body centres (kyphosis / lordosis)
-        nodes = {"C4": 12, "C7": 28, "T1": 36, "T3": 48, "T6": 56, "T9": 54, "T12": 44,
-                 "L2": 30, "L4": 24, "L5": 28}
+        nodes = {
+            "C4": 12,
+            "C7": 28,
+            "T1": 36,
+            "T3": 48,
+            "T6": 56,
+            "T9": 54,
+            "T12": 44,
+            "L2": 30,
+            "L4": 24,
+            "L5": 28,
+        }
         kyph = 1.0 + N(0.2)
         zs, ys = [], []
         for n, y in nodes.items():
@@ -516,8 +619,10 @@ class _Torso:
 
     def vert_r(self, z):
         zs = [self.zmid(n) for n in reversed(self.order)]
-        return (np.interp(z, zs, [self.vrx[n] for n in reversed(self.order)]),
-                np.interp(z, zs, [self.vry[n] for n in reversed(self.order)]))
+        return (
+            np.interp(z, zs, [self.vrx[n] for n in reversed(self.order)]),
+            np.interp(z, zs, [self.vry[n] for n in reversed(self.order)]),
+        )
 
     # ------------------------------------------------------------------ body outline tables
     def _build_body(self, N):
@@ -533,13 +638,22 @@ class _Torso:
         zf = self.z_fh
         # (z, a_lean, b_ant_lean, b_post_lean)
         rows = [
-            (self.z_top, 52, 50, 56), (self.zmid("C5"), 56, 54, 58), (self.zmid("C6"), 70, 57, 64),
-            (self.zmid("C7"), 112, 63, 76), (self.zmid("T1"), 142, 80, 92),
-            (self.zmid("T3"), 151, 95, 101), (self.zmid("T6"), 154, 104, 105),
-            (self.zmid("T9"), 151, 106, 104), (self.zmid("T12"), 143, 104, 100),
-            (self.zmid("L2"), 137, 102, 98), (self.zmid("L4"), 141, 100, 99),
-            (self.z_S1 - 20, 148, 96, 100), (zf + 10, 153, 95, 102), (zf - 40, 150, 92, 98),
-            (zf - 250, 150, 85, 90)]
+            (self.z_top, 52, 50, 56),
+            (self.zmid("C5"), 56, 54, 58),
+            (self.zmid("C6"), 70, 57, 64),
+            (self.zmid("C7"), 112, 63, 76),
+            (self.zmid("T1"), 142, 80, 92),
+            (self.zmid("T3"), 151, 95, 101),
+            (self.zmid("T6"), 154, 104, 105),
+            (self.zmid("T9"), 151, 106, 104),
+            (self.zmid("T12"), 143, 104, 100),
+            (self.zmid("L2"), 137, 102, 98),
+            (self.zmid("L4"), 141, 100, 99),
+            (self.z_S1 - 20, 148, 96, 100),
+            (zf + 10, 153, 95, 102),
+            (zf - 40, 150, 92, 98),
+            (zf - 250, 150, 85, 90),
+        ]
         rows = sorted(rows)
         z_n = np.array([r[0] for r in rows])
         a_n = np.array([r[1] for r in rows]) * s_w * (1 + np.array([N(0.02) for _ in rows]))
@@ -549,24 +663,55 @@ class _Torso:
         ba_lean = np.interp(zt, z_n, ba_n)
         bp_lean = np.interp(zt, z_n, bp_n)
         # subcutaneous fat
-        fz = [self.z_top, self.zmid("C7"), self.zmid("T1"), self.zmid("T6"), self.zmid("T12"),
-              self.zmid("L3"), self.z_S1, zf, zf - 250]
+        fz = [
+            self.z_top,
+            self.zmid("C7"),
+            self.zmid("T1"),
+            self.zmid("T6"),
+            self.zmid("T12"),
+            self.zmid("L3"),
+            self.z_S1,
+            zf,
+            zf - 250,
+        ]
         ff = [0.5, 0.6, 0.7, 0.75, 1.0, 1.4, 1.3, 1.3, 1.2]
         o = np.argsort(fz)
         f_lat = self.fat0 * np.interp(zt, np.asarray(fz)[o], np.asarray(ff)[o])
-        ant_fac = np.interp(zt, [self.z_S1 - 30, self.zmid("T12"), self.zmid("T10")], [1.0, 1.35, 1.0])
+        ant_fac = np.interp(
+            zt, [self.z_S1 - 30, self.zmid("T12"), self.zmid("T10")], [1.0, 1.35, 1.0]
+        )
         self.f_lat = f_lat
         # muscle wall thickness -> cavity
-        wz = [self.z_top, self.zmid("C6"), self.zmid("C7"), self.zmid("T1"), self.zmid("T6"),
-              self.zmid("T12"), self.zmid("L3"), self.z_S1 - 20, zf + 40, zf, zf - 40, zf - 250]
+        wz = [
+            self.z_top,
+            self.zmid("C6"),
+            self.zmid("C7"),
+            self.zmid("T1"),
+            self.zmid("T6"),
+            self.zmid("T12"),
+            self.zmid("L3"),
+            self.z_S1 - 20,
+            zf + 40,
+            zf,
+            zf - 40,
+            zf - 250,
+        ]
         wl = [22, 32, 45, 30, 21, 19, 20, 34, 70, 100, 118, 150]
         wa = [14, 16, 18, 20, 17, 13, 12, 12, 13, 16, 30, 80]
         o = np.argsort(wz)
         w_lat = np.interp(zt, np.asarray(wz)[o], np.asarray(wl)[o])
         w_ant = np.interp(zt, np.asarray(wz)[o], np.asarray(wa)[o])
         # posterior cavity boundary: in front of the spine/sacrum, lungs reach beside the spine
-        pz = [self.z_top, self.zmid("C7"), self.zmid("T1"), self.zmid("T4"), self.zmid("T10"),
-              self.zmid("T12"), self.zmid("L2"), self.zmid("L5")]
+        pz = [
+            self.z_top,
+            self.zmid("C7"),
+            self.zmid("T1"),
+            self.zmid("T4"),
+            self.zmid("T10"),
+            self.zmid("T12"),
+            self.zmid("L2"),
+            self.zmid("L5"),
+        ]
         pp = [-8, 8, 22, 32, 32, 28, 22, 14]
         o = np.argsort(pz)
         ys, rys = self.spine_y(zt), self.vert_r(zt)[1]
@@ -579,9 +724,11 @@ class _Torso:
         self.t_a_out = (a_lean + f_lat).astype(np.float32)
         self.t_ba_out = (ba_lean + f_lat * ant_fac).astype(np.float32)
         self.t_bp_out = (bp_lean + 0.8 * f_lat).astype(np.float32)
-        self.t_a_lean, self.t_ba_lean, self.t_bp_lean = (a_lean.astype(np.float32),
-                                                         ba_lean.astype(np.float32),
-                                                         bp_lean.astype(np.float32))
+        self.t_a_lean, self.t_ba_lean, self.t_bp_lean = (
+            a_lean.astype(np.float32),
+            ba_lean.astype(np.float32),
+            bp_lean.astype(np.float32),
+        )
         self.t_a_cav = np.maximum(a_lean - w_lat, 4.0).astype(np.float32)
         self.t_ba_cav = np.maximum(ba_lean - w_ant, 4.0).astype(np.float32)
         self.t_bp_cav = np.maximum(bp_cav, 4.0).astype(np.float32)
@@ -611,8 +758,10 @@ class _Torso:
         # diaphragm domes
         self.z_dR = self.zmid("T9") - 8.0 * s_h + self.breath + N(6.0)
         self.z_dL = self.z_dR - 14.0 + N(5.0)
-        self.domes = [(-62.0 * s_w + N(5.0), -8.0 + N(5.0), self.z_dR),
-                      (68.0 * s_w + N(5.0), 5.0 + N(5.0), self.z_dL)]
+        self.domes = [
+            (-62.0 * s_w + N(5.0), -8.0 + N(5.0), self.z_dR),
+            (68.0 * s_w + N(5.0), 5.0 + N(5.0), self.z_dL),
+        ]
         self.dia_kx = 1.0 / (2 * 80.0 * (1 + N(0.1)))
         self.dia_ka = 1.0 / (2 * 110.0)
         self.dia_kp = 1.0 / (2 * 52.0)
@@ -620,8 +769,10 @@ class _Torso:
         self.dia_t = 4.0
         # lungs
         za = 10.0 * s_h + N(5.0)
-        self.apex = {"R": (-40.0 * s_w + N(3.0), 8.0 * s_d + N(3.0), za),
-                     "L": (40.0 * s_w + N(3.0), 8.0 * s_d + N(3.0), za - 2.0 + N(4.0))}
+        self.apex = {
+            "R": (-40.0 * s_w + N(3.0), 8.0 * s_d + N(3.0), za),
+            "L": (40.0 * s_w + N(3.0), 8.0 * s_d + N(3.0), za - 2.0 + N(4.0)),
+        }
         self.apex_k = 1.0 / (2 * 90.0 * (1 + N(0.1)))
         self.lung_grad = 60.0 + N(15.0)
         # airway
@@ -662,31 +813,51 @@ class _Torso:
 
     # ------------------------------------------------------------------ abdomen
     def _build_abdomen(self, N, U):
-        s_w, s_d, s_h = self.s_w, self.s_d, self.s_h
+        s_w, s_d = self.s_w, self.s_d
         br = self.breath
         # liver: right lobe + left lobe ellipsoids, cut by the diaphragm and the cavity
         ls = 1.0 + N(0.08)
         self.liver_ls = ls
-        self.liver_rl = (np.array([-55.0 * s_w + N(5), 8.0 * s_d + N(5), self.z_dR - 58.0 * ls]),
-                         np.array([92.0, 98.0, 100.0]) * ls)
-        self.liver_ll = (np.array([28.0 * s_w + N(6), -48.0 * s_d + N(4), self.z_dR - 42.0 + N(5)]),
-                         np.array([50.0, 34.0, 44.0]) * (1 + N(0.12)), _rot(1, -15 + N(6)))
+        self.liver_rl = (
+            np.array([-55.0 * s_w + N(5), 8.0 * s_d + N(5), self.z_dR - 58.0 * ls]),
+            np.array([92.0, 98.0, 100.0]) * ls,
+        )
+        self.liver_ll = (
+            np.array([28.0 * s_w + N(6), -48.0 * s_d + N(4), self.z_dR - 42.0 + N(5)]),
+            np.array([50.0, 34.0, 44.0]) * (1 + N(0.12)),
+            _rot(1, -15 + N(6)),
+        )
         # spleen
         u = _unit([0.2 + N(0.1), -0.75 + N(0.1), -0.63])
-        zs = self.z_dL - 48.0 + N(6)   # spleen centre: posterolateral, inside the cavity at its level
+        zs = (
+            self.z_dL - 48.0 + N(6)
+        )  # spleen centre: posterolateral, inside the cavity at its level
         a_c, bp_c = float(self.tab(self.t_a_cav, zs)), float(self.tab(self.t_bp_cav, zs))
-        self.spleen = (np.array([0.66 * a_c + N(4), 0.5 * bp_c + N(4), zs]),
-                       np.array([58.0, 44.0, 23.0]) * (1 + N(0.12)),
-                       _frame(u, hint=(1.0, 0.0, 0.0)))
+        self.spleen = (
+            np.array([0.66 * a_c + N(4), 0.5 * bp_c + N(4), zs]),
+            np.array([58.0, 44.0, 23.0]) * (1 + N(0.12)),
+            _frame(u, hint=(1.0, 0.0, 0.0)),
+        )
         # stomach (fundus, body, antrum) with an air-fluid level (air anterior: patient supine)
         gs = 1.0 + N(0.12)
         zL = self.z_dL
         self.stomach = [
-            (np.array([55.0 * s_w, -5.0, zL - 42.0]), np.array([40.0, 35.0, 42.0]) * gs, _rot(2, 0)),
-            (np.array([42.0 * s_w, -35.0 * s_d, zL - 88.0]), np.array([38.0, 28.0, 46.0]) * gs,
-             _rot(2, 30) @ _rot(0, 20)),
-            (np.array([8.0, -58.0 * s_d, zL - 118.0]), np.array([30.0, 22.0, 26.0]) * gs,
-             _rot(2, -20))]
+            (
+                np.array([55.0 * s_w, -5.0, zL - 42.0]),
+                np.array([40.0, 35.0, 42.0]) * gs,
+                _rot(2, 0),
+            ),
+            (
+                np.array([42.0 * s_w, -35.0 * s_d, zL - 88.0]),
+                np.array([38.0, 28.0, 46.0]) * gs,
+                _rot(2, 30) @ _rot(0, 20),
+            ),
+            (
+                np.array([8.0, -58.0 * s_d, zL - 118.0]),
+                np.array([30.0, 22.0, 26.0]) * gs,
+                _rot(2, -20),
+            ),
+        ]
         self.stomach_air = U(0.15, 0.45)
         # kidneys: tilted ellipsoids (upper pole medial and posterior)
         ks = 1.0 + N(0.07)
@@ -704,14 +875,18 @@ class _Torso:
         y_ao = float(self.spine_y(zc)) - self.vert_r(zc)[1] - 13.0
         self.confluence = np.array([4.0 + N(3), y_ao - 26.0 + N(3), zc + N(4)])
         # gallbladder under the liver
-        self.gallbladder = (lc + np.array([10.0 + N(5), -60.0 * s_d + N(5), -58.0 * ls + N(6)]),
-                            np.array([32.0, 15.0, 14.0]) * (1 + N(0.15)),
-                            _frame([0.2, -0.5, -0.85], hint=(1.0, 0.0, 0.0)))
+        self.gallbladder = (
+            lc + np.array([10.0 + N(5), -60.0 * s_d + N(5), -58.0 * ls + N(6)]),
+            np.array([32.0, 15.0, 14.0]) * (1 + N(0.15)),
+            _frame([0.2, -0.5, -0.85], hint=(1.0, 0.0, 0.0)),
+        )
         # bladder
         fill = U(0.45, 1.6)
         bs = fill ** (1 / 3)
-        self.bladder = (np.array([N(4), -50.0 * s_d + N(4), self.z_fh - 8.0 + 26.0 * bs]),
-                        np.array([42.0, 33.0, 30.0]) * bs)
+        self.bladder = (
+            np.array([N(4), -50.0 * s_d + N(4), self.z_fh - 8.0 + 26.0 * bs]),
+            np.array([42.0, 33.0, 30.0]) * bs,
+        )
 
     # ------------------------------------------------------------------ vessels and airways
     def _build_vessels(self, N, U, rng):
@@ -732,21 +907,27 @@ class _Torso:
         z_top = zc + 30.0 * self.s_h + N(6.0)
         self.z_bif = self.zmid("L4") + N(8.0)
         desc_x = 22.0 + N(3.0)
-        ctrl = [root,
-                root + np.array([-8.0, -12.0, 22.0]),
-                np.array([-17.0 + N(3), -20.0 * s_d + N(3), zc + 5.0]),
-                np.array([-8.0, -6.0, z_top - 8.0]),
-                np.array([8.0 + N(3), y_tr - 24.0, z_top]),
-                np.array([desc_x - 2.0, y_front(z_top, 12.0) - 4.0, z_top - 10.0]),
-                np.array([desc_x, y_front(zc - 5, 9.0), zc - 8.0])]
+        ctrl = [
+            root,
+            root + np.array([-8.0, -12.0, 22.0]),
+            np.array([-17.0 + N(3), -20.0 * s_d + N(3), zc + 5.0]),
+            np.array([-8.0, -6.0, z_top - 8.0]),
+            np.array([8.0 + N(3), y_tr - 24.0, z_top]),
+            np.array([desc_x - 2.0, y_front(z_top, 12.0) - 4.0, z_top - 10.0]),
+            np.array([desc_x, y_front(zc - 5, 9.0), zc - 8.0]),
+        ]
         for z in np.linspace(zc - 50.0, self.zmid("T12"), 5):
             t = (zc - 50.0 - z) / max(zc - 50.0 - self.zmid("T12"), 1.0)
             ctrl.append(np.array([desc_x - t * (desc_x - 8.0), y_front(z, 10.0 + 2 * t), z]))
         for z in np.linspace(self.zmid("L1"), self.z_bif, 3):
             ctrl.append(np.array([6.0 + N(1.0), y_front(z, 13.0), z]))
         pts, pos = _spline(np.array(ctrl), step=5.0)
-        rad = np.interp(pos, [0, 1, 2, 4, 6, 8, len(ctrl) - 1],
-                        [14.5, 16.0, 16.0, 14.0, 12.5, 11.5, 9.0]) * ao_s
+        rad = (
+            np.interp(
+                pos, [0, 1, 2, 4, 6, 8, len(ctrl) - 1], [14.5, 16.0, 16.0, 14.0, 12.5, 11.5, 9.0]
+            )
+            * ao_s
+        )
         self.aorta = (pts, rad)
         arch = (pos >= 2) & (pos <= 6)
         self.arch_top = pts[arch][np.argmax(pts[arch, 2])]
@@ -759,27 +940,57 @@ class _Torso:
         self.branches = [
             (np.array([pts[i_bt], [-14.0, y_tr - 16, z_top + 35], [-22.0, y_tr - 8, ztop]]), 6.0),
             (np.array([pts[i_lcc], [14.0, y_tr - 14, z_top + 40], [22.0, y_tr - 6, ztop]]), 4.5),
-            (np.array([pts[i_ls], [26.0, y_tr - 2, z_top + 35], [40.0 * s_w, y_tr + 4, self.apex["L"][2] + 12],
-                       [90.0 * s_w, y_tr + 4, self.apex["L"][2] + 20]]), 5.0)]
+            (
+                np.array(
+                    [
+                        pts[i_ls],
+                        [26.0, y_tr - 2, z_top + 35],
+                        [40.0 * s_w, y_tr + 4, self.apex["L"][2] + 12],
+                        [90.0 * s_w, y_tr + 4, self.apex["L"][2] + 20],
+                    ]
+                ),
+                5.0,
+            ),
+        ]
         # iliac arteries and veins
         b = self.aortic_bif
         self.iliac_a, self.iliac_v = [], []
         for sx in (-1.0, 1.0):
             s0 = self.sac_y(0.0) - self.sac_t(0.0)
-            p = np.array([b,
-                          [sx * 38.0 * s_w, s0 - 14.0, self.z_S1 + 5.0],
-                          [sx * 62.0 * s_w, -30.0 * s_d, self.z_fh + 32.0],
-                          [sx * 78.0 * s_w, -62.0 * s_d, self.z_fh - 5.0],
-                          [sx * 82.0 * s_w, -60.0 * s_d, self.z_fh - 120.0]])
+            p = np.array(
+                [
+                    b,
+                    [sx * 38.0 * s_w, s0 - 14.0, self.z_S1 + 5.0],
+                    [sx * 62.0 * s_w, -30.0 * s_d, self.z_fh + 32.0],
+                    [sx * 78.0 * s_w, -62.0 * s_d, self.z_fh - 5.0],
+                    [sx * 82.0 * s_w, -60.0 * s_d, self.z_fh - 120.0],
+                ]
+            )
             self.iliac_a.append(_spline(p, 5.0)[0])
             self.iliac_v.append(_spline(p + np.array([-sx * 4.0, 10.0, -6.0]), 5.0)[0])
         # veins: SVC (+ left brachiocephalic), IVC
         ra_c = self.chamber("RA")[0]
-        self.svc = _spline(np.array([[-17.0, y_tr - 16.0, ztop], [-26.0 * s_w, y_tr - 26.0, zc + 45.0],
-                                     [-32.0 * s_w, -18.0, zc - 5.0], ra_c + np.array([0.0, 0.0, 18.0])]),
-                           5.0)[0]
-        self.bcv = _spline(np.array([[30.0 * s_w, y_tr - 12.0, zc + 65.0], [8.0, y_tr - 30.0, zc + 52.0],
-                                     [-26.0 * s_w, y_tr - 26.0, zc + 45.0]]), 5.0)[0]
+        self.svc = _spline(
+            np.array(
+                [
+                    [-17.0, y_tr - 16.0, ztop],
+                    [-26.0 * s_w, y_tr - 26.0, zc + 45.0],
+                    [-32.0 * s_w, -18.0, zc - 5.0],
+                    ra_c + np.array([0.0, 0.0, 18.0]),
+                ]
+            ),
+            5.0,
+        )[0]
+        self.bcv = _spline(
+            np.array(
+                [
+                    [30.0 * s_w, y_tr - 12.0, zc + 65.0],
+                    [8.0, y_tr - 30.0, zc + 52.0],
+                    [-26.0 * s_w, y_tr - 26.0, zc + 45.0],
+                ]
+            ),
+            5.0,
+        )[0]
         zs = np.linspace(ra_c[2] - 10.0, self.zmid("L5"), 10)
         ivc = [ra_c + np.array([-2.0, 6.0, -12.0])]
         for z in zs:
@@ -789,10 +1000,13 @@ class _Torso:
         # pulmonary arteries and veins
         pv = root + np.array([18.0, -16.0, 14.0])
         bif = np.array([car[0] + 10.0, y_tr - 14.0, zc - 14.0])
-        self.pa_trunk = _spline(np.array([hc - 0.15 * hsemi[0] * hR[:, 0] + np.array([-6.0, -22.0, 6.0]),
-                                          pv, bif]), 5.0)[0]
-        self.hilum = {"L": np.array([58.0 * s_w, y_tr + 8.0, zc - 12.0]),
-                      "R": np.array([-56.0 * s_w, y_tr + 2.0, zc - 24.0])}
+        self.pa_trunk = _spline(
+            np.array([hc - 0.15 * hsemi[0] * hR[:, 0] + np.array([-6.0, -22.0, 6.0]), pv, bif]), 5.0
+        )[0]
+        self.hilum = {
+            "L": np.array([58.0 * s_w, y_tr + 8.0, zc - 12.0]),
+            "R": np.array([-56.0 * s_w, y_tr + 2.0, zc - 24.0]),
+        }
         self.lpa = _spline(np.array([bif, [30.0, y_tr + 2.0, zc - 2.0], self.hilum["L"]]), 5.0)[0]
         self.rpa = _spline(np.array([bif, [-20.0, y_tr - 6.0, zc - 16.0], self.hilum["R"]]), 5.0)[0]
         la_c = self.chamber("LA")[0]
@@ -800,16 +1014,27 @@ class _Torso:
         for side, sx in (("L", 1.0), ("R", -1.0)):
             for dz in (12.0, -22.0):
                 tip = np.array([sx * 62.0 * s_w, la_c[1] + 6.0, la_c[2] + dz])
-                self.pulm_veins.append(np.array([la_c, la_c + np.array([sx * 25.0, 4.0, dz * 0.6]), tip]))
+                self.pulm_veins.append(
+                    np.array([la_c, la_c + np.array([sx * 25.0, 4.0, dz * 0.6]), tip])
+                )
         # airways: trachea + main, lobar bronchi (lumen radius)
         tr_top = np.array([0.0, y_front(self.z_top, 20.0), self.z_top + 40.0])
-        self.trachea = _spline(np.array([tr_top, [0.0, y_front(zc + 60.0, 18.0), zc + 60.0],
-                                         car + np.array([0.0, 0.0, 0.0])]), 6.0)[0]
+        self.trachea = _spline(
+            np.array(
+                [
+                    tr_top,
+                    [0.0, y_front(zc + 60.0, 18.0), zc + 60.0],
+                    car + np.array([0.0, 0.0, 0.0]),
+                ]
+            ),
+            6.0,
+        )[0]
         self.trachea_r = 8.5 * (1 + N(0.08))
         R_main = car + np.array([-22.0, 6.0, -20.0])
         L_main = car + np.array([40.0, 12.0, -28.0])
         self.bronchi = [  # (points, radius)
-            (np.array([car, R_main]), 7.0), (np.array([car, L_main]), 6.5),
+            (np.array([car, R_main]), 7.0),
+            (np.array([car, L_main]), 6.5),
             (np.array([R_main, R_main + [-28.0, 2.0, 10.0]]), 4.5),
             (np.array([R_main, R_main + [-10.0, 8.0, -26.0]]), 5.5),
             (np.array([R_main + [-10.0, 8.0, -26.0], R_main + [-34.0, -24.0, -50.0]]), 4.0),
@@ -819,29 +1044,50 @@ class _Torso:
         ]
         # esophagus
         gej = self.stomach[0][0] + np.array([-30.0, -4.0, 16.0])
-        self.esophagus = _spline(np.array([
-            [3.0, y_front(self.z_top, 5.0), self.z_top + 40.0], [5.0, y_front(zc, 4.0), zc],
-            [6.0, y_front(self.zmid("T8"), 12.0) + 2.0, self.zmid("T8")],
-            [14.0, y_front(self.zmid("T10"), 22.0), self.zmid("T10")], gej]), 6.0)[0]
+        self.esophagus = _spline(
+            np.array(
+                [
+                    [3.0, y_front(self.z_top, 5.0), self.z_top + 40.0],
+                    [5.0, y_front(zc, 4.0), zc],
+                    [6.0, y_front(self.zmid("T8"), 12.0) + 2.0, self.zmid("T8")],
+                    [14.0, y_front(self.zmid("T10"), 22.0), self.zmid("T10")],
+                    gej,
+                ]
+            ),
+            6.0,
+        )[0]
 
     def chamber(self, name):
         """(centre, semi-axes, frame) of a heart cavity; RA/LA also give the atrial walls."""
         hc, R, s = self.heart_c, self.heart_R, self.heart_semi
-        u, v, w = R[:, 0], R[:, 1], R[:, 2]
+        u = R[:, 0]
         left_post = _unit(np.array([1.0, 1.0, 0.0]) - np.dot([1.0, 1.0, 0.0], u) * u)
         right_ant = _unit(np.array([-1.0, -1.0, 0.0]) - np.dot([-1.0, -1.0, 0.0], u) * u)
         hs = self.hs
         if name == "LV":
-            return hc + 0.08 * s[0] * u + 12.0 * hs * left_post, np.array([40.0, 17.0, 17.0]) * hs, R
+            return (
+                hc + 0.08 * s[0] * u + 12.0 * hs * left_post,
+                np.array([40.0, 17.0, 17.0]) * hs,
+                R,
+            )
         if name == "RV":
-            return hc + 0.0 * s[0] * u + 20.0 * hs * right_ant, np.array([36.0, 10.0, 24.0]) * hs, \
-                _frame(u, hint=left_post)
+            return (
+                hc + 0.0 * s[0] * u + 20.0 * hs * right_ant,
+                np.array([36.0, 10.0, 24.0]) * hs,
+                _frame(u, hint=left_post),
+            )
         if name == "LA":
-            return hc - 0.72 * s[0] * u + np.array([0.0, 14.0, 4.0]) * hs, np.array([22.0, 26.0, 17.0]) * hs, \
-                _frame([1.0, 0.0, 0.0], hint=(0.0, 0.0, 1.0))
+            return (
+                hc - 0.72 * s[0] * u + np.array([0.0, 14.0, 4.0]) * hs,
+                np.array([22.0, 26.0, 17.0]) * hs,
+                _frame([1.0, 0.0, 0.0], hint=(0.0, 0.0, 1.0)),
+            )
         if name == "RA":
-            return hc - 0.55 * s[0] * u + np.array([-26.0, 4.0, -2.0]) * hs, \
-                np.array([24.0, 22.0, 25.0]) * hs, np.eye(3)
+            return (
+                hc - 0.55 * s[0] * u + np.array([-26.0, 4.0, -2.0]) * hs,
+                np.array([24.0, 22.0, 25.0]) * hs,
+                np.eye(3),
+            )
         raise KeyError(name)
 
     # ------------------------------------------------------------------ pelvis
@@ -850,7 +1096,9 @@ class _Torso:
         self.r_fh = 23.0 * s_bone
         self.fh = {}
         for side, sx in (("L", 1.0), ("R", -1.0)):
-            self.fh[side] = np.array([sx * (86.0 * s_w + N(2.0)), -6.0 * s_d + N(3.0), self.z_fh + N(1.5)])
+            self.fh[side] = np.array(
+                [sx * (86.0 * s_w + N(2.0)), -6.0 * s_d + N(3.0), self.z_fh + N(1.5)]
+            )
         self.symphysis = np.array([0.0, -74.0 * s_d, self.z_fh - 22.0])
 
     # ------------------------------------------------------------------ bowel
@@ -859,20 +1107,27 @@ class _Torso:
         lc, lsemi = self.liver_rl
         liver_bottom = lc[2] - 0.8 * lsemi[2]
         zS1 = self.z_S1
-        rect = lambda s: (self.sac_y(s) - self.sac_t(s) - 18.0, self.z_S1 - s * self.sac_len)  # noqa
+
+        def rect(s):  # a point of the rectum, in front of the sacrum
+            return self.sac_y(s) - self.sac_t(s) - 18.0, self.z_S1 - s * self.sac_len
+
         yr1, zr1 = rect(0.55)
         yr2, zr2 = rect(0.95)
-        ctrl = [[-70.0 * s_w, -28.0 * s_d, zS1 - 10.0],
-                [-82.0 * s_w, 0.0, self.zmid("L3")],
-                [-78.0 * s_w, -12.0, liver_bottom + 12.0],
-                [-30.0, -62.0 * s_d, self.zmid("L2") - 5.0 + N(10)],
-                [20.0, -70.0 * s_d, self.zmid("L3") + N(15)],
-                [84.0 * s_w, 0.0, self.spleen[0][2] - 70.0],
-                [88.0 * s_w, 22.0, self.zmid("L4")],
-                [80.0 * s_w, 10.0, zS1 - 15.0],
-                [45.0, -30.0 * s_d, zS1 - 30.0 + N(8)],
-                [12.0, -10.0, zS1 - 42.0],
-                [0.0, yr1, zr1], [0.0, yr2, zr2], [0.0, 55.0 * s_d, self.z_fh - 62.0]]
+        ctrl = [
+            [-70.0 * s_w, -28.0 * s_d, zS1 - 10.0],
+            [-82.0 * s_w, 0.0, self.zmid("L3")],
+            [-78.0 * s_w, -12.0, liver_bottom + 12.0],
+            [-30.0, -62.0 * s_d, self.zmid("L2") - 5.0 + N(10)],
+            [20.0, -70.0 * s_d, self.zmid("L3") + N(15)],
+            [84.0 * s_w, 0.0, self.spleen[0][2] - 70.0],
+            [88.0 * s_w, 22.0, self.zmid("L4")],
+            [80.0 * s_w, 10.0, zS1 - 15.0],
+            [45.0, -30.0 * s_d, zS1 - 30.0 + N(8)],
+            [12.0, -10.0, zS1 - 42.0],
+            [0.0, yr1, zr1],
+            [0.0, yr2, zr2],
+            [0.0, 55.0 * s_d, self.z_fh - 62.0],
+        ]
         self.colon, pos = _spline(np.array(ctrl), 6.0)
         self.colon_r = np.interp(pos, [0, 1, 3, 6, 9, 10, 11, 12], [28, 24, 23, 22, 17, 18, 19, 8])
         self.colon_gas = U(0.15, 0.5)
@@ -892,33 +1147,59 @@ class _Torso:
                 q = np.clip(pts[-1] + 22.0 * d, lo, hi)
                 pts.append(q)
             gas = bool(rng.uniform() < 0.12)
-            self.small_bowel.append((_spline(np.array(pts), 6.0)[0], float(rng.uniform(10.0, 13.0)), gas))
+            self.small_bowel.append(
+                (_spline(np.array(pts), 6.0)[0], float(rng.uniform(10.0, 13.0)), gas)
+            )
         # duodenum C-loop around the pancreatic head
         a_end = self.stomach[2][0] + np.array([-24.0, 4.0, -4.0])
         cf = self.confluence
-        self.duodenum = _spline(np.array([a_end, [-38.0, cf[1] + 4.0, cf[2] - 5.0],
-                                          [-40.0, cf[1] + 12.0, cf[2] - 50.0],
-                                          [0.0, cf[1] + 8.0, cf[2] - 68.0],
-                                          [26.0, cf[1] + 4.0, cf[2] - 48.0]]), 6.0)[0]
-        self.pancreas = _spline(np.array([cf + [-26.0, 0.0, -26.0], cf + [0.0, -14.0, 0.0],
-                                          cf + [38.0, -4.0, 10.0],
-                                          self.spleen[0] + np.array([-30.0, -12.0, 4.0])]), 6.0)
-        self.splenic_v = _spline(np.array([cf, cf + [38.0, 8.0, 10.0],
-                                           self.spleen[0] + np.array([-24.0, -4.0, 4.0])]), 6.0)[0]
-        self.smv = _spline(np.array([cf, cf + [6.0, -10.0, -40.0], cf + [8.0, -16.0, -90.0]]), 6.0)[0]
+        self.duodenum = _spline(
+            np.array(
+                [
+                    a_end,
+                    [-38.0, cf[1] + 4.0, cf[2] - 5.0],
+                    [-40.0, cf[1] + 12.0, cf[2] - 50.0],
+                    [0.0, cf[1] + 8.0, cf[2] - 68.0],
+                    [26.0, cf[1] + 4.0, cf[2] - 48.0],
+                ]
+            ),
+            6.0,
+        )[0]
+        self.pancreas = _spline(
+            np.array(
+                [
+                    cf + [-26.0, 0.0, -26.0],
+                    cf + [0.0, -14.0, 0.0],
+                    cf + [38.0, -4.0, 10.0],
+                    self.spleen[0] + np.array([-30.0, -12.0, 4.0]),
+                ]
+            ),
+            6.0,
+        )
+        self.splenic_v = _spline(
+            np.array([cf, cf + [38.0, 8.0, 10.0], self.spleen[0] + np.array([-24.0, -4.0, 4.0])]),
+            6.0,
+        )[0]
+        self.smv = _spline(np.array([cf, cf + [6.0, -10.0, -40.0], cf + [8.0, -16.0, -90.0]]), 6.0)[
+            0
+        ]
         lc = self.liver_rl[0]
         ph = self.porta
-        self.portal = _spline(np.array([cf, 0.5 * (cf + ph) + np.array([-4.0, 4.0, 0.0]), ph]), 5.0)[0]
+        self.portal = _spline(
+            np.array([cf, 0.5 * (cf + ph) + np.array([-4.0, 4.0, 0.0]), ph]), 5.0
+        )[0]
         self.portal_branches = [
             np.array([ph, ph + [-36.0, 6.0, 8.0], ph + [-66.0, 10.0, 14.0]]),
             np.array([ph, ph + [26.0, -26.0, 8.0], ph + [52.0, -46.0, 12.0]]),
             np.array([ph + [-36.0, 6.0, 8.0], ph + [-50.0, -36.0, -10.0]]),
-            np.array([ph + [-36.0, 6.0, 8.0], ph + [-58.0, 36.0, 26.0]])]
+            np.array([ph + [-36.0, 6.0, 8.0], ph + [-58.0, 36.0, 26.0]]),
+        ]
         ivc_hep = self.ivc[np.argmin(np.abs(self.ivc[:, 2] - (self.z_dR - 18.0)))]
         self.hepatic_veins = [
             np.array([ivc_hep, ivc_hep + [-40.0, -10.0, -10.0], ivc_hep + [-85.0, -20.0, -30.0]]),
             np.array([ivc_hep, ivc_hep + [-10.0, -40.0, -14.0], ivc_hep + [-22.0, -80.0, -40.0]]),
-            np.array([ivc_hep, ivc_hep + [22.0, -40.0, -6.0], ivc_hep + [50.0, -64.0, -18.0]])]
+            np.array([ivc_hep, ivc_hep + [22.0, -40.0, -6.0], ivc_hep + [50.0, -64.0, -18.0]]),
+        ]
 
     def in_lung(self, pts, side):
         """Approximate analytic test (cavity, diaphragm, apex, mediastinum; heart and vessels
@@ -927,7 +1208,12 @@ class _Torso:
         a = self.tab(self.t_a_cav, z) - 3.0
         b = np.where(y > 0, self.tab(self.t_bp_cav, z), self.tab(self.t_ba_cav, z)) - 3.0
         u2, v2 = (x / a) ** 2, (y / b) ** 2
-        ok = u2 + v2 - np.where(y > 0, _SQUARE[1], _SQUARE[0]) * np.minimum(u2, 1) * np.minimum(v2, 1) < 1.0
+        ok = (
+            u2
+            + v2
+            - np.where(y > 0, _SQUARE[1], _SQUARE[0]) * np.minimum(u2, 1) * np.minimum(v2, 1)
+            < 1.0
+        )
         ok &= z > self.dia(x, y) + 3.0
         rel = x - self.tab(self.t_med_x, z)
         w = self.tab(self.t_med_w, z) * np.clip(0.3 + (y + 50.0) / 70.0, 0.3, 1.0) + 3.0
@@ -943,9 +1229,19 @@ class _Torso:
         out = {"art": [], "vein": []}
         for side, sx in (("L", 1.0), ("R", -1.0)):
             h = self.hilum[side]
-            art_dirs = np.array([[sx * 0.5, -0.2, 0.85], [sx * 0.9, -0.5, -0.1], [sx * 0.4, 0.7, -0.6],
-                                 [sx * 0.6, 0.3, -0.3], [sx * 0.3, -0.6, -0.6], [sx * 0.5, 0.4, 0.6]])
-            vein_dirs = np.array([[sx * 0.7, -0.3, 0.4], [sx * 0.6, 0.5, -0.7], [sx * 0.5, -0.4, -0.6]])
+            art_dirs = np.array(
+                [
+                    [sx * 0.5, -0.2, 0.85],
+                    [sx * 0.9, -0.5, -0.1],
+                    [sx * 0.4, 0.7, -0.6],
+                    [sx * 0.6, 0.3, -0.3],
+                    [sx * 0.3, -0.6, -0.6],
+                    [sx * 0.5, 0.4, 0.6],
+                ]
+            )
+            vein_dirs = np.array(
+                [[sx * 0.7, -0.3, 0.4], [sx * 0.6, 0.5, -0.7], [sx * 0.5, -0.4, -0.6]]
+            )
             vroots = [self.pulm_veins[(0 if sx > 0 else 2) + min(k, 1)][-1] for k in range(3)]
             roots = np.vstack([np.repeat(h[None], len(art_dirs), 0), vroots])
             dirs = np.vstack([art_dirs, vein_dirs])
@@ -967,8 +1263,9 @@ class _Torso:
             d /= np.linalg.norm(d, axis=1, keepdims=True)
             q = p + rng.uniform(8.0, 18.0, (len(p), 1)) * d
             out["art"].append((p, q, np.full(len(p), 1.2), np.full(len(p), 1.0)))
-        self.lung_trees = {k: tuple(np.concatenate([t[i] for t in v]) for i in range(4))
-                           for k, v in out.items()}
+        self.lung_trees = {
+            k: tuple(np.concatenate([t[i] for t in v]) for i in range(4)) for k, v in out.items()
+        }
 
     def _grow(self, rng, P, D, L, R, K, depth, side):
         """Grow binary vessel trees level by level, all at once; from the third level on, a
@@ -1042,14 +1339,16 @@ class _Torso:
         X2, Y2 = X * X, Y * Y
         c_sq = _SQUARE[(Y > 0).view(np.uint8)]
         shells, q = None, None
-        for tabs in ((self.t_a_out, self.t_ba_out, self.t_bp_out),
-                     (self.t_a_lean, self.t_ba_lean, self.t_bp_lean),
-                     (self.t_a_cav, self.t_ba_cav, self.t_bp_cav)):
+        for tabs in (
+            (self.t_a_out, self.t_ba_out, self.t_bp_out),
+            (self.t_a_lean, self.t_ba_lean, self.t_bp_lean),
+            (self.t_a_cav, self.t_ba_cav, self.t_bp_cav),
+        ):
             ia, ib = self._inv_tables(*tabs)
             u2 = X2 * (ia * ia)[zi]
             v2 = Y2 * (ib * ib)[zi2]
             q = u2 + v2
-            np.minimum(u2, 1.0, out=u2)      # the square term only acts inside the unit box
+            np.minimum(u2, 1.0, out=u2)  # the square term only acts inside the unit box
             np.minimum(v2, 1.0, out=v2)
             u2 *= v2
             u2 *= c_sq
@@ -1058,8 +1357,9 @@ class _Torso:
             shells = m.view(np.uint8).copy() if shells is None else shells + m.view(np.uint8)
         # the three ellipses are nested: 0 outside, 1 fat, 2 muscle, 3 cavity
         cv.hu[key] = np.array([-1000.0, hu["fat"], hu["muscle"], hu["fat"]], np.float32)[shells]
-        cv.lab[key] = np.array([0, _L["subcutaneous_fat"], _L["muscle"], _L["visceral_fat"]],
-                               np.uint8)[shells]
+        cv.lab[key] = np.array(
+            [0, _L["subcutaneous_fat"], _L["muscle"], _L["visceral_fat"]], np.uint8
+        )[shells]
         cv.cavity = m
         cv.qcav = q  # normalised radius^2 of the cavity ellipse (ribs sit just outside it)
         # legs: a midline gap (with its own skin fat) below the perineum
@@ -1069,8 +1369,13 @@ class _Torso:
             gap = cv.ztab(self.t_gap, k2)
             ax = np.abs(X2)
             below = Z2 < np.float32(self.z_split)
-            cv.paint(k2, below & (ax < gap + np.float32(self.fat0 * 0.8)), hu["fat"], _L["subcutaneous_fat"],
-                     _BODY_ANY)
+            cv.paint(
+                k2,
+                below & (ax < gap + np.float32(self.fat0 * 0.8)),
+                hu["fat"],
+                _L["subcutaneous_fat"],
+                _BODY_ANY,
+            )
             cv.paint(k2, below & (ax < gap), np.float32(-1000.0), _L["background"])
 
     def _paint_lungs(self, cv, hu):
@@ -1093,14 +1398,19 @@ class _Torso:
                 above = cav & (Z > z_split)
             rel = X - cv.ztab(self.t_med_x, key)
             # the mediastinum narrows anteriorly (the lungs nearly meet behind the sternum)
-            medw = cv.ztab(self.t_med_w, key) * np.clip(np.float32(0.3) + (Y + np.float32(50.0)) * np.float32(1 / 70),
-                                                        np.float32(0.3), np.float32(1.0))
+            medw = cv.ztab(self.t_med_w, key) * np.clip(
+                np.float32(0.3) + (Y + np.float32(50.0)) * np.float32(1 / 70),
+                np.float32(0.3),
+                np.float32(1.0),
+            )
             value = np.float32(hu["lung"]) + np.float32(self.lung_grad / 200.0) * Y
             for side, m in (("R", above & (rel < -medw)), ("L", above & (rel > medw))):
                 xa, ya, za = self.apex[side]
                 dx, dy = X - np.float32(xa), Y - np.float32(ya)
                 cap = np.float32(za) - (dx * dx + dy * dy) * np.float32(self.apex_k)
-                cv.paint(key, m & (Z < cap), value, _L["lung_left" if side == "L" else "lung_right"])
+                cv.paint(
+                    key, m & (Z < cap), value, _L["lung_left" if side == "L" else "lung_right"]
+                )
 
     def _paint_muscles(self, cv, hu):
         allowed = _lut("visceral_fat", "lung_left", "lung_right", "muscle")
@@ -1115,15 +1425,19 @@ class _Torso:
             cv.paint(key, m, hu["muscle"], _L["muscle"], allowed)
         # psoas
         for sx in (-1.0, 1.0):
-            pts = [[sx * (self.vrx["T12"] + 6), self.spine_y(self.zmid("T12")), self.zmid("T12")],
-                   [sx * (self.vrx["L2"] + 12), self.spine_y(self.zmid("L2")) - 2, self.zmid("L2")],
-                   [sx * (self.vrx["L4"] + 18), self.spine_y(self.zmid("L4")) - 6, self.zmid("L4")],
-                   [sx * 56 * self.s_w, self.sac_y(0.1) - self.sac_t(0.1) - 22, self.z_S1 - 20],
-                   [sx * 70 * self.s_w, -42 * self.s_d, self.z_fh + 12],
-                   [sx * 84 * self.s_w, -46 * self.s_d, self.z_fh - 34]]
+            pts = [
+                [sx * (self.vrx["T12"] + 6), self.spine_y(self.zmid("T12")), self.zmid("T12")],
+                [sx * (self.vrx["L2"] + 12), self.spine_y(self.zmid("L2")) - 2, self.zmid("L2")],
+                [sx * (self.vrx["L4"] + 18), self.spine_y(self.zmid("L4")) - 6, self.zmid("L4")],
+                [sx * 56 * self.s_w, self.sac_y(0.1) - self.sac_t(0.1) - 22, self.z_S1 - 20],
+                [sx * 70 * self.s_w, -42 * self.s_d, self.z_fh + 12],
+                [sx * 84 * self.s_w, -46 * self.s_d, self.z_fh - 34],
+            ]
             p, pos = _spline(np.array(pts, dtype=float), 6.0)
             r = np.interp(pos, [0, 1, 2, 3, 4, 5], [7, 13, 19, 19, 16, 13])
-            _paint_tube(cv, p, r, [(0.0, hu["muscle"], _L["muscle"])], _lut("visceral_fat", "muscle"))
+            _paint_tube(
+                cv, p, r, [(0.0, hu["muscle"], _L["muscle"])], _lut("visceral_fat", "muscle")
+            )
 
     def _paint_abdomen(self, cv, hu):
         fat_only = _lut("visceral_fat")
@@ -1171,19 +1485,48 @@ class _Torso:
         for side, sx in (("L", 1.0), ("R", -1.0)):
             c, s, R = self.kidneys[side]
             lab = _L["kidney_left" if side == "L" else "kidney_right"]
-            _paint_ellipsoid(cv, c, s, R, hu["fat"], _L["visceral_fat"],
-                             _lut("visceral_fat", "muscle", "liver", "spleen", "bowel"), margin=9.0)
+            _paint_ellipsoid(
+                cv,
+                c,
+                s,
+                R,
+                hu["fat"],
+                _L["visceral_fat"],
+                _lut("visceral_fat", "muscle", "liver", "spleen", "bowel"),
+                margin=9.0,
+            )
             _paint_ellipsoid(cv, c, s, R, hu["kidney_cortex"], lab, _lut("visceral_fat"))
-            _paint_ellipsoid(cv, c, s * np.array([0.8, 0.68, 0.68]), R, hu["kidney_medulla"], lab,
-                             _lut(ORGAN_NAMES[lab]))
+            _paint_ellipsoid(
+                cv,
+                c,
+                s * np.array([0.8, 0.68, 0.68]),
+                R,
+                hu["kidney_medulla"],
+                lab,
+                _lut(ORGAN_NAMES[lab]),
+            )
             u = R[:, 0]
             hil = np.array([-sx, -0.8, 0.0])
             hil = _unit(hil - np.dot(hil, u) * u)
             cs = c + 0.55 * s[1] * hil
-            _paint_ellipsoid(cv, cs, np.array([0.45 * s[0], 11.0, 9.0]), R, hu["fat"], lab,
-                             _lut(ORGAN_NAMES[lab], "visceral_fat"))
-            _paint_ellipsoid(cv, cs, np.array([0.3 * s[0], 6.0, 5.0]), R, hu["fluid"], lab,
-                             _lut(ORGAN_NAMES[lab]))
+            _paint_ellipsoid(
+                cv,
+                cs,
+                np.array([0.45 * s[0], 11.0, 9.0]),
+                R,
+                hu["fat"],
+                lab,
+                _lut(ORGAN_NAMES[lab], "visceral_fat"),
+            )
+            _paint_ellipsoid(
+                cv,
+                cs,
+                np.array([0.3 * s[0], 6.0, 5.0]),
+                R,
+                hu["fluid"],
+                lab,
+                _lut(ORGAN_NAMES[lab]),
+            )
         # spleen
         c, s, R = self.spleen
         r = _ellipsoid_mask(cv, c, s, R)
@@ -1193,7 +1536,9 @@ class _Torso:
             cv.paint(key, r[1] & below_dia(reg), hu["spleen"], _L["spleen"], fat_only)
         # bladder
         c, s = self.bladder
-        _paint_ellipsoid(cv, c, s, None, hu["gut_wall"], _L["bladder"], _lut("visceral_fat"), margin=3.0)
+        _paint_ellipsoid(
+            cv, c, s, None, hu["gut_wall"], _L["bladder"], _lut("visceral_fat"), margin=3.0
+        )
         _paint_ellipsoid(cv, c, s, None, hu["fluid"], _L["bladder"], _lut("bladder"))
 
     def _paint_bowel(self, cv, hu):
@@ -1204,16 +1549,30 @@ class _Torso:
         def content(X, Y, Z):  # irregular gas pockets in stool (quasi-periodic field)
             f = np.sin(X * np.float32(0.21) + Y * np.float32(0.13) + np.float32(0.3))
             f += np.sin(X * np.float32(-0.11) + Z * np.float32(0.19) + np.float32(1.1))
-            f += np.sin(Y * np.float32(0.17) - Z * np.float32(0.15) + X * np.float32(0.07) + np.float32(2.0))
+            f += np.sin(
+                Y * np.float32(0.17) - Z * np.float32(0.15) + X * np.float32(0.07) + np.float32(2.0)
+            )
             return np.where(f > thr, gas, stool)
 
-        _paint_tube(cv, self.colon, self.colon_r, [(2.5, hu["gut_wall"], _L["bowel"]),
-                                                   (0.0, content, _L["bowel"])], wall_ok | _lut("bowel"))
+        _paint_tube(
+            cv,
+            self.colon,
+            self.colon_r,
+            [(2.5, hu["gut_wall"], _L["bowel"]), (0.0, content, _L["bowel"])],
+            wall_ok | _lut("bowel"),
+        )
         # small bowel loops and duodenum
         for pts, r, has_gas in self.small_bowel + [(self.duodenum, 11.0, False)]:
             fill = hu["air"] if has_gas else hu["bowel_fluid"]
-            _paint_tube(cv, pts, r, [(2.0, hu["gut_wall"], _L["bowel"], wall_ok),
-                                     (0.0, fill, _L["bowel"], _lut("bowel"))])
+            _paint_tube(
+                cv,
+                pts,
+                r,
+                [
+                    (2.0, hu["gut_wall"], _L["bowel"], wall_ok),
+                    (0.0, fill, _L["bowel"], _lut("bowel")),
+                ],
+            )
 
     def _paint_heart(self, cv, hu):
         ok = _lut("visceral_fat", "lung_left", "lung_right")
@@ -1221,14 +1580,28 @@ class _Torso:
         def above_dia(key):
             return cv.cavity[key] & (cv.Z[key] > self.dia(cv.X[key], cv.Y[key]))
 
-        _paint_ellipsoid(cv, self.heart_c, self.heart_semi, self.heart_R, hu["myocardium"], _L["heart"],
-                         ok, extra=above_dia)
+        _paint_ellipsoid(
+            cv,
+            self.heart_c,
+            self.heart_semi,
+            self.heart_R,
+            hu["myocardium"],
+            _L["heart"],
+            ok,
+            extra=above_dia,
+        )
         for name in ("LA", "RA"):
             c, s, R = self.chamber(name)
-            _paint_ellipsoid(cv, c, s, R, hu["myocardium"], _L["heart"], ok, margin=2.5, extra=above_dia)
+            _paint_ellipsoid(
+                cv, c, s, R, hu["myocardium"], _L["heart"], ok, margin=2.5, extra=above_dia
+            )
         heart = _lut("heart")
-        for name, tissue in (("LV", "blood_left"), ("RV", "blood_right"), ("LA", "blood_left"),
-                             ("RA", "blood_right")):
+        for name, tissue in (
+            ("LV", "blood_left"),
+            ("RV", "blood_right"),
+            ("LA", "blood_left"),
+            ("RA", "blood_right"),
+        ):
             c, s, R = self.chamber(name)
             _paint_ellipsoid(cv, c, s, R, hu[tissue], _L["heart"], heart)
 
@@ -1240,7 +1613,9 @@ class _Torso:
             p = _spline(pts, 5.0)[0]
             _paint_tube(cv, p, r, [(0.0, hu["blood_left"], _L["other_vessel"])], inside)
         for p in self.iliac_a:
-            _paint_tube(cv, p, 5.5 * self.ao_s, [(0.0, hu["blood_left"], _L["other_vessel"])], inside)
+            _paint_tube(
+                cv, p, 5.5 * self.ao_s, [(0.0, hu["blood_left"], _L["other_vessel"])], inside
+            )
         _paint_tube(cv, ao_pts, ao_r, [(0.0, hu["blood_left"], _L["aorta"])], inside)
         for p in self.iliac_v:
             _paint_tube(cv, p, 6.5, [(0.0, hu["ivc"], _L["other_vessel"])], inside)
@@ -1253,16 +1628,31 @@ class _Torso:
             hil = c + np.array([-sx * 20.0, -8.0, 0.0])
             ia = np.argmin(np.abs(ao_pts[:, 2] - c[2]))
             iv = np.argmin(np.abs(self.ivc[:, 2] - c[2]))
-            _paint_tube(cv, np.array([ao_pts[ia], hil]), 3.5, [(0.0, hu["blood_left"], _L["other_vessel"])],
-                        inside)
-            _paint_tube(cv, np.array([self.ivc[iv], hil + [0.0, -6.0, -4.0]]), 4.5,
-                        [(0.0, hu["ivc"], _L["other_vessel"])], inside)
+            _paint_tube(
+                cv,
+                np.array([ao_pts[ia], hil]),
+                3.5,
+                [(0.0, hu["blood_left"], _L["other_vessel"])],
+                inside,
+            )
+            _paint_tube(
+                cv,
+                np.array([self.ivc[iv], hil + [0.0, -6.0, -4.0]]),
+                4.5,
+                [(0.0, hu["ivc"], _L["other_vessel"])],
+                inside,
+            )
         # pulmonary arteries and veins
         for p, r in ((self.pa_trunk, 13.0), (self.lpa, 10.0), (self.rpa, 10.0)):
             _paint_tube(cv, p, r, [(0.0, hu["blood_right"], _L["pulmonary_artery"])], inside)
         for pts in self.pulm_veins:
-            _paint_tube(cv, _spline(pts, 5.0)[0], 6.0, [(0.0, hu["pulm_vein"], _L["other_vessel"])],
-                        _lut("visceral_fat", "lung_left", "lung_right"))
+            _paint_tube(
+                cv,
+                _spline(pts, 5.0)[0],
+                6.0,
+                [(0.0, hu["pulm_vein"], _L["other_vessel"])],
+                _lut("visceral_fat", "lung_left", "lung_right"),
+            )
         for kind, tissue in (("art", "blood_right"), ("vein", "pulm_vein")):
             if not cv.grid:  # intrapulmonary vessels keep the lung label
                 break
@@ -1287,19 +1677,35 @@ class _Torso:
             _paint_tube(cv, p, r, [(0.0, hu["portal"], _L["portal_vein"])], inside)
         liver = _lut("liver")
         for pts in self.portal_branches:
-            _paint_tube(cv, pts, np.array([6.5, 5.0, 3.5])[:len(pts)],
-                        [(0.0, hu["portal"], _L["portal_vein"])], liver)
+            _paint_tube(
+                cv,
+                pts,
+                np.array([6.5, 5.0, 3.5])[: len(pts)],
+                [(0.0, hu["portal"], _L["portal_vein"])],
+                liver,
+            )
         for pts in self.hepatic_veins:
-            _paint_tube(cv, pts, np.array([7.0, 5.5, 3.5]), [(0.0, hu["hepatic_vein"], _L["other_vessel"])],
-                        liver)
+            _paint_tube(
+                cv,
+                pts,
+                np.array([7.0, 5.5, 3.5]),
+                [(0.0, hu["hepatic_vein"], _L["other_vessel"])],
+                liver,
+            )
         # esophagus (a small air lumen in the chest)
         _paint_tube(cv, self.esophagus, 8.0, [(0.0, hu["esophagus"], _L["esophagus"])], inside)
 
     def _paint_airways(self, cv, hu):
         inside = ~_lut("background", "subcutaneous_fat")
-        tubes = [(self.trachea, self.trachea_r)] + [(_spline(p, 4.0)[0], r) for p, r in self.bronchi]
-        _paint_tubes(cv, tubes, [(2.0, hu["airway_wall"], _L["airway"]), (0.0, hu["air"], _L["airway"])],
-                     inside)
+        tubes = [(self.trachea, self.trachea_r)] + [
+            (_spline(p, 4.0)[0], r) for p, r in self.bronchi
+        ]
+        _paint_tubes(
+            cv,
+            tubes,
+            [(2.0, hu["airway_wall"], _L["airway"]), (0.0, hu["air"], _L["airway"])],
+            inside,
+        )
 
     def _paint_spine(self, cv, hu):
         body = _BODY_ANY
@@ -1317,31 +1723,60 @@ class _Torso:
                 rxn, ryn = 0.5 * (rx + self.vrx[names[i + 1]]), 0.5 * (ry + self.vry[names[i + 1]])
                 self._cyl(cv, xs, ys, rxn, ryn, zn, zb, hu["disc"], _L["intervertebral_disc"], body)
             else:  # L5/S1 disc
-                self._cyl(cv, xs, ys, rx, ry, self.z_S1, zb, hu["disc"], _L["intervertebral_disc"], body)
+                self._cyl(
+                    cv, xs, ys, rx, ry, self.z_S1, zb, hu["disc"], _L["intervertebral_disc"], body
+                )
             self._cyl(cv, xs, ys, rx, ry, zb, zt, cortex, _L["vertebra"], body)
-            self._cyl(cv, xs, ys, rx - 2.2, ry - 2.2, zb + 1.5, zt - 1.5, canc, _L["vertebra"], _lut("vertebra"))
+            self._cyl(
+                cv,
+                xs,
+                ys,
+                rx - 2.2,
+                ry - 2.2,
+                zb + 1.5,
+                zt - 1.5,
+                canc,
+                _L["vertebra"],
+                _lut("vertebra"),
+            )
             # neural arch: ring around the canal, spinous and transverse processes
             cervical, lumbar = n.startswith("C"), n.startswith("L")
             rc = 7.5 if cervical else (9.5 if lumbar else 8.0)
             yc = ys + ry + rc - 1.0
             canal_pts.append((xs, yc, zm, rc))
-            reg = cv.region((xs - rc - 6, yc - rc - 6, zb + 1.0), (xs + rc + 6, yc + rc + 6, zt - 1.0))
+            reg = cv.region(
+                (xs - rc - 6, yc - rc - 6, zb + 1.0), (xs + rc + 6, yc + rc + 6, zt - 1.0)
+            )
             if reg is not None:
                 key, X, Y, Z = reg
                 dx, dy = X - np.float32(xs), Y - np.float32(yc)
                 d2 = dx * dx + dy * dy
-                m = (d2 <= (rc + 5.5) ** 2) & (Z >= np.float32(zb + 1.0)) & (Z <= np.float32(zt - 1.0))
+                m = (
+                    (d2 <= (rc + 5.5) ** 2)
+                    & (Z >= np.float32(zb + 1.0))
+                    & (Z <= np.float32(zt - 1.0))
+                )
                 cv.paint(key, m, 0.5 * (cortex + canc), _L["vertebra"], body)
             spl, drop = (20.0, 6.0) if cervical else ((30.0, 6.0) if lumbar else (32.0, 20.0))
             p0 = np.array([xs, yc + rc + 2.0, zm])
-            _paint_tube(cv, np.array([p0, p0 + [0.0, spl, -drop]]), np.array([4.5, 3.5]),
-                        [(0.0, 0.5 * (cortex + canc), _L["vertebra"])], body)
+            _paint_tube(
+                cv,
+                np.array([p0, p0 + [0.0, spl, -drop]]),
+                np.array([4.5, 3.5]),
+                [(0.0, 0.5 * (cortex + canc), _L["vertebra"])],
+                body,
+            )
             tl = 22.0 if cervical else (36.0 if lumbar else 28.0)
             for sx in (-1.0, 1.0):
                 q0 = np.array([xs + sx * (rc + 2.0), yc - 2.0, zm])
                 q1 = q0 + np.array([sx * tl, 2.0 if lumbar else 9.0, 0.0])
-                _paint_tube(cv, np.array([q0, q1]), np.array([4.5, 4.0]),
-                            [(0.0, 0.5 * (cortex + canc), _L["vertebra"])], body)
+                _paint_tube(
+                    cv,
+                    np.array([q0, q1]),
+                    np.array([4.5, 4.0]),
+                    [(0.0, 0.5 * (cortex + canc), _L["vertebra"])],
+                    body,
+                )
         cp = np.array([[x, y, z] for x, y, z, _ in canal_pts])
         cr = np.array([r for *_, r in canal_pts])
         cp = np.vstack([cp, [[cp[-1, 0], cp[-1, 1] + 6.0, self.z_S1 - 30.0]]])
@@ -1377,7 +1812,10 @@ class _Torso:
         key, X, Y, Z = reg
         q = cv.qcav[key]
         zr = (self.zt >= z0) & (self.zt <= z1)
-        r_min = max(float(min(self.t_ba_cav[zr].min(), self.t_bp_cav[zr].min(), self.t_a_cav[zr].min())), 40.0)
+        r_min = max(
+            float(min(self.t_ba_cav[zr].min(), self.t_bp_cav[zr].min(), self.t_a_cav[zr].min())),
+            40.0,
+        )
         cand = (q > np.float32((1 - 1.5 / r_min) ** 2)) & (q < np.float32((1 + 9.5 / r_min) ** 2))
         idx = np.nonzero(cand)
         if idx[0].size == 0:
@@ -1399,7 +1837,11 @@ class _Torso:
             on = radial & (np.abs(zs - zc) < 5.5)
             bone |= on & (cos_t < np.cos(np.deg2rad(ends[k])))
             if cart[k] is not None:
-                cartilage |= on & (cos_t >= np.cos(np.deg2rad(ends[k]))) & (cos_t < np.cos(np.deg2rad(cart[k])))
+                cartilage |= (
+                    on
+                    & (cos_t >= np.cos(np.deg2rad(ends[k])))
+                    & (cos_t < np.cos(np.deg2rad(cart[k])))
+                )
         rib_hu = 0.45 * hu["bone_cortex"] + 0.55 * hu["bone_cancellous"]
         for m, val in ((cartilage, hu["cartilage"]), (bone, rib_hu)):
             full = np.zeros(X.shape, bool)
@@ -1411,7 +1853,9 @@ class _Torso:
             xs0, ys0 = float(self.spine_x(zm)), float(self.spine_y(zm))
             for sx in (-1.0, 1.0):
                 p0 = np.array([xs0 + sx * (self.vrx[n] + 1.0), ys0 + 4.0, heads[k]])
-                p1 = np.array([xs0 + sx * 42.0 * self.s_w, ys0 + 22.0 + 0.2 * self.vry[n], heads[k] - 2.0])
+                p1 = np.array(
+                    [xs0 + sx * 42.0 * self.s_w, ys0 + 22.0 + 0.2 * self.vry[n], heads[k] - 2.0]
+                )
                 _paint_tube(cv, np.array([p0, p1]), 4.5, [(0.0, rib_hu, _L["rib"])], _BODY_ANY)
 
     def sternum_y(self, z):
@@ -1430,32 +1874,51 @@ class _Torso:
             t = np.interp(Z.ravel(), zz, [3, 5, 5.5, 6, 7]).reshape(Z.shape).astype(np.float32)
             inz = (Z >= zx) & (Z <= zn)
             dx, dy = X / w, (Y - yc) / t
-            cv.paint(key, inz & (dx * dx + dy * dy <= 1.0), hu["bone_cortex"], _L["sternum"], _BODY_ANY)
+            cv.paint(
+                key, inz & (dx * dx + dy * dy <= 1.0), hu["bone_cortex"], _L["sternum"], _BODY_ANY
+            )
             dx, dy = X / (w - 2.0), (Y - yc) / np.maximum(t - 2.0, 0.5)
-            cv.paint(key, inz & (dx * dx + dy * dy <= 1.0) & (Z > zx + 4) & (Z < zn - 2),
-                     hu["bone_cancellous"], _L["sternum"], _lut("sternum"))
+            cv.paint(
+                key,
+                inz & (dx * dx + dy * dy <= 1.0) & (Z > zx + 4) & (Z < zn - 2),
+                hu["bone_cancellous"],
+                _L["sternum"],
+                _lut("sternum"),
+            )
         # clavicles
         yn = float(self.sternum_y(zn))
         for sx in (-1.0, 1.0):
-            pts = np.array([[sx * 20.0, yn + 4.0, zn + 2.0], [sx * 70.0 * self.s_w, yn - 2.0, zn + 14.0],
-                            [sx * 118.0 * self.s_w, yn + 40.0, zn + 24.0],
-                            [sx * 135.0 * self.s_w, yn + 80.0, zn + 26.0]])
+            pts = np.array(
+                [
+                    [sx * 20.0, yn + 4.0, zn + 2.0],
+                    [sx * 70.0 * self.s_w, yn - 2.0, zn + 14.0],
+                    [sx * 118.0 * self.s_w, yn + 40.0, zn + 24.0],
+                    [sx * 135.0 * self.s_w, yn + 80.0, zn + 26.0],
+                ]
+            )
             _paint_tube(cv, _spline(pts, 5.0)[0], 7.0, [(0.0, bone_mix, _L["clavicle"])], _BODY_ANY)
         # scapulae: curved triangular plates on the posterolateral chest wall
         zc = self.zmid("T4") - 10.0
         a_c, bp = float(self.tab(self.t_a_cav, zc)), float(self.tab(self.t_bp_cav, zc))
         for sx in (-1.0, 1.0):
             x0 = 0.62 * a_c
-            y0 = bp * np.sqrt(1.0 - 0.62 ** 2)
-            nrm = _unit([x0 / a_c ** 2, y0 / bp ** 2, 0.0])       # outward normal (right side mirrored)
+            y0 = bp * np.sqrt(1.0 - 0.62**2)
+            nrm = _unit([x0 / a_c**2, y0 / bp**2, 0.0])  # outward normal (right side mirrored)
             c = np.array([sx * x0, y0, zc]) + 15.0 * np.array([sx * nrm[0], nrm[1], 0.0])
             tang = _unit([nrm[1] * sx, -nrm[0], 0.0])
             frame = np.stack([tang, [0.0, 0.0, 1.0], [sx * nrm[0], nrm[1], 0.0]], axis=1)
-            res = _plate_mask(cv, c, frame, 48.0 * self.s_w, 70.0 * self.s_h, 5.0, kappa=0.0, taper=0.8)
+            res = _plate_mask(
+                cv, c, frame, 48.0 * self.s_w, 70.0 * self.s_h, 5.0, kappa=0.0, taper=0.8
+            )
             if res is not None:
                 key, m, w = res
-                cv.paint(key, m & (np.abs(w) < 2.5), 0.35 * hu["bone_cortex"] + 0.65 * hu["bone_cancellous"],
-                         _L["scapula"], _BODY_ANY)
+                cv.paint(
+                    key,
+                    m & (np.abs(w) < 2.5),
+                    0.35 * hu["bone_cortex"] + 0.65 * hu["bone_cancellous"],
+                    _L["scapula"],
+                    _BODY_ANY,
+                )
 
     def _paint_pelvis(self, cv, hu):
         cortex, canc = hu["bone_cortex"], hu["bone_cancellous"]
@@ -1490,8 +1953,13 @@ class _Torso:
             res = _plate_mask(cv, c, frame, 60.0 * self.s_w, 58.0 * self.s_h, 40.0, kappa=0.003)
             if res is not None:
                 key, m, w = res
-                cv.paint(key, m & (w > 4.0) & (w < 20.0), hu["muscle"], _L["muscle"],
-                         _lut("visceral_fat", "bowel"))
+                cv.paint(
+                    key,
+                    m & (w > 4.0) & (w < 20.0),
+                    hu["muscle"],
+                    _L["muscle"],
+                    _lut("visceral_fat", "bowel"),
+                )
                 cv.paint(key, m & (np.abs(w) < 4.5), cortex, pel, body)
                 cv.paint(key, m & (np.abs(w) < 2.0), canc, pel, _lut("pelvis"))
             # acetabulum: bony cup around the femoral head, open laterally and downwards
@@ -1506,12 +1974,21 @@ class _Torso:
             # pubic rami, ischium
             sym = self.symphysis + np.array([sx * 10.0, 0.0, 0.0])
             tub = np.array([sx * 58.0 * self.s_w, 18.0, self.z_fh - 58.0])
-            for p0, p1, r in ((fh + [-sx * 18.0, -26.0, -4.0], sym + [0.0, 0.0, 6.0], 9.0),
-                              (sym + [0.0, 4.0, -16.0], tub, 8.0),
-                              (fh + [-sx * 6.0, 24.0, -14.0], tub, 12.0)):
+            for p0, p1, r in (
+                (fh + [-sx * 18.0, -26.0, -4.0], sym + [0.0, 0.0, 6.0], 9.0),
+                (sym + [0.0, 4.0, -16.0], tub, 8.0),
+                (fh + [-sx * 6.0, 24.0, -14.0], tub, 12.0),
+            ):
                 _paint_tube(cv, np.array([p0, p1]), r, [(0.0, bone_mix, pel)], body)
-            _paint_ellipsoid(cv, self.symphysis + [sx * 12.0, 0.0, 0.0], np.array([10.0, 9.0, 22.0]), None,
-                             bone_mix, pel, body)
+            _paint_ellipsoid(
+                cv,
+                self.symphysis + [sx * 12.0, 0.0, 0.0],
+                np.array([10.0, 9.0, 22.0]),
+                None,
+                bone_mix,
+                pel,
+                body,
+            )
             # femur: head, neck, greater trochanter, shaft
             flab = _L["femur_left" if side == "L" else "femur_right"]
             neck_end = fh + np.array([sx * 40.0, 8.0, -26.0])
@@ -1526,7 +2003,9 @@ class _Torso:
             _paint_ellipsoid(cv, fh, np.full(3, rr - 2.5), None, canc, flab, fl)
             _paint_tube(cv, np.array([fh, neck_end]), 10.5, [(0.0, canc, flab)], fl)
             _paint_ellipsoid(cv, troch, np.array([12.0, 17.0, 19.0]), None, canc, flab, fl)
-            _paint_tube(cv, np.array([shaft0 + [0, 0, -20.0], shaft1]), 8.0, [(0.0, hu["marrow"], flab)], fl)
+            _paint_tube(
+                cv, np.array([shaft0 + [0, 0, -20.0], shaft1]), 8.0, [(0.0, hu["marrow"], flab)], fl
+            )
 
     # ================================================================== landmarks
     def landmarks(self) -> np.ndarray:
@@ -1553,9 +2032,18 @@ class _Torso:
         for side in ("L", "R"):
             xa, ya, za = self.apex[side]
             lung = (_L["lung_left" if side == "L" else "lung_right"],)
-            poles.append((f"lung_apex_{'left' if side == 'L' else 'right'}", np.array([xa, ya, za + 2.0]), down,
-                          lung, 3.0))
-        poles.append(("heart_apex", hc + (hsemi[0] + 2.0) * hR[:, 0], -hR[:, 0], (_L["heart"],), 3.0))
+            poles.append(
+                (
+                    f"lung_apex_{'left' if side == 'L' else 'right'}",
+                    np.array([xa, ya, za + 2.0]),
+                    down,
+                    lung,
+                    3.0,
+                )
+            )
+        poles.append(
+            ("heart_apex", hc + (hsemi[0] + 2.0) * hR[:, 0], -hR[:, 0], (_L["heart"],), 3.0)
+        )
         poles.append(("liver_dome", np.array([xr, yr, zr + 2.0]), down, (_L["liver"],), 4.0))
         c, semi, R = self.spleen
         p = extreme(c, semi, R, (0.0, 0.0, -1.0))
@@ -1563,7 +2051,9 @@ class _Torso:
         for side, name in (("L", "kidney_left"), ("R", "kidney_right")):
             c, semi, R = self.kidneys[side]
             p = extreme(c, semi, R, (0.0, 0.0, 1.0))
-            poles.append((f"{name}_upper_pole", p + 2.0 * _unit(p - c), _unit(c - p), (_L[name],), 3.0))
+            poles.append(
+                (f"{name}_upper_pole", p + 2.0 * _unit(p - c), _unit(c - p), (_L[name],), 3.0)
+            )
         pts = {
             "sternal_notch": np.array([0.0, float(self.sternum_y(zn - 3.0)), zn - 3.0]),
             "aortic_arch_top": self.arch_top,
@@ -1586,7 +2076,7 @@ class _Torso:
         for (name, p0, d, organ, inset), lab in zip(poles, labs):
             inside = np.isin(lab, organ)
             idx = np.flatnonzero(inside)
-            if idx.size == 0:       # organ not met along the line (should not happen): keep the
+            if idx.size == 0:  # organ not met along the line (should not happen): keep the
                 k = int(round((2.0 + inset) / step))  # analytic pole, inset
             else:
                 first = idx[0]
@@ -1604,7 +2094,11 @@ class _Torso:
     def extent_xy(self, z0, z1):
         """Max body half-width, anterior and posterior depth between z0 < z1."""
         m = (self.zt >= z0) & (self.zt <= z1)
-        return (float(self.t_a_out[m].max()), float(self.t_ba_out[m].max()), float(self.t_bp_out[m].max()))
+        return (
+            float(self.t_a_out[m].max()),
+            float(self.t_ba_out[m].max()),
+            float(self.t_bp_out[m].max()),
+        )
 
 
 # ============================================================================= subject pieces
@@ -1612,12 +2106,12 @@ def _subject_hu(rng, phase):
     """Per-subject tissue intensities (HU) for a contrast phase: baseline jitter, bolus strength
     and timing inside the phase. The number of draws does not depend on the phase."""
     p = PHASES.index(phase)
-    bolus = rng.uniform(0.8, 1.2)
+    bolus = rng.uniform(0.88, 1.12)
     timing = rng.uniform(0.0, 1.0)
     out = {}
     for name, vals in _TISSUE_HU.items():
-        base = vals[0] + rng.normal(0.0, _BASE_JITTER.get(name, 4.0))
-        enh = (vals[p] - vals[0]) * bolus * (1.0 + 0.08 * rng.normal())
+        base = vals[0] + _BASE_JITTER.get(name, 4.0) * np.clip(rng.normal(), -2.5, 2.5)
+        enh = (vals[p] - vals[0]) * bolus * (1.0 + 0.05 * np.clip(rng.normal(), -2.0, 2.0))
         enh *= 1.0 + _TIMING.get(phase, {}).get(name, 0.0) * (timing - 0.5) * 2.0
         out[name] = float(base + enh)
     return out
@@ -1651,14 +2145,19 @@ def _scan_geometry(rng, torso, pose, ndim, spacing, direction, fov):
     z_apex, z_fh = torso.z_range()
     length, kind = rng.uniform(400.0, 520.0), rng.uniform()
     u_top, u_bot = rng.uniform(-12.0, 40.0), rng.uniform(-20.0, 60.0)
-    jx, jy, mx, my = rng.normal(0, 6.0), rng.normal(0, 6.0), rng.uniform(6.0, 20.0), rng.uniform(6.0, 16.0)
+    jx, jy, mx, my = (
+        rng.normal(0, 6.0),
+        rng.normal(0, 6.0),
+        rng.uniform(6.0, 20.0),
+        rng.uniform(6.0, 16.0),
+    )
     hi_lim, lo_lim = z_apex + 60.0, z_fh - 80.0
-    top, bot = z_apex + u_top, z_fh - u_bot   # trunk scan, cropped a little at either end
+    top, bot = z_apex + u_top, z_fh - u_bot  # trunk scan, cropped a little at either end
     if fov == "full":
         top, bot, jx, jy, mx, my = z_apex + 40.0, z_fh - 60.0, 0.0, 0.0, 25.0, 25.0
-    elif kind < 0.2:     # chest-first scan: starts near the lung apices
+    elif kind < 0.2:  # chest-first scan: starts near the lung apices
         bot = max(top - length, lo_lim)
-    elif kind < 0.4:     # pelvis-anchored scan: ends near the femoral heads
+    elif kind < 0.4:  # pelvis-anchored scan: ends near the femoral heads
         top = min(bot + length, hi_lim)
     a, ba, bp = torso.extent_xy(bot, top)
     mid = 0.5 * (top + bot)
@@ -1717,8 +2216,10 @@ def _place_lesions(rng, torso, n, organs, pose, geometry3, n_try=48):
     R, t = pose
     boxes = {
         "liver": (torso.liver_rl[0] - torso.liver_rl[1], torso.liver_rl[0] + torso.liver_rl[1]),
-        "lung": (np.array([-150.0, -120.0, torso.dia_floor]),
-                 np.array([150.0, 120.0, max(torso.apex["L"][2], torso.apex["R"][2])])),
+        "lung": (
+            np.array([-150.0, -120.0, torso.dia_floor]),
+            np.array([150.0, 120.0, max(torso.apex["L"][2], torso.apex["R"][2])]),
+        ),
     }
     organ_labels = {"liver": (_L["liver"],), "lung": (_L["lung_left"], _L["lung_right"])}
     specs = []
@@ -1733,10 +2234,12 @@ def _place_lesions(rng, torso, n, organs, pose, geometry3, n_try=48):
     # evaluate every candidate's centre and six extreme points at once
     probes = []
     for organ, semi, frame, cand in specs:
-        ext = (frame * (semi + 2.0)[None, :])
-        offs = np.vstack([np.zeros(3), ext.T, -ext.T])          # (7, 3)
+        ext = frame * (semi + 2.0)[None, :]
+        offs = np.vstack([np.zeros(3), ext.T, -ext.T])  # (7, 3)
         probes.append(cand[:, None, :] + offs[None, :, :])
-    labs = _labels_at(torso, np.concatenate([p.reshape(-1, 3) for p in probes])).reshape(n, n_try, 7)
+    labs = _labels_at(torso, np.concatenate([p.reshape(-1, 3) for p in probes])).reshape(
+        n, n_try, 7
+    )
     out = []
     for k, (organ, semi, frame, cand) in enumerate(specs):
         ok = np.isin(labs[k], organ_labels[organ]).all(1)
@@ -1746,8 +2249,9 @@ def _place_lesions(rng, torso, n, organs, pose, geometry3, n_try=48):
                 continue
             half = np.sqrt(((R @ frame * semi[None, :]) ** 2).sum(1))
             cw = R @ c + t
-            corners = cw + half * np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1)
-                                            for sz in (-1, 1)])
+            corners = cw + half * np.array(
+                [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+            )
             if geometry3 is not None and not geometry3.contains(corners, margin=0.0).all():
                 continue
             out.append((c, semi, frame, organ))
@@ -1758,8 +2262,15 @@ def _place_lesions(rng, torso, n, organs, pose, geometry3, n_try=48):
 def _paint_lesions(cv, lesions, hu):
     allowed = _lut("liver", "lung_left", "lung_right", "portal_vein", "other_vessel")
     for c, semi, frame, organ in lesions:
-        _paint_ellipsoid(cv, c, semi, frame, hu["lesion_liver" if organ == "liver" else "lesion_lung"],
-                         _L["lesion"], allowed)
+        _paint_ellipsoid(
+            cv,
+            c,
+            semi,
+            frame,
+            hu["lesion_liver" if organ == "liver" else "lesion_lung"],
+            _L["lesion"],
+            allowed,
+        )
 
 
 def _lesion_boxes(lesions, pose, ndim):
@@ -1769,7 +2280,9 @@ def _lesion_boxes(lesions, pose, ndim):
         half = np.sqrt(((R @ frame * semi[None, :]) ** 2).sum(1))
         cw = R @ c + t
         lo, hi = cw - half, cw + half
-        boxes[i] = np.concatenate([lo, hi]) if ndim == 3 else np.concatenate([lo[[0, 2]], hi[[0, 2]]])
+        boxes[i] = (
+            np.concatenate([lo, hi]) if ndim == 3 else np.concatenate([lo[[0, 2]], hi[[0, 2]]])
+        )
     return boxes
 
 
@@ -1791,9 +2304,9 @@ def _smooth3(arr, w=0.2):
 def _project(cv, geometry3, rng, noise):
     """AP radiograph: line integrals of attenuation along the y (beam) axis, log domain."""
     mu = np.clip(cv.hu * np.float32(_MU_WATER / 1000.0) + np.float32(_MU_WATER), 0.0, None)
-    P = mu.sum(axis=1) * np.float32(geometry3.spacing[1])                  # (rows, cols)
+    P = mu.sum(axis=1) * np.float32(geometry3.spacing[1])  # (rows, cols)
     if noise > 0:
-        i0 = 4.0e4 / noise ** 2
+        i0 = 4.0e4 / noise**2
         counts = rng.poisson(i0 * np.exp(-P.astype(np.float64)))
         P = -np.log(np.maximum(counts, 0.5) / i0)
     P = _smooth3(P.astype(np.float32), 0.15)
@@ -1802,12 +2315,24 @@ def _project(cv, geometry3, rng, noise):
     lab = cv.lab
     factor = np.ones(_N_LABELS, np.float32)
     factor[_lut("subcutaneous_fat", "visceral_fat", "muscle")] = 0.02
-    factor[_lut("vertebra", "rib", "sternum", "clavicle", "scapula", "pelvis", "femur_left", "femur_right")] = 5.0
+    factor[
+        _lut(
+            "vertebra",
+            "rib",
+            "sternum",
+            "clavicle",
+            "scapula",
+            "pelvis",
+            "femur_left",
+            "femur_right",
+        )
+    ] = 5.0
     weight = mu * factor[lab]
     rows, ny, cols = lab.shape
     base = (np.arange(rows * cols, dtype=np.int32) * _N_LABELS).reshape(rows, 1, cols)
-    acc = np.bincount((base + lab).ravel(), weights=weight.ravel(),
-                      minlength=rows * cols * _N_LABELS).reshape(rows, cols, _N_LABELS)
+    acc = np.bincount(
+        (base + lab).ravel(), weights=weight.ravel(), minlength=rows * cols * _N_LABELS
+    ).reshape(rows, cols, _N_LABELS)
     acc[..., 0] = 0.0
     lab2 = np.where(acc.max(-1) > 0, acc.argmax(-1), 0).astype(np.float32)
     return P.astype(np.float32), lab2
@@ -1820,25 +2345,30 @@ def _seed_sequence(random_state) -> np.random.SeedSequence:
     if isinstance(random_state, np.random.SeedSequence):
         return np.random.SeedSequence(random_state.entropy, spawn_key=random_state.spawn_key)
     if isinstance(random_state, np.random.Generator):
-        return np.random.SeedSequence(int(random_state.integers(0, 2 ** 63)))
+        return np.random.SeedSequence(int(random_state.integers(0, 2**63)))
     if isinstance(random_state, np.random.RandomState):
-        return np.random.SeedSequence(int(random_state.randint(0, 2 ** 31 - 1)))
+        return np.random.SeedSequence(int(random_state.randint(0, 2**31 - 1)))
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         if random_state < 0:
             raise ValueError(f"random_state must be a non-negative integer, got {random_state}")
         return np.random.SeedSequence(int(random_state))
-    raise TypeError("random_state must be None, an int, a numpy SeedSequence, Generator or "
-                    f"RandomState, got {type(random_state).__name__}")
+    raise TypeError(
+        "random_state must be None, an int, a numpy SeedSequence, Generator or "
+        f"RandomState, got {type(random_state).__name__}"
+    )
 
 
 def _child(ss, *key):
-    return np.random.default_rng(np.random.SeedSequence(ss.entropy, spawn_key=tuple(ss.spawn_key) + key))
+    return np.random.default_rng(
+        np.random.SeedSequence(ss.entropy, spawn_key=tuple(ss.spawn_key) + key)
+    )
 
 
 def _check_int(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} "
-                         f"({type(value).__name__})")
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}, got {value!r} " f"({type(value).__name__})"
+        )
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     return int(value)
@@ -1859,20 +2389,26 @@ def _check_phases(contrast_phase, n):
         if contrast_phase == "random":
             return None, True
         if contrast_phase not in PHASES:
-            raise ValueError(f"contrast_phase must be None, 'random', one of {PHASES} or a list of "
-                             f"these (one per subject), got {contrast_phase!r}")
+            raise ValueError(
+                f"contrast_phase must be None, 'random', one of {PHASES} or a list of "
+                f"these (one per subject), got {contrast_phase!r}"
+            )
         return [contrast_phase] * n, False
     if isinstance(contrast_phase, (list, tuple, np.ndarray)):
         phases = list(contrast_phase)
         if len(phases) != n:
-            raise ValueError(f"contrast_phase has {len(phases)} entries but n_subjects is {n}: give one "
-                             "phase per subject")
+            raise ValueError(
+                f"contrast_phase has {len(phases)} entries but n_subjects is {n}: give one "
+                "phase per subject"
+            )
         bad = [p for p in phases if p not in PHASES]
         if bad:
             raise ValueError(f"contrast_phase entries must be in {PHASES}, got {bad[0]!r}")
         return [str(p) for p in phases], False
-    raise ValueError(f"contrast_phase must be None, 'random', one of {PHASES} or a list of these, "
-                     f"got {type(contrast_phase).__name__}")
+    raise ValueError(
+        f"contrast_phase must be None, 'random', one of {PHASES} or a list of these, "
+        f"got {type(contrast_phase).__name__}"
+    )
 
 
 def _check_spacing(spacing, ndim):
@@ -1881,13 +2417,24 @@ def _check_spacing(spacing, ndim):
     try:
         sp = np.asarray(spacing, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"spacing must be None, a positive number or {ndim} positive numbers "
-                         f"(x, y[, z] mm), got {spacing!r}") from None
-    if sp.ndim > 1 or (sp.ndim == 1 and sp.size != ndim) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise ValueError(f"spacing must be None, a positive number or {ndim} positive numbers "
-                         f"(x, y[, z] mm), got {spacing!r}")
+        raise ValueError(
+            f"spacing must be None, a positive number or {ndim} positive numbers "
+            f"(x, y[, z] mm), got {spacing!r}"
+        ) from None
+    if (
+        sp.ndim > 1
+        or (sp.ndim == 1 and sp.size != ndim)
+        or not np.all(np.isfinite(sp))
+        or np.any(sp <= 0)
+    ):
+        raise ValueError(
+            f"spacing must be None, a positive number or {ndim} positive numbers "
+            f"(x, y[, z] mm), got {spacing!r}"
+        )
     if np.any(sp < 0.3) or np.any(sp > 20):
-        raise ValueError(f"spacing must be between 0.3 and 20 mm (a phantom of ~400 mm), got {sp.tolist()}")
+        raise ValueError(
+            f"spacing must be between 0.3 and 20 mm (a phantom of ~400 mm), got {sp.tolist()}"
+        )
     return sp
 
 
@@ -1897,21 +2444,38 @@ def _check_direction(direction, ndim):
     if isinstance(direction, str):
         if direction == "identity":
             return np.eye(ndim)
-        raise ValueError(f"direction must be None (random), 'identity' or a {ndim}x{ndim} matrix, "
-                         f"got {direction!r}")
+        raise ValueError(
+            f"direction must be None (random), 'identity' or a {ndim}x{ndim} matrix, "
+            f"got {direction!r}"
+        )
     D = np.asarray(direction, dtype=np.float64)
     if D.shape == (ndim * ndim,):
         D = D.reshape(ndim, ndim)
-    if D.shape != (ndim, ndim) or not np.all(np.isfinite(D)) \
-            or np.abs(D.T @ D - np.eye(ndim)).max() > 1e-4:
-        raise ValueError(f"direction must be None, 'identity' or an orthonormal {ndim}x{ndim} "
-                         f"matrix, got shape {D.shape}")
+    if (
+        D.shape != (ndim, ndim)
+        or not np.all(np.isfinite(D))
+        or np.abs(D.T @ D - np.eye(ndim)).max() > 1e-4
+    ):
+        raise ValueError(
+            f"direction must be None, 'identity' or an orthonormal {ndim}x{ndim} "
+            f"matrix, got shape {D.shape}"
+        )
     return D
 
 
-def make_phantoms(n_subjects=4, *, ndim=3, contrast_phase=None, n_lesions=0, spacing=None,
-                  direction=None, field_of_view="random", noise=1.0, variation=1.0,
-                  random_state=None):
+def make_phantoms(
+    n_subjects=4,
+    *,
+    ndim=3,
+    contrast_phase=None,
+    n_lesions=0,
+    spacing=None,
+    direction=None,
+    field_of_view="random",
+    noise=1.0,
+    variation=1.0,
+    random_state=None,
+):
     """Generate synthetic torso CT volumes (or AP radiographs) with exact ground truth.
 
     Each subject is an analytic torso (body wall with fat and muscle, lungs with vessels and
@@ -2002,14 +2566,22 @@ def make_phantoms(n_subjects=4, *, ndim=3, contrast_phase=None, n_lesions=0, spa
     for i in range(n_subjects):
         torso = _Torso(_child(ss, i, 0), variation)
         pose = _draw_pose(_child(ss, i, 1), variation)
-        g3, g2 = _scan_geometry(_child(ss, i, 2), torso, pose, ndim, spacing, direction, field_of_view)
+        g3, g2 = _scan_geometry(
+            _child(ss, i, 2), torso, pose, ndim, spacing, direction, field_of_view
+        )
         if random_phase:
             ph = PHASES[int(_child(ss, i, 5).integers(3))]
         else:
             ph = phases[i]
         hu = _subject_hu(_child(ss, i, 3), ph)
-        lesions = _place_lesions(_child(ss, i, 4), torso, n_lesions,
-                                 ("liver", "lung", "lung") if ndim == 3 else ("lung",), pose, g3)
+        lesions = _place_lesions(
+            _child(ss, i, 4),
+            torso,
+            n_lesions,
+            ("liver", "lung", "lung") if ndim == 3 else ("lung",),
+            pose,
+            g3,
+        )
         cv = _canvas_for(torso, g3, pose)
         torso.paint(cv, hu)
         _paint_lesions(cv, lesions, hu)
@@ -2037,20 +2609,31 @@ def make_phantoms(n_subjects=4, *, ndim=3, contrast_phase=None, n_lesions=0, spa
         phase_out.append(ph)
         lesion_boxes.append(_lesion_boxes(lesions, pose, ndim))
 
-    return Bunch(images=images, labels=labels, organ_names=dict(ORGAN_NAMES),
-                 landmarks=np.stack(landmarks), landmark_names=list(LANDMARK_NAMES), phase=phase_out,
-                 lesions=lesion_boxes, DESCR=_descr(ndim))
+    return Bunch(
+        images=images,
+        labels=labels,
+        organ_names=dict(ORGAN_NAMES),
+        landmarks=np.stack(landmarks),
+        landmark_names=list(LANDMARK_NAMES),
+        phase=phase_out,
+        lesions=lesion_boxes,
+        DESCR=_descr(ndim),
+    )
 
 
 def _descr(ndim):
     lm = "\n".join(f"  {n}: {d}" for n, d in _LANDMARK_DOC.items())
-    tissues = "\n".join(f"  {n}: {v[0]} / {v[1]} / {v[2]}" for n, v in _TISSUE_HU.items()
-                        if n not in ("air",))
-    kind = ("CT-like torso volumes in Hounsfield units (air -1000, fat -100, soft tissue 30-60, "
-            "lung -850, bone 300-1000)" if ndim == 3 else
-            "AP radiographs: line integrals of linear attenuation (mu = 0.02/mm x (1 + HU/1000)) "
-            "through a 3D phantom along the antero-posterior axis, i.e. -log of the transmitted "
-            "intensity; world axes are (x, z) of the patient frame, bone is bright")
+    tissues = "\n".join(
+        f"  {n}: {v[0]} / {v[1]} / {v[2]}" for n, v in _TISSUE_HU.items() if n not in ("air",)
+    )
+    kind = (
+        "CT-like torso volumes in Hounsfield units (air -1000, fat -100, soft tissue 30-60, "
+        "lung -850, bone 300-1000)"
+        if ndim == 3
+        else "AP radiographs: line integrals of linear attenuation (mu = 0.02/mm x (1 + HU/1000)) "
+        "through a 3D phantom along the antero-posterior axis, i.e. -log of the transmitted "
+        "intensity; world axes are (x, z) of the patient frame, bone is bright"
+    )
     return textwrap.dedent(f"""\
     Synthetic torso phantoms (samlearn.datasets.make_phantoms)
     ==========================================================
@@ -2078,7 +2661,7 @@ def _descr(ndim):
     {textwrap.indent(lm, '    ').strip()}
 
     Mean tissue HU (non-contrast / arterial / venous), jittered per subject, enhancement scaled
-    by a bolus factor (0.8-1.2) and the timing inside the phase:
+    by a bolus factor (0.88-1.12) and the timing inside the phase (early/late):
     {textwrap.indent(tissues, '    ').strip()}
 
     Labels: {', '.join(f'{k}={v}' for k, v in ORGAN_NAMES.items())}.
