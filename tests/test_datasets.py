@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from samlearn import Image
-from samlearn.datasets import LANDMARK_NAMES, ORGAN_NAMES, PHASES, make_phantoms
+from samlearn.datasets import (
+    LANDMARK_NAMES,
+    ORGAN_NAMES,
+    PHASES,
+    make_phantom_pair,
+    make_phantoms,
+)
 
 ORGAN_ID = {v: k for k, v in ORGAN_NAMES.items()}
 EXPECTED_ORGAN = {
@@ -263,17 +269,15 @@ def test_contrast_phases_change_hu_in_documented_directions(phases3):
         assert abs(hu(art, "vertebra_L3") - hu(nc, "vertebra_L3")) < 20
 
 
-def test_random_phase_draws_all_phases():
-    # phases are drawn from their own stream: cheap to check on coarse grids
-    d = make_phantoms(6, contrast_phase="random", spacing=(8.0, 8.0, 10.0), random_state=0)
-    assert sorted(d.phase) == sorted(PHASES * 2)  # drawn per subject (this seed: 2 of each)
-    d2 = make_phantoms(
-        3,
-        contrast_phase=["venous", "arterial", "non-contrast"],
-        spacing=(8.0, 8.0, 10.0),
-        random_state=1,
-    )
-    assert d2.phase == ["venous", "arterial", "non-contrast"]
+def test_random_phase_draws_per_subject_and_lists_are_kept():
+    # phases come from their own stream: with this seed the three subjects draw three phases
+    kw = dict(spacing=(8.0, 8.0, 10.0), random_state=0)
+    d = make_phantoms(3, contrast_phase="random", **kw)
+    assert sorted(d.phase) == sorted(PHASES)
+    given = [d.phase[2], d.phase[0], d.phase[1]]
+    d2 = make_phantoms(3, contrast_phase=given, **kw)
+    assert d2.phase == given
+    np.testing.assert_array_equal(d.landmarks, d2.landmarks)  # the phase does not move anatomy
 
 
 def test_non_identity_direction_and_anisotropic_spacing_hit_the_same_anatomy():
@@ -317,7 +321,7 @@ def test_non_identity_direction_and_anisotropic_spacing_hit_the_same_anatomy():
 
 # ----------------------------------------------------------------------------- variation
 def test_inter_subject_variation_is_real():
-    d = make_phantoms(6, field_of_view="full", spacing=(6.0, 6.0, 8.0), noise=0.0, random_state=4)
+    d = make_phantoms(5, field_of_view="full", spacing=(6.0, 6.0, 8.0), noise=0.0, random_state=4)
     rel = d.landmarks - d.landmarks[:, [_idx("carina")]]
     sd = np.linalg.norm(rel.std(axis=0), axis=1)  # mm, per landmark
     sd = np.delete(sd, _idx("carina"))
@@ -406,3 +410,47 @@ def test_2d_deterministic(xray):
     assert np.array_equal(xray.labels[0].array, again.labels[0].array)
     np.testing.assert_array_equal(xray.landmarks[:1], again.landmarks)
     np.testing.assert_array_equal(xray.lesions[0], again.lesions[0])
+
+
+# ----------------------------------------------------------------------------- pairs
+def test_phantom_pair_ground_truth_correspondence():
+    pair = make_phantom_pair(
+        1, n_lesions=2, contrast_phase="random", spacing=(2.5, 2.5, 4.0), random_state=6
+    )
+    assert pair.transforms.shape == (1, 4, 4)
+    T = pair.transforms[0]
+    R, t = T[:3, :3], T[:3, 3]
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    assert np.allclose(T[3], [0, 0, 0, 1])
+    fixed, moving = pair.fixed, pair.moving
+    assert fixed.images[0].geometry != moving.images[0].geometry
+    lf, lm = fixed.landmarks[0], moving.landmarks[0]
+    both = np.isfinite(lf[:, 0]) & np.isfinite(lm[:, 0])
+    assert both.sum() >= 10
+    np.testing.assert_allclose(lf[both] @ R.T + t, lm[both], atol=1e-9)
+    # the same anatomy under both scans: the organ at each landmark agrees
+    for j in np.flatnonzero(both):
+        organ = ORGAN_ID[EXPECTED_ORGAN[LANDMARK_NAMES[j]]]
+        assert organ in _labels_near(fixed.labels[0], lf[j])
+        assert organ in _labels_near(moving.labels[0], lm[j])
+    # lesions correspond row by row, inside both fields of view
+    bf, bm = fixed.lesions[0], moving.lesions[0]
+    assert len(bf) == len(bm) == 2
+    cf, cm = 0.5 * (bf[:, :3] + bf[:, 3:]), 0.5 * (bm[:, :3] + bm[:, 3:])
+    np.testing.assert_allclose(cf @ R.T + t, cm, atol=1e-9)
+    for c in cm:
+        assert _label_at(moving.labels[0], c) == ORGAN_ID["lesion"]
+
+
+def test_phantom_pair_fixed_equals_make_phantoms_and_validates():
+    kw = dict(spacing=(6.0, 6.0, 8.0), contrast_phase="arterial", random_state=4)
+    pair = make_phantom_pair(2, **kw)
+    single = make_phantoms(2, **kw)
+    for a, b in zip(pair.fixed.images, single.images):
+        assert a.geometry == b.geometry and np.array_equal(a.array, b.array)
+    np.testing.assert_array_equal(pair.fixed.landmarks, single.landmarks)
+    assert pair.fixed.phase == pair.moving.phase == ["arterial", "arterial"]
+    with pytest.raises(ValueError, match="n_pairs"):
+        make_phantom_pair(0)
+    with pytest.raises(ValueError, match="contrast_phase"):
+        make_phantom_pair(2, contrast_phase=["arterial"])

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..image import Image, ImageGeometry
 
-__all__ = ["make_phantoms", "PHASES", "LANDMARK_NAMES", "ORGAN_NAMES"]
+__all__ = ["make_phantoms", "make_phantom_pair", "PHASES", "LANDMARK_NAMES", "ORGAN_NAMES"]
 
 PHASES = ("non-contrast", "arterial", "venous")
 
@@ -245,6 +245,7 @@ _SOFT = _lut("visceral_fat", "muscle", "subcutaneous_fat")
 # Cross-sections are q = u^2 + v^2 - c min(u^2, 1) min(v^2, 1) <= 1 (u = x/a, v = y/b): ellipses
 # in front (c = 0), squarer behind (c > 0), like the flat back and the deep posterolateral gutters.
 _SQUARE = np.array([0.0, 0.55], dtype=np.float32)
+_CORNERS_PM = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float)
 _CORNERS = np.array([[a, b, c] for a in (0.0, 1.0) for b in (0.0, 1.0) for c in (0.0, 1.0)])
 _BODY_ANY = ~_lut("background")
 
@@ -2208,12 +2209,12 @@ def _labels_at(torso, pts_anat):
     return cv.lab
 
 
-def _place_lesions(rng, torso, n, organs, pose, geometry3, n_try=48):
-    """Lesion ellipsoids fully inside an organ and inside the field of view: list of
-    (centre, semi-axes, frame, organ) in the patient frame."""
+def _place_lesions(rng, torso, n, organs, scans, n_try=48):
+    """Lesion ellipsoids fully inside an organ and inside the field of view of every scan
+    (``scans``: list of (pose, 3D geometry)): list of (centre, semi-axes, frame, organ) in the
+    patient frame."""
     if n == 0:
         return []
-    R, t = pose
     boxes = {
         "liver": (torso.liver_rl[0] - torso.liver_rl[1], torso.liver_rl[0] + torso.liver_rl[1]),
         "lung": (
@@ -2240,6 +2241,7 @@ def _place_lesions(rng, torso, n, organs, pose, geometry3, n_try=48):
     labs = _labels_at(torso, np.concatenate([p.reshape(-1, 3) for p in probes])).reshape(
         n, n_try, 7
     )
+    landmarks = torso.landmarks()
     out = []
     for k, (organ, semi, frame, cand) in enumerate(specs):
         ok = np.isin(labs[k], organ_labels[organ]).all(1)
@@ -2247,12 +2249,14 @@ def _place_lesions(rng, torso, n, organs, pose, geometry3, n_try=48):
             c = cand[j]
             if any(np.linalg.norm(c - o[0]) < (semi.max() + o[1].max() + 4.0) for o in out):
                 continue
-            half = np.sqrt(((R @ frame * semi[None, :]) ** 2).sum(1))
-            cw = R @ c + t
-            corners = cw + half * np.array(
-                [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
-            )
-            if geometry3 is not None and not geometry3.contains(corners, margin=0.0).all():
+            if (((landmarks - c) @ frame / (semi + 5.0)) ** 2).sum(1).min() <= 1.0:
+                continue  # never cover a landmark
+            fits = True
+            for (R, t), geometry3 in scans:
+                half = np.sqrt(((R @ frame * semi[None, :]) ** 2).sum(1))
+                corners = R @ c + t + half * _CORNERS_PM
+                fits &= bool(geometry3.contains(corners, margin=0.0).all())
+            if not fits:
                 continue
             out.append((c, semi, frame, organ))
             break
@@ -2549,76 +2553,173 @@ def make_phantoms(
     from sklearn.utils import Bunch
 
     n_subjects = _check_int(n_subjects, "n_subjects", 1)
+    opts = _check_options(
+        n_subjects,
+        ndim,
+        contrast_phase,
+        n_lesions,
+        spacing,
+        direction,
+        field_of_view,
+        noise,
+        variation,
+    )
+    (visit,), _ = _generate(_seed_sequence(random_state), n_subjects, 1, opts)
+    return Bunch(
+        **visit,
+        organ_names=dict(ORGAN_NAMES),
+        landmark_names=list(LANDMARK_NAMES),
+        DESCR=_descr(opts["ndim"]),
+    )
+
+
+def make_phantom_pair(
+    n_pairs=1,
+    *,
+    ndim=3,
+    contrast_phase=None,
+    n_lesions=0,
+    spacing=None,
+    direction=None,
+    field_of_view="random",
+    noise=1.0,
+    variation=1.0,
+    random_state=None,
+):
+    """Two scans of the same subjects (baseline ``fixed`` and follow-up ``moving``), with the
+    exact correspondence between them.
+
+    Both scans of a pair share the anatomy (breath-hold included) and the lesions; each has its
+    own pose (position and small rotation in the scanner), scan geometry (field of view, spacing,
+    origin, direction), contrast phase draw and noise. The scene moves rigidly between the two
+    scans, so ``transforms`` is the ground truth for registration, and landmarks and lesion boxes
+    correspond row by row (for lesion matching). Parameters are those of :func:`make_phantoms`
+    (``n_pairs`` instead of ``n_subjects``; with ``contrast_phase='random'`` each scan draws its
+    own phase). Lesions are placed inside both fields of view. The ``fixed`` scans are identical
+    to ``make_phantoms(n_pairs, ...)`` with the same arguments when ``n_lesions=0``.
+
+    Returns
+    -------
+    data : sklearn.utils.Bunch
+        fixed, moving : Bunch
+            Each with ``images``, ``labels``, ``landmarks``, ``phase`` and ``lesions`` as returned
+            by :func:`make_phantoms`.
+        transforms : ndarray of shape (n_pairs, 4, 4)
+            Homogeneous rigid transforms mapping 3D world points (mm) of the fixed scan to the
+            same anatomical points in the moving scan: ``p_moving = T[:3, :3] @ p_fixed +
+            T[:3, 3]``. For ``ndim=2`` they relate the 3D scenes the radiographs project.
+        organ_names, landmark_names, DESCR
+            As in :func:`make_phantoms`.
+    """
+    from sklearn.utils import Bunch
+
+    n_pairs = _check_int(n_pairs, "n_pairs", 1)
+    opts = _check_options(
+        n_pairs,
+        ndim,
+        contrast_phase,
+        n_lesions,
+        spacing,
+        direction,
+        field_of_view,
+        noise,
+        variation,
+    )
+    (fixed, moving), transforms = _generate(_seed_sequence(random_state), n_pairs, 2, opts)
+    return Bunch(
+        fixed=Bunch(**fixed),
+        moving=Bunch(**moving),
+        transforms=np.stack(transforms),
+        organ_names=dict(ORGAN_NAMES),
+        landmark_names=list(LANDMARK_NAMES),
+        DESCR=_descr(opts["ndim"]),
+    )
+
+
+def _check_options(
+    n, ndim, contrast_phase, n_lesions, spacing, direction, field_of_view, noise, variation
+):
     if isinstance(ndim, bool) or ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 (radiographs) or 3 (CT volumes), got {ndim!r}")
     ndim = int(ndim)
-    phases, random_phase = _check_phases(contrast_phase, n_subjects)
-    n_lesions = _check_int(n_lesions, "n_lesions", 0)
-    spacing = _check_spacing(spacing, ndim)
-    direction = _check_direction(direction, ndim)
+    phases, random_phase = _check_phases(contrast_phase, n)
     if field_of_view not in ("random", "full"):
         raise ValueError(f"field_of_view must be 'random' or 'full', got {field_of_view!r}")
-    noise = _check_float(noise, "noise", 0.0, 10.0)
-    variation = _check_float(variation, "variation", 0.0, 3.0)
-    ss = _seed_sequence(random_state)
-
-    images, labels, landmarks, phase_out, lesion_boxes = [], [], [], [], []
-    for i in range(n_subjects):
-        torso = _Torso(_child(ss, i, 0), variation)
-        pose = _draw_pose(_child(ss, i, 1), variation)
-        g3, g2 = _scan_geometry(
-            _child(ss, i, 2), torso, pose, ndim, spacing, direction, field_of_view
-        )
-        if random_phase:
-            ph = PHASES[int(_child(ss, i, 5).integers(3))]
-        else:
-            ph = phases[i]
-        hu = _subject_hu(_child(ss, i, 3), ph)
-        lesions = _place_lesions(
-            _child(ss, i, 4),
-            torso,
-            n_lesions,
-            ("liver", "lung", "lung") if ndim == 3 else ("lung",),
-            pose,
-            g3,
-        )
-        cv = _canvas_for(torso, g3, pose)
-        torso.paint(cv, hu)
-        _paint_lesions(cv, lesions, hu)
-        lm = torso.landmarks() @ pose[0].T + pose[1]
-        rng_noise = _child(ss, i, 6)
-        if ndim == 3:
-            arr = cv.hu
-            if noise > 0:
-                amp = np.float32(20.0 * noise / 0.292 * np.sqrt(12.0))
-                arr += (rng_noise.random(arr.shape, dtype=np.float32) - np.float32(0.5)) * amp
-            arr = _smooth3(arr, 0.2)
-            np.clip(arr, -1024.0, 3071.0, out=arr)
-            img = Image(arr, g3)
-            lab = Image(cv.lab.astype(np.float32), g3)
-            geom = g3
-        else:
-            P, lab2 = _project(cv, g3, rng_noise, noise)
-            img, lab = Image(P, g2), Image(lab2, g2)
-            lm = lm[:, [0, 2]]
-            geom = g2
-        lm[~geom.contains(lm, margin=0.0)] = np.nan
-        images.append(img)
-        labels.append(lab)
-        landmarks.append(lm)
-        phase_out.append(ph)
-        lesion_boxes.append(_lesion_boxes(lesions, pose, ndim))
-
-    return Bunch(
-        images=images,
-        labels=labels,
-        organ_names=dict(ORGAN_NAMES),
-        landmarks=np.stack(landmarks),
-        landmark_names=list(LANDMARK_NAMES),
-        phase=phase_out,
-        lesions=lesion_boxes,
-        DESCR=_descr(ndim),
+    return dict(
+        ndim=ndim,
+        phases=phases,
+        random_phase=random_phase,
+        n_lesions=_check_int(n_lesions, "n_lesions", 0),
+        spacing=_check_spacing(spacing, ndim),
+        direction=_check_direction(direction, ndim),
+        fov=field_of_view,
+        noise=_check_float(noise, "noise", 0.0, 10.0),
+        variation=_check_float(variation, "variation", 0.0, 3.0),
     )
+
+
+def _visit_rng(ss, i, stream, visit):
+    """Random stream ``stream`` of subject ``i`` for scan ``visit`` (visit 0 = make_phantoms)."""
+    return _child(ss, i, stream) if visit == 0 else _child(ss, i, stream, visit)
+
+
+def _generate(ss, n, n_visits, o):
+    """Subjects 0..n-1, each scanned ``n_visits`` times: per visit, a dict of lists (images,
+    labels, landmarks, phase, lesions), and the fixed -> moving world transforms (n_visits=2)."""
+    ndim = o["ndim"]
+    out = [dict(images=[], labels=[], landmarks=[], phase=[], lesions=[]) for _ in range(n_visits)]
+    transforms = []
+    for i in range(n):
+        torso = _Torso(_child(ss, i, 0), o["variation"])
+        scans = []
+        for v in range(n_visits):
+            pose = _draw_pose(_visit_rng(ss, i, 1, v), o["variation"])
+            g3, g2 = _scan_geometry(
+                _visit_rng(ss, i, 2, v), torso, pose, ndim, o["spacing"], o["direction"], o["fov"]
+            )
+            if o["random_phase"]:
+                ph = PHASES[int(_visit_rng(ss, i, 5, v).integers(3))]
+            else:
+                ph = o["phases"][i]
+            scans.append((pose, g3, g2, ph))
+        organs = ("liver", "lung", "lung") if ndim == 3 else ("lung",)
+        lesions = _place_lesions(
+            _child(ss, i, 4), torso, o["n_lesions"], organs, [(sc[0], sc[1]) for sc in scans]
+        )
+        for v, (pose, g3, g2, ph) in enumerate(scans):
+            hu = _subject_hu(_visit_rng(ss, i, 3, v), ph)
+            cv = _canvas_for(torso, g3, pose)
+            torso.paint(cv, hu)
+            _paint_lesions(cv, lesions, hu)
+            lm = torso.landmarks() @ pose[0].T + pose[1]
+            rng_noise = _visit_rng(ss, i, 6, v)
+            if ndim == 3:
+                arr = cv.hu
+                if o["noise"] > 0:
+                    amp = np.float32(20.0 * o["noise"] / 0.292 * np.sqrt(12.0))
+                    arr += (rng_noise.random(arr.shape, dtype=np.float32) - np.float32(0.5)) * amp
+                arr = _smooth3(arr, 0.2)
+                np.clip(arr, -1024.0, 3071.0, out=arr)
+                img, lab, geom = Image(arr, g3), Image(cv.lab.astype(np.float32), g3), g3
+            else:
+                P, lab2 = _project(cv, g3, rng_noise, o["noise"])
+                img, lab, geom = Image(P, g2), Image(lab2, g2), g2
+                lm = lm[:, [0, 2]]
+            lm[~geom.contains(lm, margin=0.0)] = np.nan
+            out[v]["images"].append(img)
+            out[v]["labels"].append(lab)
+            out[v]["landmarks"].append(lm)
+            out[v]["phase"].append(ph)
+            out[v]["lesions"].append(_lesion_boxes(lesions, pose, ndim))
+        if n_visits == 2:
+            (Rf, tf), (Rm, tm) = scans[0][0], scans[1][0]
+            T = np.eye(4)
+            T[:3, :3] = Rm @ Rf.T
+            T[:3, 3] = tm - Rm @ Rf.T @ tf
+            transforms.append(T)
+    for visit in out:
+        visit["landmarks"] = np.stack(visit["landmarks"])
+    return out, transforms
 
 
 def _descr(ndim):
