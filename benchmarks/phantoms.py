@@ -29,9 +29,10 @@ def timings(n3=8, n2=4, seed=0):
             cpu.append(time.process_time() - c)
             vox.append(d.images[0].array.size)
         print(
-            f"{ndim}D default: {n} subjects, mean {np.mean(wall):.2f} s wall / {np.mean(cpu):.2f} s CPU "
-            f"per subject (min {np.min(wall):.2f}, max {np.max(wall):.2f}); mean size "
-            f"{np.mean(vox) / 1e6:.2f} M{'voxels' if ndim == 3 else 'pixels'}"
+            f"{ndim}D default: {n} subjects, mean {np.mean(wall):.2f} s wall / "
+            f"{np.mean(cpu):.2f} s CPU per subject (min {np.min(wall):.2f}, "
+            f"max {np.max(wall):.2f}); mean size {np.mean(vox) / 1e6:.2f} "
+            f"M{'voxels' if ndim == 3 else 'pixels'}"
         )
     d = make_phantoms(1, random_state=seed)
     t = time.perf_counter()
