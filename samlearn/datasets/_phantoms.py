@@ -10,6 +10,9 @@ The anatomy is analytic: organs are ellipsoids, tubes and curved plates in a pat
 (x to the patient's left, y posterior, z superior, millimetres: the LPS convention of SimpleITK),
 painted directly on the output voxel grid through the exact world geometry. Landmarks are computed
 from the same per-subject shapes (never from a template), then mapped to world coordinates.
+
+Public functions: :func:`make_phantoms` (independent subjects) and :func:`make_phantom_pair`
+(two scans of the same subjects with the exact rigid transform between them).
 """
 
 from __future__ import annotations
@@ -1500,7 +1503,7 @@ class _Torso:
             _paint_ellipsoid(
                 cv,
                 c,
-                s * np.array([0.8, 0.68, 0.68]),
+                s * np.array([0.72, 0.62, 0.62]),
                 R,
                 hu["kidney_medulla"],
                 lab,
@@ -2145,7 +2148,7 @@ def _scan_geometry(rng, torso, pose, ndim, spacing, direction, fov):
     R, t = pose
     z_apex, z_fh = torso.z_range()
     length, kind = rng.uniform(400.0, 520.0), rng.uniform()
-    u_top, u_bot = rng.uniform(-12.0, 40.0), rng.uniform(-20.0, 60.0)
+    u_top, u_bot = rng.uniform(-8.0, 40.0), rng.uniform(-12.0, 60.0)
     jx, jy, mx, my = (
         rng.normal(0, 6.0),
         rng.normal(0, 6.0),
@@ -2156,9 +2159,9 @@ def _scan_geometry(rng, torso, pose, ndim, spacing, direction, fov):
     top, bot = z_apex + u_top, z_fh - u_bot  # trunk scan, cropped a little at either end
     if fov == "full":
         top, bot, jx, jy, mx, my = z_apex + 40.0, z_fh - 60.0, 0.0, 0.0, 25.0, 25.0
-    elif kind < 0.2:  # chest-first scan: starts near the lung apices
+    elif kind < 0.15:  # chest-first scan: starts near the lung apices
         bot = max(top - length, lo_lim)
-    elif kind < 0.4:  # pelvis-anchored scan: ends near the femoral heads
+    elif kind < 0.3:  # pelvis-anchored scan: ends near the femoral heads
         top = min(bot + length, hi_lim)
     a, ba, bp = torso.extent_xy(bot, top)
     mid = 0.5 * (top + bot)
@@ -2512,21 +2515,22 @@ def make_phantoms(
         (35 %) or diag(1, -1, -1) (15 %); 2D diag(1, -1) (head up, 75 %) or diag(-1, -1).
     field_of_view : {'random', 'full'}, default='random'
         'random': per subject, a trunk scan from near the lung apices to near the femoral heads
-        (60 %, each end cropped at random, so the apices are cut in ~20 % and the femoral heads
-        in ~25 % of these), or a 400-520 mm scan starting near the apices (20 %) or ending near
-        the femoral heads (20 %); landmarks outside the field of view are NaN. The in-plane
-        extent is jittered too. 'full' always covers from above the lung apices to below the
-        femoral heads (about 600-700 mm).
+        (70 %, each end cropped at random), or a 400-520 mm scan starting near the apices (15 %)
+        or ending near the femoral heads (15 %); landmarks outside the field of view are NaN
+        (the lung apices in about a quarter of the subjects, the femoral heads in about a
+        third, mid-trunk landmarks almost never). The in-plane extent is jittered too. 'full'
+        always covers from above the lung apices to below the femoral heads (600-700 mm).
     noise : float, default=1.0
         Noise level relative to the default (3D: about 20 HU standard deviation of correlated
         Gaussian noise; 2D: quantum noise of 4e4 photons per pixel). 0 disables noise.
     variation : float, default=1.0
-        Scale of the anatomical and pose variation between subjects (0: every subject has the
-        same anatomy and pose; the scan geometry and intensities still vary).
+        Scale of the anatomical variation and of the pose rotations between subjects, in [0, 3]
+        (0: every subject has the same anatomy and orientation; the position in the scanner,
+        the scan geometry and the intensities still vary).
     random_state : None, int, numpy SeedSequence, Generator or RandomState, default=None
         Seed. The same seed gives identical subjects, and subject ``i`` does not depend on
         ``n_subjects``; with the same seed, the 2D subject ``i`` is a radiograph of the 3D
-        subject ``i``'s anatomy (in its own pose and geometry).
+        subject ``i`` in the same pose (its landmarks are the (x, z) of the 3D ones).
 
     Returns
     -------
@@ -2723,47 +2727,64 @@ def _generate(ss, n, n_visits, o):
 
 
 def _descr(ndim):
-    lm = "\n".join(f"  {n}: {d}" for n, d in _LANDMARK_DOC.items())
-    tissues = "\n".join(
-        f"  {n}: {v[0]} / {v[1]} / {v[2]}" for n, v in _TISSUE_HU.items() if n not in ("air",)
-    )
     kind = (
         "CT-like torso volumes in Hounsfield units (air -1000, fat -100, soft tissue 30-60, "
-        "lung -850, bone 300-1000)"
+        "lung -850, bone 250-1000), with correlated noise of ~20 HU and a partial-volume blur."
         if ndim == 3
         else "AP radiographs: line integrals of linear attenuation (mu = 0.02/mm x (1 + HU/1000)) "
         "through a 3D phantom along the antero-posterior axis, i.e. -log of the transmitted "
-        "intensity; world axes are (x, z) of the patient frame, bone is bright"
+        "intensity, with quantum noise; world axes are (x, z) of the patient frame (head up for "
+        "direction diag(1, -1)), bone is bright."
     )
-    return textwrap.dedent(f"""\
-    Synthetic torso phantoms (samlearn.datasets.make_phantoms)
-    ==========================================================
-
-    {kind}.
-
-    Anatomy: body outline with subcutaneous fat and a muscle wall; lungs (with a dependent
-    density gradient, branching pulmonary vessels and lobar bronchi) over two diaphragm domes;
-    trachea and main bronchi; heart with four chambers; aorta (root, ascending, arch with three
-    branches, descending, abdominal, iliac arteries); SVC, IVC, pulmonary arteries and veins;
-    liver with portal and hepatic veins; gallbladder; spleen; stomach with an air-fluid level;
-    pancreas; kidneys (cortex, medulla, sinus); colon, small bowel, duodenum; bladder; cervical
-    to lumbar vertebrae with discs, neural arches and processes; ribs with costal cartilages;
-    sternum; clavicles; scapulae; sacrum, ilia, acetabula, pubic and ischial rami; femora.
-
-    Inter-subject variation: body size and fat, spine curvature, organ size/position/orientation,
-    breathing (+-16 mm diaphragm), small rotations (yaw ~3 deg, tilt ~1.5 deg), field of view,
-    spacing, origin and direction, tissue intensities and contrast timing.
-
-    Coordinates: world millimetres in (x, y[, z]) order (LPS, as SimpleITK): the patient frame
-    is x to the patient's left, y posterior, z superior, rotated and translated by the pose.
-    Landmarks outside an image's field of view are NaN.
-
-    Landmarks:
-    {textwrap.indent(lm, '    ').strip()}
-
-    Mean tissue HU (non-contrast / arterial / venous), jittered per subject, enhancement scaled
-    by a bolus factor (0.88-1.12) and the timing inside the phase (early/late):
-    {textwrap.indent(tissues, '    ').strip()}
-
-    Labels: {', '.join(f'{k}={v}' for k, v in ORGAN_NAMES.items())}.
-    """)
+    lines = [
+        "Synthetic torso phantoms (samlearn.datasets.make_phantoms)",
+        "==========================================================",
+        "",
+        *textwrap.wrap(kind, 96),
+        "",
+        *textwrap.wrap(
+            "Anatomy: body outline with subcutaneous fat and a muscle wall; lungs (with a "
+            "dependent density gradient, branching pulmonary vessels and lobar bronchi) over two "
+            "diaphragm domes; trachea and main bronchi; heart with four chambers; aorta (root, "
+            "ascending, arch with three branches, descending, abdominal, iliac arteries); SVC, "
+            "IVC, pulmonary arteries and veins; liver with portal and hepatic veins; gallbladder; "
+            "spleen; stomach with an air-fluid level; pancreas; kidneys (cortex, medulla, sinus); "
+            "colon, small bowel, duodenum; bladder; cervical to lumbar vertebrae with discs, "
+            "neural arches and processes; ribs with costal cartilages; sternum; clavicles; "
+            "scapulae; sacrum, ilia, acetabula, pubic and ischial rami; femora.",
+            96,
+        ),
+        "",
+        *textwrap.wrap(
+            "Inter-subject variation: body size and fat, spine curvature, organ size, position "
+            "and orientation, breathing (diaphragm +-16 mm), pose (yaw ~3 deg, tilts ~1.5 deg, "
+            "position in the scanner), field of view, spacing, origin and direction, tissue "
+            "intensities, bolus strength and timing inside the contrast phase.",
+            96,
+        ),
+        "",
+        *textwrap.wrap(
+            "Coordinates: world millimetres in (x, y[, z]) order (LPS, as SimpleITK); the patient "
+            "frame (x to the patient's left, y posterior, z superior) is rotated and translated "
+            "by the pose. Landmarks are computed from each subject's own shapes; poles, tips and "
+            "domes are located on the painted organ itself. A landmark outside the hull of an "
+            "image's voxel centres is NaN.",
+            96,
+        ),
+        "",
+        "Landmarks:",
+        *(f"  {n}: {d}" for n, d in _LANDMARK_DOC.items()),
+        "",
+        "Mean tissue HU (non-contrast / arterial / venous), jittered per subject; enhancement",
+        "scaled by a bolus factor (0.88-1.12) and by the timing inside the phase (early/late):",
+        *(f"  {n}: {v[0]} / {v[1]} / {v[2]}" for n, v in _TISSUE_HU.items() if n != "air"),
+        "",
+        "Labels (organ_names):",
+        *textwrap.wrap(
+            ", ".join(f"{k}={v}" for k, v in ORGAN_NAMES.items()),
+            94,
+            initial_indent="  ",
+            subsequent_indent="  ",
+        ),
+    ]
+    return "\n".join(lines) + "\n"
