@@ -331,6 +331,22 @@ class _Canvas:
             return None
         return key, self.X[key], self.Y[key], self.Z[key]
 
+    def chunks(self, reg, voxels=600_000):
+        """Split a grid region into slabs of a few slices (so that the many passes a painter
+        makes stay in cache); a point region is returned whole."""
+        if reg is None:
+            return
+        key = reg[0]
+        if not self.grid:
+            yield reg
+            return
+        kz, ky, kx = key
+        per_slice = max(1, (ky.stop - ky.start) * (kx.stop - kx.start))
+        step = max(1, voxels // per_slice)
+        for k0 in range(kz.start, kz.stop, step):
+            sub = (slice(k0, min(k0 + step, kz.stop)), ky, kx)
+            yield sub, self.X[sub], self.Y[sub], self.Z[sub]
+
     def full(self):
         if self.grid:
             key = (slice(None),) * 3
@@ -1335,37 +1351,49 @@ class _Torso:
         return (1.0 / ta).astype(np.float32), ib
 
     def _paint_body(self, cv, hu):
-        key, X, Y, Z = cv.full()
-        zi = cv.ZI
-        zi2 = zi * 2
-        zi2 += Y > 0
-        cv.ZI2 = zi2
-        X2, Y2 = X * X, Y * Y
-        c_sq = _SQUARE[(Y > 0).view(np.uint8)]
-        shells, q = None, None
-        for tabs in (
-            (self.t_a_out, self.t_ba_out, self.t_bp_out),
-            (self.t_a_lean, self.t_ba_lean, self.t_bp_lean),
-            (self.t_a_cav, self.t_ba_cav, self.t_bp_cav),
-        ):
-            ia, ib = self._inv_tables(*tabs)
-            u2 = X2 * (ia * ia)[zi]
-            v2 = Y2 * (ib * ib)[zi2]
-            q = u2 + v2
-            np.minimum(u2, 1.0, out=u2)  # the square term only acts inside the unit box
-            np.minimum(v2, 1.0, out=v2)
-            u2 *= v2
-            u2 *= c_sq
-            q -= u2
-            m = q <= 1.0
-            shells = m.view(np.uint8).copy() if shells is None else shells + m.view(np.uint8)
-        # the three ellipses are nested: 0 outside, 1 fat, 2 muscle, 3 cavity
-        cv.hu[key] = np.array([-1000.0, hu["fat"], hu["muscle"], hu["fat"]], np.float32)[shells]
-        cv.lab[key] = np.array(
-            [0, _L["subcutaneous_fat"], _L["muscle"], _L["visceral_fat"]], np.uint8
-        )[shells]
-        cv.cavity = m
-        cv.qcav = q  # normalised radius^2 of the cavity ellipse (ribs sit just outside it)
+        hu_lut = np.array([-1000.0, hu["fat"], hu["muscle"], hu["fat"]], np.float32)
+        lab_lut = np.array([0, _L["subcutaneous_fat"], _L["muscle"], _L["visceral_fat"]], np.uint8)
+        tables = [
+            self._inv_tables(*tabs)
+            for tabs in (
+                (self.t_a_out, self.t_ba_out, self.t_bp_out),
+                (self.t_a_lean, self.t_ba_lean, self.t_bp_lean),
+                (self.t_a_cav, self.t_ba_cav, self.t_bp_cav),
+            )
+        ]
+        tables = [((ia * ia), (ib * ib)) for ia, ib in tables]
+        cv.ZI2 = np.empty_like(cv.ZI)
+        cv.cavity = np.empty(cv.X.shape, bool)
+        cv.qcav = np.empty(cv.X.shape, np.float32)
+        # slabs of a few slices keep the ~30 passes below in cache (grids); points in one go
+        n0 = cv.X.shape[0]
+        step = max(1, 600_000 // max(1, cv.X[:1].size)) if cv.grid else n0
+        for k0 in range(0, n0, step):
+            key = slice(k0, min(k0 + step, n0))
+            X, Y, zi = cv.X[key], cv.Y[key], cv.ZI[key]
+            post = Y > 0
+            zi2 = zi * 2
+            zi2 += post
+            cv.ZI2[key] = zi2
+            X2, Y2 = X * X, Y * Y
+            c_sq = _SQUARE[post.view(np.uint8)]
+            shells = None
+            for ia2, ib2 in tables:
+                u2 = X2 * ia2[zi]
+                v2 = Y2 * ib2[zi2]
+                q = u2 + v2
+                np.minimum(u2, 1.0, out=u2)  # the square term only acts inside the unit box
+                np.minimum(v2, 1.0, out=v2)
+                u2 *= v2
+                u2 *= c_sq
+                q -= u2
+                m = q <= 1.0
+                shells = m.view(np.uint8).copy() if shells is None else shells + m.view(np.uint8)
+            # the three shapes are nested: 0 outside, 1 fat, 2 muscle, 3 cavity
+            cv.hu[key] = hu_lut[shells]
+            cv.lab[key] = lab_lut[shells]
+            cv.cavity[key] = m
+            cv.qcav[key] = q  # normalised radius^2 of the cavity (ribs sit just outside it)
         # legs: a midline gap (with its own skin fat) below the perineum
         reg = cv.region((-400, -400, self.z_lo - 500), (400, 400, self.z_split))
         if reg is not None:
@@ -1387,34 +1415,32 @@ class _Torso:
         z_split = max(d[2] for d in self.domes) + 1.0
         z1 = max(self.apex["L"][2], self.apex["R"][2]) + 2.0
         for lo_z, hi_z, lower in ((z0, z_split, True), (z_split, z1, False)):
-            reg = cv.region((-400, -400, lo_z), (400, 400, hi_z))
-            if reg is None:
-                continue
-            key, X, Y, Z = reg
-            cav = cv.cavity[key]
-            if lower:
-                cav = cav & (Z <= z_split)
-                d = self.dia(X, Y)
-                band = cav & (Z <= d) & (Z > d - np.float32(self.dia_t))
-                cv.paint(key, band, hu["muscle"], _L["muscle"])
-                above = cav & (Z > d)
-            else:
-                above = cav & (Z > z_split)
-            rel = X - cv.ztab(self.t_med_x, key)
-            # the mediastinum narrows anteriorly (the lungs nearly meet behind the sternum)
-            medw = cv.ztab(self.t_med_w, key) * np.clip(
-                np.float32(0.3) + (Y + np.float32(50.0)) * np.float32(1 / 70),
-                np.float32(0.3),
-                np.float32(1.0),
-            )
-            value = np.float32(hu["lung"]) + np.float32(self.lung_grad / 200.0) * Y
-            for side, m in (("R", above & (rel < -medw)), ("L", above & (rel > medw))):
-                xa, ya, za = self.apex[side]
-                dx, dy = X - np.float32(xa), Y - np.float32(ya)
-                cap = np.float32(za) - (dx * dx + dy * dy) * np.float32(self.apex_k)
-                cv.paint(
-                    key, m & (Z < cap), value, _L["lung_left" if side == "L" else "lung_right"]
-                )
+            for key, X, Y, Z in cv.chunks(cv.region((-400, -400, lo_z), (400, 400, hi_z))):
+                self._paint_lung_slab(cv, hu, key, X, Y, Z, lower, z_split)
+
+    def _paint_lung_slab(self, cv, hu, key, X, Y, Z, lower, z_split):
+        cav = cv.cavity[key]
+        if lower:
+            cav = cav & (Z <= z_split)
+            d = self.dia(X, Y)
+            band = cav & (Z <= d) & (Z > d - np.float32(self.dia_t))
+            cv.paint(key, band, hu["muscle"], _L["muscle"])
+            above = cav & (Z > d)
+        else:
+            above = cav & (Z > z_split)
+        rel = X - cv.ztab(self.t_med_x, key)
+        # the mediastinum narrows anteriorly (the lungs nearly meet behind the sternum)
+        medw = cv.ztab(self.t_med_w, key) * np.clip(
+            np.float32(0.3) + (Y + np.float32(50.0)) * np.float32(1 / 70),
+            np.float32(0.3),
+            np.float32(1.0),
+        )
+        value = np.float32(hu["lung"]) + np.float32(self.lung_grad / 200.0) * Y
+        for side, m in (("R", above & (rel < -medw)), ("L", above & (rel > medw))):
+            xa, ya, za = self.apex[side]
+            dx, dy = X - np.float32(xa), Y - np.float32(ya)
+            cap = np.float32(za) - (dx * dx + dy * dy) * np.float32(self.apex_k)
+            cv.paint(key, m & (Z < cap), value, _L["lung_left" if side == "L" else "lung_right"])
 
     def _paint_muscles(self, cv, hu):
         allowed = _lut("visceral_fat", "lung_left", "lung_right", "muscle")
