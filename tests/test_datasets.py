@@ -148,18 +148,18 @@ def test_bunch_contents_and_geometry(random_geo):
 
 
 def test_directions_and_origins_vary():
-    d = make_phantoms(6, spacing=(8.0, 8.0, 10.0), random_state=3)
+    d = make_phantoms(5, spacing=(8.0, 8.0, 10.0), random_state=3)
     dirs = {tuple(np.diag(im.direction)) for im in d.images}
     assert len(dirs) >= 2
     for im in d.images:
         assert np.allclose(np.abs(im.direction), np.eye(3))
-    assert len({tuple(np.round(im.origin, 3)) for im in d.images}) == 6
+    assert len({tuple(np.round(im.origin, 3)) for im in d.images}) == 5
 
 
 def test_landmarks_inside_field_of_view_or_nan():
-    kw = dict(spacing=(5.0, 5.0, 6.0), noise=0.0, random_state=2)
-    rand = make_phantoms(4, **kw)
-    full = make_phantoms(4, field_of_view="full", **kw)
+    kw = dict(spacing=(6.0, 6.0, 8.0), noise=0.0, random_state=4)
+    rand = make_phantoms(3, **kw)
+    full = make_phantoms(3, field_of_view="full", **kw)
     assert np.isfinite(full.landmarks).all()
     assert np.isnan(rand.landmarks).any()  # some subjects are cropped
     for i, (img, lm) in enumerate(zip(rand.images, rand.landmarks)):
@@ -323,7 +323,7 @@ def test_non_identity_direction_and_anisotropic_spacing_hit_the_same_anatomy():
 
 # ----------------------------------------------------------------------------- variation
 def test_inter_subject_variation_is_real():
-    d = make_phantoms(5, field_of_view="full", spacing=(6.0, 6.0, 8.0), noise=0.0, random_state=4)
+    d = make_phantoms(4, field_of_view="full", spacing=(6.0, 6.0, 8.0), noise=0.0, random_state=4)
     rel = d.landmarks - d.landmarks[:, [_idx("carina")]]
     sd = np.linalg.norm(rel.std(axis=0), axis=1)  # mm, per landmark
     sd = np.delete(sd, _idx("carina"))
@@ -343,8 +343,8 @@ def test_inter_subject_variation_is_real():
 # ----------------------------------------------------------------------------- lesions
 def test_lesions_are_boxes_around_lesion_voxels():
     d = make_phantoms(
-        2,
-        n_lesions=3,
+        1,
+        n_lesions=4,
         contrast_phase="venous",
         random_state=8,
         field_of_view="full",
@@ -367,7 +367,7 @@ def test_lesions_are_boxes_around_lesion_voxels():
             inside = np.all((pts[near] >= b[:3] - 3.0) & (pts[near] <= b[3:] + 3.0), axis=1)
             assert inside.all()
         assert np.any(lab.array == lesion) == (len(boxes) > 0)
-    assert n_total >= 4
+    assert n_total >= 3
     none = make_phantoms(1, spacing=(6.0, 6.0, 8.0), random_state=8)
     assert none.lesions[0].shape == (0, 6) and not np.any(none.labels[0].array == lesion)
 
@@ -449,12 +449,12 @@ def test_phantom_pair_ground_truth_correspondence():
 
 def test_phantom_pair_fixed_equals_make_phantoms_and_validates():
     kw = dict(spacing=(6.0, 6.0, 8.0), contrast_phase="arterial", random_state=4)
-    pair = make_phantom_pair(2, **kw)
-    single = make_phantoms(2, **kw)
+    pair = make_phantom_pair(1, **kw)
+    single = make_phantoms(1, **kw)
     for a, b in zip(pair.fixed.images, single.images):
         assert a.geometry == b.geometry and np.array_equal(a.array, b.array)
     np.testing.assert_array_equal(pair.fixed.landmarks, single.landmarks)
-    assert pair.fixed.phase == pair.moving.phase == ["arterial", "arterial"]
+    assert pair.fixed.phase == pair.moving.phase == ["arterial"]
     with pytest.raises(ValueError, match="n_pairs"):
         make_phantom_pair(0)
     with pytest.raises(ValueError, match="contrast_phase"):
