@@ -103,7 +103,7 @@ _LANDMARK_DOC = {
     "xiphoid_tip": "lower tip of the sternum (xiphoid), 3 mm inside the bone",
     "liver_dome": "top of the right hepatic dome, 4 mm below the diaphragm",
     "vertebra_T12": "centre of the T12 vertebral body",
-    "spleen_tip": "lowest point (inferior tip) of the spleen, 3 mm inside it",
+    "spleen_tip": "lowest point (inferior tip) of the spleen, 5 mm inside it",
     "kidney_left_upper_pole": "upper pole of the left kidney, 3 mm inside it",
     "kidney_right_upper_pole": "upper pole of the right kidney, 3 mm inside it",
     "portal_vein_bifurcation": "centre of the portal vein lumen where it splits at the liver hilum",
@@ -188,6 +188,7 @@ _TIMING = {
 }
 
 _MU_WATER = 0.02  # linear attenuation of water at ~70 keV, 1/mm (for the 2D projection)
+_MAX_VOXELS = 64_000_000  # largest painted grid (memory guard)
 
 
 # ============================================================================= small maths
@@ -887,7 +888,12 @@ class _Torso:
             c = np.array([sx * (68.0 * s_w + N(4)), 40.0 * s_d + N(4), zk + dz])
             u = _unit([-sx * (0.25 + N(0.08)), 0.3 + N(0.08), 1.0])
             R = _frame(u, hint=(sx, -1.0, 0.0))
-            self.kidneys[side] = (c, np.array([52.0, 27.0, 22.0]) * ks * (1 + N(0.05)), R)
+            semi = np.array([52.0, 27.0, 22.0]) * ks * (1 + N(0.05))
+            # keep the whole kidney at least 12 mm below the diaphragm (posterior recess)
+            top = c[2] + np.sqrt(((R * semi[None, :]) ** 2).sum(1))[2]
+            z_dia = float(self.dia(np.array([c[0]]), np.array([c[1]]))[0])
+            c[2] -= max(0.0, top - (z_dia - 12.0))
+            self.kidneys[side] = (c, semi, R)
         # portal venous system, pancreas
         lc = self.liver_rl[0]
         self.porta = lc + np.array([22.0 + N(4), -12.0 + N(4), -14.0 + N(5)])
@@ -993,8 +999,8 @@ class _Torso:
         self.svc = _spline(
             np.array(
                 [
-                    [-17.0, y_tr - 16.0, ztop],
-                    [-26.0 * s_w, y_tr - 26.0, zc + 45.0],
+                    [-17.0, y_tr - 34.0, ztop],
+                    [-26.0 * s_w, y_tr - 38.0, z_top + 15.0],
                     [-32.0 * s_w, -18.0, zc - 5.0],
                     ra_c + np.array([0.0, 0.0, 18.0]),
                 ]
@@ -1004,9 +1010,9 @@ class _Torso:
         self.bcv = _spline(
             np.array(
                 [
-                    [30.0 * s_w, y_tr - 12.0, zc + 65.0],
-                    [8.0, y_tr - 30.0, zc + 52.0],
-                    [-26.0 * s_w, y_tr - 26.0, zc + 45.0],
+                    [30.0 * s_w, y_tr - 30.0, z_top + 38.0],
+                    [8.0, y_tr - 42.0, z_top + 24.0],
+                    [-26.0 * s_w, y_tr - 38.0, z_top + 15.0],
                 ]
             ),
             5.0,
@@ -2077,7 +2083,7 @@ class _Torso:
         poles.append(("liver_dome", np.array([xr, yr, zr + 2.0]), down, (_L["liver"],), 4.0))
         c, semi, R = self.spleen
         p = extreme(c, semi, R, (0.0, 0.0, -1.0))
-        poles.append(("spleen_tip", p + 2.0 * _unit(p - c), _unit(c - p), (_L["spleen"],), 3.0))
+        poles.append(("spleen_tip", p + 2.0 * _unit(p - c), _unit(c - p), (_L["spleen"],), 5.0))
         for side, name in (("L", "kidney_left"), ("R", "kidney_right")):
             c, semi, R = self.kidneys[side]
             p = extreme(c, semi, R, (0.0, 0.0, 1.0))
@@ -2535,7 +2541,8 @@ def make_phantoms(
         only (2D). Fewer are placed when the organs are outside the field of view.
     spacing : None, float or sequence, default=None
         Voxel spacing in mm (x, y[, z]). None draws it per subject: 3D in-plane 1.9-2.5 mm and
-        slice spacing 3-5 mm (about 3 million voxels); 2D square pixels of 1.6-2.4 mm.
+        slice spacing 3-5 mm (about 3.5 million voxels); 2D square pixels of 1.6-2.4 mm. Grids
+        above 64 million voxels (e.g. 0.6 mm isotropic) are refused (ValueError).
     direction : None, 'identity' or array, default=None
         Image direction matrix. None draws it per subject: 3D identity (50 %), diag(-1, -1, 1)
         (35 %) or diag(1, -1, -1) (15 %); 2D diag(1, -1) (head up, 75 %) or diag(-1, -1).
@@ -2550,9 +2557,10 @@ def make_phantoms(
         Noise level relative to the default (3D: about 20 HU standard deviation of correlated
         Gaussian noise; 2D: quantum noise of 4e4 photons per pixel). 0 disables noise.
     variation : float, default=1.0
-        Scale of the anatomical variation and of the pose rotations between subjects, in [0, 3]
-        (0: every subject has the same anatomy and orientation; the position in the scanner,
-        the scan geometry and the intensities still vary).
+        Scale of the anatomical variation and of the pose rotations between subjects, in
+        [0, 1.5] (1: the default, realistic spread; 0: every subject has the same anatomy and
+        orientation, while the position in the scanner, the scan geometry and the intensities
+        still vary).
     random_state : None, int, numpy SeedSequence, Generator or RandomState, default=None
         Seed. The same seed gives identical subjects, and subject ``i`` does not depend on
         ``n_subjects``; with the same seed, the 2D subject ``i`` is a radiograph of the 3D
@@ -2684,7 +2692,7 @@ def _check_options(
         direction=_check_direction(direction, ndim),
         fov=field_of_view,
         noise=_check_float(noise, "noise", 0.0, 10.0),
-        variation=_check_float(variation, "variation", 0.0, 3.0),
+        variation=_check_float(variation, "variation", 0.0, 1.5),
     )
 
 
@@ -2711,6 +2719,13 @@ def _generate(ss, n, n_visits, o):
                 ph = PHASES[int(_visit_rng(ss, i, 5, v).integers(3))]
             else:
                 ph = o["phases"][i]
+            n_vox = int(np.prod(g3.size))
+            if n_vox > _MAX_VOXELS:
+                raise ValueError(
+                    f"spacing {np.round(g3.spacing, 3).tolist()} gives a grid of {n_vox / 1e6:.0f} "
+                    f"million voxels for subject {i} (more than {_MAX_VOXELS / 1e6:.0f} million, "
+                    "about 40 bytes each while painting): use a coarser spacing"
+                )
             scans.append((pose, g3, g2, ph))
         organs = ("liver", "lung", "lung") if ndim == 3 else ("lung",)
         lesions = _place_lesions(
