@@ -2721,10 +2721,12 @@ def _generate(ss, n, n_visits, o):
                 ph = o["phases"][i]
             n_vox = int(np.prod(g3.size))
             if n_vox > _MAX_VOXELS:
+                what = "grid" if ndim == 3 else "3D grid projected into the radiograph"
                 raise ValueError(
-                    f"spacing {np.round(g3.spacing, 3).tolist()} gives a grid of {n_vox / 1e6:.0f} "
-                    f"million voxels for subject {i} (more than {_MAX_VOXELS / 1e6:.0f} million, "
-                    "about 40 bytes each while painting): use a coarser spacing"
+                    f"spacing {np.round(g3.spacing, 3).tolist()} gives a {what} of "
+                    f"{n_vox / 1e6:.0f} million voxels for subject {i} (more than "
+                    f"{_MAX_VOXELS / 1e6:.0f} million, about 40 bytes each while painting): use a "
+                    "coarser spacing"
                 )
             scans.append((pose, g3, g2, ph))
         organs = ("liver", "lung", "lung") if ndim == 3 else ("lung",)
