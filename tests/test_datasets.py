@@ -139,7 +139,7 @@ def test_bunch_contents_and_geometry(random_geo):
         assert set(np.unique(lab.array).astype(int)) <= set(ORGAN_NAMES)
         assert np.any(img.origin != 0.0)
         sp = img.spacing
-        assert 1.9 <= sp[0] == sp[1] <= 2.5 and 3.0 <= sp[2] <= 5.0
+        assert 2.0 <= sp[0] == sp[1] <= 2.5 and 3.5 <= sp[2] <= 5.0
         ext = img.geometry.extent_mm
         assert 250 < ext[0] < 480 and 180 < ext[1] < 380 and 380 < ext[2] < 720
         # body is mostly soft tissue; air outside; lungs and bone present

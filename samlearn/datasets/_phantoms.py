@@ -376,6 +376,23 @@ class _Canvas:
         sel = allowed[self.lab[k, j, i]]
         self.hu[k[sel], j[sel], i[sel]] = value
 
+    def paint_at(self, key, idx, value, label, allowed=None):
+        """Like :meth:`paint`, for the voxels ``idx`` (a tuple of index arrays, as returned by
+        ``np.nonzero``) of the region ``key``: cheap when they are few in a large region."""
+        if self.grid:
+            lab, hu = self.lab[key], self.hu[key]
+            if allowed is not None:
+                ok = allowed[lab[idx]]
+                idx = tuple(a[ok] for a in idx)
+            hu[idx] = value
+            lab[idx] = label
+        else:
+            sel = key[idx[0]]
+            if allowed is not None:
+                sel = sel[allowed[self.lab[sel]]]
+            self.hu[sel] = value
+            self.lab[sel] = label
+
     def paint(self, key, mask, value, label, allowed=None):
         """Set ``value`` (scalar or array shaped like the region) and ``label`` where ``mask``;
         ``allowed`` (a boolean LUT over labels) restricts painting to those current labels;
@@ -1880,9 +1897,7 @@ class _Torso:
                 )
         rib_hu = 0.45 * hu["bone_cortex"] + 0.55 * hu["bone_cancellous"]
         for m, val in ((cartilage, hu["cartilage"]), (bone, rib_hu)):
-            full = np.zeros(X.shape, bool)
-            full[idx] = m
-            cv.paint(key, full, val, _L["rib"], _BODY_ANY)
+            cv.paint_at(key, tuple(a[m] for a in idx), val, _L["rib"], _BODY_ANY)
         # rib necks: vertebral body -> rib angle
         for k, n in enumerate(_THORACIC):
             zm = self.zmid(n)
@@ -2184,8 +2199,8 @@ def _scan_geometry(rng, torso, pose, ndim, spacing, direction, fov):
     jx, jy, mx, my = (
         rng.normal(0, 6.0),
         rng.normal(0, 6.0),
-        rng.uniform(6.0, 20.0),
-        rng.uniform(6.0, 16.0),
+        rng.uniform(5.0, 16.0),
+        rng.uniform(5.0, 13.0),
     )
     hi_lim, lo_lim = z_apex + 60.0, z_fh - 80.0
     top, bot = z_apex + u_top, z_fh - u_bot  # trunk scan, cropped a little at either end
@@ -2205,8 +2220,8 @@ def _scan_geometry(rng, torso, pose, ndim, spacing, direction, fov):
     center = R @ c_anat + t + np.array([jx, jy, 0.0])
     if spacing is None:
         if ndim == 3:
-            s_xy = rng.uniform(1.9, 2.5)
-            sp = np.array([s_xy, s_xy, rng.uniform(3.0, 5.0)])
+            s_xy = rng.uniform(2.0, 2.5)
+            sp = np.array([s_xy, s_xy, rng.uniform(3.5, 5.0)])
         else:
             s = rng.uniform(1.6, 2.4)
             sp = np.array([s, s])
@@ -2540,8 +2555,8 @@ def make_phantoms(
         Number of lesions per subject: hypodense liver lesions and lung nodules (3D), lung nodules
         only (2D). Fewer are placed when the organs are outside the field of view.
     spacing : None, float or sequence, default=None
-        Voxel spacing in mm (x, y[, z]). None draws it per subject: 3D in-plane 1.9-2.5 mm and
-        slice spacing 3-5 mm (about 3.5 million voxels); 2D square pixels of 1.6-2.4 mm. Grids
+        Voxel spacing in mm (x, y[, z]). None draws it per subject: 3D in-plane 2.0-2.5 mm and
+        slice spacing 3.5-5 mm (about 3 million voxels); 2D square pixels of 1.6-2.4 mm. Grids
         above 64 million voxels (e.g. 0.6 mm isotropic) are refused (ValueError).
     direction : None, 'identity' or array, default=None
         Image direction matrix. None draws it per subject: 3D identity (50 %), diag(-1, -1, 1)
