@@ -604,7 +604,7 @@ def _check_int(value, name: str, minimum: int) -> int:
 def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str = "sum",
                  search_radius_mm=None, refine: bool = True, top_k: int = 1,
                  min_distance_mm: Optional[float] = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> MatchResult:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, centers_world=None) -> MatchResult:
     """Find the K template points in ``query``: the peak of the similarity map per point.
 
     Parameters
@@ -635,6 +635,11 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         Upper bound on the floats of any intermediate (similarity values of a slab of the grid,
         the features of a window copied for its product, window positions); the coarse ``S^g``
         map of a chunk of points is held whole.
+    centers_world : (K, ndim) array, optional
+        Centre the search windows on these world points (one per template point) instead of on
+        the ``S^g`` peaks: for a caller that already has a better prior than the coarse global
+        map, e.g. a registration's affine prediction. Needs a ``search_radius_mm`` and mode
+        ``"sum"`` or ``"local"``; ``global_points`` then reports these centres.
     """
     query = _check_embedding(query, "query")
     if mode not in MODES:
@@ -643,13 +648,22 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
     chunk_size = _check_int(chunk_size, "chunk_size", 1)
     radius = resolve_search_radius(search_radius_mm, query) if mode != "global" else None
     gmap, lmap = query.global_map, query.local_map
-    need_g = mode in ("sum", "global") or radius is not None
+    given_centres = None
+    if centers_world is not None:
+        if mode == "global" or radius is None:
+            raise ValueError(f"centers_world needs a search window: mode 'sum' or 'local' and a "
+                             f"search_radius_mm, got mode={mode!r}, search_radius_mm={search_radius_mm!r}")
+        given_centres = check_points(centers_world, query.ndim, name="centers_world")
+    need_g = mode in ("sum", "global") or (radius is not None and given_centres is None)
     need_l = mode in ("sum", "local")
     gv = _as_vectors(global_vectors, "global_vectors", gmap.n_channels, gmap.data.device) if need_g else None
     lv = _as_vectors(local_vectors, "local_vectors", lmap.n_channels, lmap.data.device) if need_l else None
     if gv is not None and lv is not None and gv.shape[0] != lv.shape[0]:
         raise ValueError(f"global_vectors has {gv.shape[0]} points but local_vectors has {lv.shape[0]}")
     n_points = (gv if gv is not None else lv).shape[0]
+    if given_centres is not None and len(given_centres) != n_points:
+        raise ValueError(f"centers_world has {len(given_centres)} points but {n_points} template "
+                         f"vectors were given; give one centre per point")
 
     search_geom = gmap.geometry if mode == "global" else lmap.geometry
     if min_distance_mm is None:
@@ -674,15 +688,19 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         sl = slice(p0, p0 + point_step)
         g_chunk = gv[sl] if gv is not None else None
         l_chunk = lv[sl] if lv is not None else None
-        centres = gpts = None
-        if radius is not None:
+        centres = gpts = gsc = None
+        if given_centres is not None:
+            gpts = given_centres[sl]
+            centres = torch.as_tensor(lmap.geometry.world_to_array_index(gpts), dtype=torch.float32,
+                                      device=lmap.data.device)
+        elif radius is not None:
             gsc = _Scorer("global", g_chunk, None, query, chunk_size)
             gval, gflat = _full_search(gsc, 1, np.ones(gmap.ndim, int))
             gidx = _refine(gsc, gval, gflat)[:, 0]
             gpts = gmap.geometry.array_index_to_world(gidx.cpu().numpy())
             centres = torch.as_tensor(lmap.geometry.world_to_array_index(gpts), dtype=torch.float32,
                                       device=lmap.data.device)
-        sc = _Scorer(mode, g_chunk, l_chunk, query, chunk_size, sg=None if radius is None else gsc.sg)
+        sc = _Scorer(mode, g_chunk, l_chunk, query, chunk_size, sg=None if gsc is None else gsc.sg)
         if radius is not None:
             nb = int(np.prod(_window_box(radius, search_geom)))
             if nb <= _WINDOW_MAX_FRACTION * n_search:
