@@ -17,16 +17,16 @@ Protocol:
 * **Known warp** per case (seeded): the MOVING image is the fixed image resampled through a known
   moving -> fixed map ``H(y) = B (y + e(y))``: ``B`` a random affine about the image centre
   (rotation 5-15 degrees about a random axis, per-axis scale 0.9-1.1, translation up to 20 mm per
-  axis) and ``e`` a mild smooth elastic field (Gaussian-smoothed noise, sigma 25 mm, scaled to a
-  maximum of ``--elastic-mm``, default 4 mm). The truth fixed -> moving is ``G = H^-1``, computed
+  axis) and ``e`` a mild smooth elastic field (Gaussian-smoothed noise, sigma 20 mm, scaled to a
+  maximum of ``--elastic-mm``, default 6 mm). The truth fixed -> moving is ``G = H^-1``, computed
   per point by fixed-point iteration (to 1e-6 mm).
 * **Evaluation points**: fixed-grid points every 10 mm inside the body (-500 HU rule of
   ``samlearn.registration.body_mask``) whose true position lies at least 5 mm inside the moving
   image. TRE = ``|method(x) - G(x)|`` in mm, on the same points for every method.
 * **Rows**: ``identity`` (no registration); ``best affine`` (least-squares affine fit of ``G`` on
   the evaluation points: the floor of any affine method; what is left is the elastic part);
-  ``SAM-affine`` (``SAMAffineRegistrar`` defaults); ``SAM-coarse``
-  (``SAMDeformableRegistrar`` defaults); ANTs affine and elastix affine (``benchmarks/peers.py``,
+  the SAM rows of ``SAM_ROWS`` (``SAMAffineRegistrar`` defaults, and with one refinement pass;
+  ``SAMDeformableRegistrar`` defaults, and with ``rematch="warped"``); ANTs affine and elastix affine (``benchmarks/peers.py``,
   one ITK thread, elastix warmed up first). Times: wall seconds of registration + point mapping,
   both images' embedding included for SAM.
 * **Lesion matching** (lung1, lung2): template = the fixed image with the tumour's box; follow-ups
@@ -61,6 +61,12 @@ from samlearn.registration import (AffineTransform, CompositeTransform, Displace
                                    body_mask, fit_affine)
 
 OUT = ROOT / "benchmarks" / "out"
+#: the SAM rows: label, estimator, parameters besides embedder and random_state (defaults otherwise)
+SAM_ROWS = (
+    ("SAM-affine 1 pass", SAMAffineRegistrar, {"n_refinements": 0}),
+    ("SAM-affine", SAMAffineRegistrar, {}),
+    ("SAM-coarse", SAMDeformableRegistrar, {}),
+)
 AIR = -1024.0
 ELASTIC_SIGMA_MM = 20.0
 
@@ -165,9 +171,9 @@ def run_registration(cases, embedder, methods, seed, elastic_mm, threads):
         m_best, _ = fit_affine(pts, truth)
         row["methods"]["best affine"] = {"tre": tre_summary(AffineTransform(m_best).transform_points(pts), truth),
                                          "seconds": 0.0}
-        for label, cls in (("SAM-affine", SAMAffineRegistrar), ("SAM-coarse", SAMDeformableRegistrar)):
+        for label, cls, kw in SAM_ROWS:
             t0 = time.perf_counter()
-            reg = cls(embedder=embedder, random_state=0).fit(fixed, moving)
+            reg = cls(embedder=embedder, random_state=0, **kw).fit(fixed, moving)
             mapped = reg.transform_points(pts)
             sec = time.perf_counter() - t0
             row["methods"][label] = {
@@ -179,8 +185,13 @@ def run_registration(cases, embedder, methods, seed, elastic_mm, threads):
                 "match_error_median": float(np.median(np.linalg.norm(
                     reg.matches_.moving_points - truth_fixed_to_moving(reg.matches_.fixed_points, e, b), axis=1))),
             }
-            if label == "SAM-coarse":
-                row["methods"][label]["n_dense_matches"] = int(len(reg.dense_matches_))
+            if hasattr(reg, "dense_matches_"):
+                d = reg.dense_matches_
+                row["methods"][label]["n_dense_matches"] = int(len(d))
+                row["methods"][label]["dense_match_error_median"] = float(np.median(np.linalg.norm(
+                    d.moving_points - truth_fixed_to_moving(d.fixed_points, e, b), axis=1)))
+                row["methods"][label]["affine_part_tre"] = tre_summary(
+                    reg.affine_transform_.transform_points(pts), truth)
         for method in methods:
             res = peers.map_points(fixed, moving, pts, method, threads=threads, random_state=0)
             row["methods"][method] = {"tre": tre_summary(res.points, truth), "seconds": float(res.seconds)}
@@ -220,6 +231,7 @@ def run_lesions(ct, embedder, seed, elastic_mm, n_warps):
         matcher.fit(fixed, box.reshape(1, -1))
         matcher_cyc = LesionMatcher(embedder=embedder, score_threshold=-1.0, fov_margin_mm=0.0,
                                     cycle_threshold_mm=1e9).fit(fixed, box.reshape(1, -1))
+        default = LesionMatcher(embedder=embedder).fit(fixed, box.reshape(1, -1))
         for w in range(n_warps):
             rng = np.random.default_rng(np.random.SeedSequence([seed, 100 + ci, w]))
             h, e, b, info = make_warp(fixed, rng, elastic_mm)
@@ -242,12 +254,18 @@ def run_lesions(ct, embedder, seed, elastic_mm, n_warps):
                 det = matcher_cyc.match([im])
                 sec = time.perf_counter() - t0
                 raw = det["raw_points"][0, 0]
+                t0 = time.perf_counter()
+                pts_d, scores_d, found_d = default.predict([im], return_scores=True)
+                sec_default = time.perf_counter() - t0
                 rec = {"case": name, "warp": w, "variant": label, "score": float(det["scores"][0, 0]),
                        "cycle_mm": float(det["cycle_mm"][0, 0]), "seconds": sec,
                        "raw_point": raw.tolist(), "true_box": true_box.tolist(),
                        "fov_distance_mm": float(_fov_distance(im, raw)),
                        "raw_inside_box": bool(points_in_boxes(raw[None], true_box[None])[0]),
-                       "raw_error_mm": float(np.linalg.norm(raw - true_centre)) if label == "present" else None}
+                       "raw_error_mm": float(np.linalg.norm(raw - true_centre)) if label == "present" else None,
+                       "default_found": bool(found_d[0, 0]), "default_seconds": sec_default,
+                       "default_correct": bool(points_in_boxes(pts_d[0], true_box[None])[0]) if label == "present"
+                       else not bool(found_d[0, 0])}
                 out.append(rec)
                 print(f"lesion {name} warp {w} {label}: score {rec['score']:.3f} cycle {rec['cycle_mm']:.1f} mm "
                       f"fov-dist {rec['fov_distance_mm']:.1f} mm inside-box {rec['raw_inside_box']} "
@@ -287,7 +305,7 @@ def main(argv=None):
     ap.add_argument("--train-seconds", type=float, default=900.0)
     ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     ap.add_argument("--methods", default="ants-affine,elastix-affine")
-    ap.add_argument("--elastic-mm", type=float, default=4.0)
+    ap.add_argument("--elastic-mm", type=float, default=6.0)
     ap.add_argument("--lesion-warps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -341,14 +359,18 @@ def print_summary(result):
     recs = result.get("lesions", [])
     if recs:
         from samlearn.lesions import DEFAULT_LESION_SCORE_THRESHOLD as thr
-        print("\nlesion decisions (present found-in-box / absent reported not found):")
-        for label, kw in (("defaults (score, fov auto ~8 mm)", dict(score_threshold=thr, fov_margin_mm=8.0,
-                                                                     cycle_threshold_mm=None)),
-                          ("score only", dict(score_threshold=thr, fov_margin_mm=0.0, cycle_threshold_mm=None)),
-                          ("fov only", dict(score_threshold=-1, fov_margin_mm=8.0, cycle_threshold_mm=None)),
-                          ("defaults + cycle 10 mm", dict(score_threshold=thr, fov_margin_mm=8.0,
-                                                          cycle_threshold_mm=10.0))):
-            print(f"  {label}: {decide(recs, **kw)}")
+        print("\nlesion decisions (correct / cases; present = found inside the true box, absent = "
+              "reported not found):")
+        for variant in ("present", "near", "far"):
+            rr = [r for r in recs if r["variant"] == variant]
+            print(f"  LesionMatcher defaults, {variant}: {sum(r['default_correct'] for r in rr)} / {len(rr)}")
+        for label, kw in (("score >= 0.5 only", dict(score_threshold=thr, fov_margin_mm=0.0, cycle_threshold_mm=None)),
+                          ("fov margin 8 mm only", dict(score_threshold=-1, fov_margin_mm=8.0, cycle_threshold_mm=None)),
+                          ("score + fov (no cycle)", dict(score_threshold=thr, fov_margin_mm=8.0, cycle_threshold_mm=None)),
+                          ("cycle <= 20 mm only", dict(score_threshold=-1, fov_margin_mm=0.0, cycle_threshold_mm=20.0)),
+                          ("score + fov + cycle 20 mm (= defaults)",
+                           dict(score_threshold=thr, fov_margin_mm=8.0, cycle_threshold_mm=20.0))):
+            print(f"  rule {label}: {decide(recs, **kw)}")
 
 
 if __name__ == "__main__":

@@ -119,6 +119,8 @@ def test_lesions_found_inside_their_boxes(scene):
 
 def test_lesion_outside_field_of_view_is_not_found(scene):
     m = LesionMatcher(embedder=scene.embedder).fit(scene.template, scene.boxes)
+    local = scene.embedder.transform([scene.template])[0].local_map.geometry.spacing.max()
+    assert m.cycle_threshold_mm_ == pytest.approx(2.5 * local)  # "auto"
     det = m.match([scene.cropped, scene.follow_ups[1]])
     assert not det["found"][0, 0]
     assert np.all(np.isnan(det["points"][0, 0]))
