@@ -382,6 +382,8 @@ def test_sam_coarse_lowers_error_on_smooth_deformation(ndim):
                                [s.TransformPoint(tuple(q)) for q in probe[:20]], atol=1e-6)
     inv = dfm.transform_.inverse()
     np.testing.assert_allclose(inv.transform_points(dfm.transform_points(probe)), probe, atol=0.1)
+    back = pickle.loads(pickle.dumps(dfm))
+    np.testing.assert_array_equal(back.transform_points(probe), dfm.transform_points(probe))
     warped = dfm.resample(p.moving)
     inner = p.fixed.array > 50
     r_dfm = np.abs(warped.array - p.fixed.array)[inner].mean()
