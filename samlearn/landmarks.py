@@ -17,8 +17,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .image import Image, check_images, check_points
 from .maps import Embedding
-from .matching import (DEFAULT_CHUNK_SIZE, MODES, apply_affine, check_search_radius, combine_templates,
-                       cycle_consistency, match_points, ransac_affine, template_vectors)
+from .matching import (DEFAULT_CHUNK_SIZE, MODES, check_search_radius, combine_templates,
+                       cycle_consistency, match_points, template_vectors)
 
 __all__ = ["OneShotLandmarkDetector"]
 
@@ -307,8 +307,12 @@ class OneShotLandmarkDetector(BaseEstimator):
         src = self.template_points_.mean(axis=0)
         if len(src) < self.ndim_ + 2:
             return
-        A, _ = ransac_affine(src, pts, tol)
-        expected = apply_affine(A, src)
+        from .registration import RegistrationError, fit_affine
+        try:
+            A, _ = fit_affine(src, pts, robust="ransac", residual_threshold_mm=tol, rng=0)
+        except RegistrationError:  # degenerate point layout: nothing to check against
+            return
+        expected = src @ A[:-1, :-1].T + A[:-1, -1]
         bad = np.linalg.norm(pts - expected, axis=1) > tol
         if not bad.any():
             return

@@ -828,64 +828,6 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         search_radius_mm=radius)
 
 
-# ============================================================================ robust affine
-
-
-def fit_affine(src, dst, weights=None) -> np.ndarray:
-    """Least-squares affine ``dst ~ A @ [src, 1]``: returns the (ndim+1, ndim+1) homogeneous
-    matrix mapping ``src`` points (n, ndim) onto ``dst`` points (optionally weighted)."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    n, d = src.shape
-    X = np.hstack([src, np.ones((n, 1))])
-    if weights is not None:
-        w = np.sqrt(np.clip(np.asarray(weights, dtype=np.float64), 0, None))[:, None]
-        X, dst = X * w, dst * w
-    sol, *_ = np.linalg.lstsq(X, dst, rcond=None)
-    A = np.eye(d + 1)
-    A[:d, :] = sol.T
-    return A
-
-
-def apply_affine(A: np.ndarray, points) -> np.ndarray:
-    pts = np.asarray(points, dtype=np.float64)
-    return pts @ A[:-1, :-1].T + A[:-1, -1]
-
-
-def ransac_affine(src, dst, tol_mm: float, *, n_trials: int = 256, random_state=0):
-    """Affine from point correspondences that survives outliers (RANSAC, then least squares on
-    the inliers). Returns ``(A, inlier_mask)``; ``A`` is the homogeneous (ndim+1)^2 matrix mapping
-    ``src`` onto ``dst``. Deterministic for a given ``random_state``."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    n, d = src.shape
-    ok = np.all(np.isfinite(src), 1) & np.all(np.isfinite(dst), 1)
-    if ok.sum() < d + 1:
-        raise ValueError(f"an affine needs at least {d + 1} finite correspondences, got {int(ok.sum())}")
-    rng = np.random.default_rng(random_state)
-    idx_ok = np.flatnonzero(ok)
-    best = None
-    for _ in range(n_trials):
-        pick = rng.choice(idx_ok, size=d + 1, replace=False)
-        if abs(np.linalg.det(np.hstack([src[pick], np.ones((d + 1, 1))]))) < 1e-9:
-            continue  # degenerate (collinear) sample
-        A = fit_affine(src[pick], dst[pick])
-        res = np.linalg.norm(apply_affine(A, src) - dst, axis=1)
-        inl = ok & (res <= tol_mm)
-        key = (inl.sum(), -np.sum(np.minimum(res[ok], tol_mm)))
-        if best is None or key > best[0]:
-            best = (key, inl)
-    inliers = best[1] if best is not None and best[1].sum() >= d + 1 else ok
-    A = fit_affine(src[inliers], dst[inliers])
-    # one re-estimation round: inliers of the refined fit
-    res = np.linalg.norm(apply_affine(A, src) - dst, axis=1)
-    refined = ok & (res <= tol_mm)
-    if refined.sum() >= d + 1:
-        inliers = refined
-        A = fit_affine(src[inliers], dst[inliers])
-    return A, inliers
-
-
 # ============================================================================ cycle consistency
 
 

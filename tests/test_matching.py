@@ -445,27 +445,6 @@ def test_max_filter_equals_a_brute_force_box_maximum(shape, half):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_ransac_affine_survives_outliers():
-    from samlearn.matching import apply_affine, fit_affine, ransac_affine
-    rng = np.random.default_rng(0)
-    for ndim in (2, 3):
-        A = np.eye(ndim + 1)
-        A[:ndim, :ndim] = np.eye(ndim) * 1.1 + rng.normal(0, 0.1, (ndim, ndim))
-        A[:ndim, ndim] = rng.uniform(-20, 20, ndim)
-        src = rng.uniform(-100, 100, (30, ndim))
-        dst = apply_affine(A, src) + rng.normal(0, 0.5, (30, ndim))
-        bad = rng.choice(30, 9, replace=False)
-        dst[bad] += rng.uniform(40, 80, (9, ndim)) * rng.choice([-1, 1], (9, ndim))
-        est, inl = ransac_affine(src, dst, tol_mm=3.0)
-        assert set(np.flatnonzero(~inl)) == set(bad)
-        np.testing.assert_allclose(est[:ndim, :ndim], A[:ndim, :ndim], atol=0.02)
-        np.testing.assert_allclose(est[:ndim, ndim], A[:ndim, ndim], atol=0.5)  # noise 0.5 mm
-        plain = fit_affine(src, dst)
-        assert np.abs(plain - A).max() > 0.1  # least squares alone is pulled off
-    with pytest.raises(ValueError, match="at least 3"):
-        ransac_affine(np.zeros((2, 2)), np.zeros((2, 2)), 1.0)
-
-
 @pytest.mark.parametrize("mode", ["sum", "local"])
 def test_given_window_centres_replace_the_global_peak(mode):
     """centers_world: windows centred on a caller's prior (e.g. a registration's affine
