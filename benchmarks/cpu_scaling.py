@@ -173,8 +173,8 @@ def child_ants(case: str, threads: int) -> dict:
 def train_model(path: str, seconds: float, threads: int) -> dict:
     _single_thread(threads)
     from samlearn import SAMEmbedder, read_image
-    files = sorted(str(p) for p in CT_DIR.glob("*.nii.gz") if "label" not in p.name and "seg" not in p.name
-                   and "aorta" not in p.name)
+    files = [str(CT_DIR / n) for n in ("chest_ct_popi00.nii.gz", "lung1_image.nii.gz", "lung2_image.nii.gz",
+                                       "totalseg_abdomen_ct.nii.gz", "totalseg_chest_ct.nii.gz")]
     imgs = [read_image(f) for f in files]
     t0 = time.perf_counter()
     est = SAMEmbedder(preset="ct-lite", max_time=float(seconds), max_iter=None, device="cpu", n_threads=threads,

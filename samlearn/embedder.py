@@ -38,7 +38,7 @@ from .image import Image, check_images, normalize_intensity
 from .inference import (EmbeddingCache, auto_tile_shape, cache_folder, check_channels_last, check_tile_shape,
                         effective_n_jobs, estimate_pass_bytes, fold_small_conv3d, fuse_conv_bn, image_items, image_key,
                         load_item, model_fingerprint, pad_batch, pointwise_as_matmul, progress_bar,
-                        run_network)
+                        resample_canonical, run_network)
 from .maps import Embedding, EmbeddingMap
 from .nn.loss import LossConfig
 from .nn.network import NetworkConfig, SAMNet
@@ -257,9 +257,13 @@ class SAMEmbedder(BaseEstimator):
                           n_local=cfg["n_local"])
 
     # ------------------------------------------------------------------ preprocessing
-    def _preprocess(self, image: Image, cfg: dict | None = None) -> Image:
-        """Resample onto the canonical working grid and normalise intensities."""
+    def _preprocess(self, image: Image, cfg: dict | None = None, device=None) -> Image:
+        """Resample onto the canonical working grid and normalise intensities. On a CUDA
+        ``device`` (default: the fitted model's) axis-aligned images are resampled there
+        (:func:`samlearn.inference.resample_canonical`, the same values as the SimpleITK path,
+        which the CPU keeps: it is as fast there)."""
         cfg = cfg or self.config_
+        device = device if device is not None else getattr(self, "device_", None)
         geom = image.geometry
         if cfg.get("spacing_mm") is not None:
             target = geom.canonical(spacing=cfg["spacing_mm"])
@@ -269,7 +273,11 @@ class SAMEmbedder(BaseEstimator):
         if target.allclose(geom, atol=1e-6):
             work = image
         else:
-            work = image.resample_to_geometry(target, interpolator="linear")
+            work = None
+            if device is not None and torch.device(device).type == "cuda":
+                work = resample_canonical(image, target, device=device)
+            if work is None:
+                work = image.resample_to_geometry(target, interpolator="linear")
         return normalize_intensity(work, cfg["intensity"])
 
     # ------------------------------------------------------------------ training
@@ -327,7 +335,7 @@ class SAMEmbedder(BaseEstimator):
 
             def prepare(i):
                 im = first if i == 0 else load_item(items[i], ndim, "images", i)
-                pre = self._preprocess(im, cfg)
+                pre = self._preprocess(im, cfg, device)
                 return pre.array, pre.spacing[::-1].copy()
 
             with _threads(self.n_threads):
@@ -653,7 +661,7 @@ class SAMEmbedder(BaseEstimator):
     # ------------------------------------------------------------------ persistence
     def _meta(self) -> dict:
         return {
-            "params": _jsonable(self.get_params(deep=False)),
+            "params": self._params_json(),
             "config": _jsonable(self.config_),
             "preset": self.preset_,
             "ndim": self.ndim_,
@@ -662,6 +670,13 @@ class SAMEmbedder(BaseEstimator):
             "interrupted": bool(self.interrupted_),
             "history": self.history_,
         }
+
+    def _params_json(self) -> dict:
+        params = self.get_params(deep=False)
+        if params.get("memory") is not None and not isinstance(params["memory"], (str, os.PathLike)):
+            folder = cache_folder(params["memory"])  # a joblib.Memory: keep its folder
+            params["memory"] = None if folder is None else str(folder)
+        return _jsonable(params)
 
     def save(self, path):
         """Save the fitted model: parameters and metadata as JSON, weights as a state dict, written
@@ -673,7 +688,7 @@ class SAMEmbedder(BaseEstimator):
 
     def _write_checkpoint(self, path, net, optimizer, cfg, preset, state):
         from .persistence import save_payload
-        meta = {"params": _jsonable(self.get_params(deep=False)), "config": _jsonable(cfg), "preset": preset,
+        meta = {"params": self._params_json(), "config": _jsonable(cfg), "preset": preset,
                 "ndim": cfg["ndim"], "n_iter": state.iteration, "train_time": state.train_time,
                 "interrupted": bool(state.interrupted), "history": state.history, "checkpoint": True}
         tensors = {"network": {k: v.detach().cpu() for k, v in net.state_dict().items()},

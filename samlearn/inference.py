@@ -38,7 +38,8 @@ from .nn.network import NetworkConfig, receptive_reach
 __all__ = ["estimate_pass_bytes", "auto_tile_shape", "plan_tiles", "run_network", "Tile", "pad_batch",
            "EmbeddingCache", "model_fingerprint", "image_key", "check_tile_shape", "halo",
            "image_items", "load_item", "progress_bar", "effective_n_jobs", "cache_folder",
-           "fuse_conv_bn", "check_channels_last", "pointwise_as_matmul", "fold_small_conv3d"]
+           "fuse_conv_bn", "check_channels_last", "pointwise_as_matmul", "fold_small_conv3d",
+           "resample_canonical"]
 
 
 # ============================================================================ inputs
@@ -176,46 +177,45 @@ def check_tile_shape(tile_shape, ndim: int):
                      f"voxels, numpy order), got {tile_shape!r}")
 
 
+def _axis_tiles(n, g, hh, core):
+    """Summed and largest input length of the tiles along one axis (cores of ``core`` global
+    voxels, halo ``hh``, padded length ``n``)."""
+    ng = n // g
+    lengths = [min(n, min(ng, k0 + core) * g + hh) - max(0, k0 * g - hh) for k0 in range(0, ng, core)]
+    return sum(lengths), max(lengths)
+
+
 def auto_tile_shape(config: NetworkConfig, spatial: Sequence[int], budget_bytes: float,
-                    element_bytes: int = 4) -> Optional[Tuple[int, ...]]:
-    """The tile core (numpy order, input voxels) for embedding ``spatial`` within ``budget_bytes``
-    per pass, or None when one pass fits. Cores are multiples of the global stride; the largest
-    reduction of the estimated peak is taken greedily by halving one axis at a time. When even the
-    smallest tile (one global voxel of core plus the halo) exceeds the budget, that tile is used
-    (the budget cannot be met by tiling)."""
+                    element_bytes: int = 4, max_overhead: float = 2.0) -> Optional[Tuple[int, ...]]:
+    """The tile core (numpy order, input voxels, multiples of the global stride) for embedding
+    ``spatial`` within ``budget_bytes`` per pass, or None when one pass fits.
+
+    Every tiling (number of tiles per axis) is considered: among those whose largest tile fits the
+    budget, the one with the least computation (halos are computed twice) wins. When none fits
+    (the halo alone is too large), the tiling with the smallest tiles among those that at most
+    ``max_overhead`` times the computation of one pass is used (None if tiling cannot help)."""
     G = config.global_stride
     if estimate_pass_bytes(config, spatial, element_bytes=element_bytes) <= budget_bytes:
         return None
     h = halo(config)
-    ng = [int(math.ceil(n / s)) for n, s in zip(spatial, G)]
-    core = list(ng)
-
-    def cost(c):
-        shape = [min(n, ci * s + 2 * hi) for n, ci, s, hi in zip(_padded(spatial, G), c, G, h)]
-        return estimate_pass_bytes(config, shape, element_bytes=element_bytes)
-
-    current = cost(core)
-    while current > budget_bytes:
-        best = None
-        for d in range(len(core)):
-            # the least split of this axis that lowers the cost (a halo as wide as the axis makes
-            # the first halvings useless)
-            c_d = core[d]
-            while c_d > 1:
-                c_d = int(math.ceil(c_d / 2))
-                trial = list(core)
-                trial[d] = c_d
-                c = cost(trial)
-                if c < current:
-                    # cost per core voxel: prefer splits that waste the least on halos
-                    score = c / float(np.prod(trial))
-                    if best is None or score < best[0]:
-                        best = (score, c, trial)
-                    break
-        if best is None:
-            break
-        _, current, core = best
-    return tuple(c * s for c, s in zip(core, G))
+    S = _padded(spatial, G)
+    ng = [n // g for n, g in zip(S, G)]
+    options = [sorted({int(math.ceil(m / k)) for k in range(1, m + 1)}, reverse=True) for m in ng]
+    axes = [{c: _axis_tiles(n, g, hh, c) for c in opts} for n, g, hh, opts in zip(S, G, h, options)]
+    volume = float(np.prod(S))
+    best_fit = best_small = None
+    for core in _product(options):
+        tile = [ax[c][1] for ax, c in zip(axes, core)]
+        cost = estimate_pass_bytes(config, tile, element_bytes=element_bytes)
+        work = float(np.prod([ax[c][0] for ax, c in zip(axes, core)]))
+        if cost <= budget_bytes and (best_fit is None or (work, -cost) < best_fit[:2]):
+            best_fit = (work, -cost, core)
+        if work <= max_overhead * volume and (best_small is None or (cost, work) < best_small[:2]):
+            best_small = (cost, work, core)
+    chosen = best_fit[2] if best_fit is not None else (best_small[2] if best_small is not None else None)
+    if chosen is None or list(chosen) == ng:
+        return None
+    return tuple(c * g for c, g in zip(chosen, G))
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ def run_network(net, x: torch.Tensor, spatial: Sequence[int], *, amp_dtype=None,
     ls = tuple(int(math.ceil(n / s)) for n, s in zip(spatial, cfg.local_stride))
     crop_g = (slice(None), slice(None)) + tuple(slice(0, n) for n in gs)
     crop_l = (slice(None), slice(None)) + tuple(slice(0, n) for n in ls)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: callers may modify the maps in place
         if tile_core is None:
             g, loc = forward(x)
             return g[crop_g], loc[crop_l]
@@ -317,6 +317,129 @@ def run_network(net, x: torch.Tensor, spatial: Sequence[int], *, amp_dtype=None,
             l_out[lead + t.local_out] = loc[lead + t.local_src]
             del g, loc
         return g_out[crop_g], l_out[crop_l]
+
+
+def _axis_map(source: ImageGeometry, target: ImageGeometry):
+    """For an identity-direction ``target`` and a ``source`` whose direction is a signed
+    permutation: per source array axis, the target array axis it runs along and the affine map
+    ``c = a * i + b`` from that target index to the source's continuous index. None otherwise."""
+    D = np.asarray(source.direction)
+    if not np.allclose(np.asarray(target.direction), np.eye(target.ndim), atol=1e-9):
+        return None
+    R = np.round(D)
+    if not np.allclose(D, R, atol=1e-9) or not np.allclose(np.abs(R).sum(0), 1) or not np.allclose(np.abs(R).sum(1), 1):
+        return None
+    n = source.ndim
+    out = []
+    # source index axis p (x, y[, z] order) points along world axis w with sign sgn: c_p =
+    # sgn * (x_w - o_w) / sp_p with x_w = o_t[w] + i * sp_t[w] (target index axis w)
+    for p in range(n):
+        w = int(np.argmax(np.abs(R[:, p])))
+        sgn = float(R[w, p])
+        a = sgn * target.spacing[w] / source.spacing[p]
+        b = sgn * (target.origin[w] - source.origin[w]) / source.spacing[p]
+        out.append((w, a, b))
+    # numpy order: source array axis k <-> index axis n-1-k; target array axis likewise
+    return [(n - 1 - out[n - 1 - k][0], out[n - 1 - k][1], out[n - 1 - k][2]) for k in range(n)]
+
+
+def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter's kernel (same radius, same normalisation)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _axis_taps(n_in: int, n_out: int, a: float, b: float, sigma: float):
+    """Per output voxel along one axis, ``K`` source indices and weights (``(n_out, K)`` each):
+    the Gaussian pre-filter (edge-extended, as scipy ``mode="nearest"``) followed by linear
+    interpolation at source index ``a * i + b`` with neighbours clamped to the edge (as ITK's linear
+    interpolator); and the mask of outputs inside the source, ``[-0.5, n - 0.5)`` (ITK's test)."""
+    c = a * np.arange(n_out, dtype=np.float64) + b
+    inside = (c >= -0.5) & (c < n_in - 0.5)
+    base = np.floor(c)
+    d = c - base
+    base = base.astype(np.int64)
+    g = _gaussian_kernel(sigma) if sigma > 0 else np.ones(1)
+    r = len(g) // 2
+    K = len(g) + 1
+    idx = np.clip(base[:, None] - r + np.arange(K)[None, :], 0, n_in - 1)
+    w = np.zeros((n_out, K), dtype=np.float64)
+    for shift, wj in ((0, 1.0 - d), (1, d)):
+        # neighbour j = clamp(base + shift); its Gaussian taps j + k - r, clamped (edge extension)
+        j = np.clip(base + shift, 0, n_in - 1)
+        for k, gk in enumerate(g):
+            src = np.clip(j + k - r, 0, n_in - 1)
+            col = src - idx[:, 0]
+            ok = (col >= 0) & (col < K) & (idx[np.arange(n_out), np.clip(col, 0, K - 1)] == src)
+            # clamped windows: find the column holding index src (always present: the window is
+            # the clamped range base - r .. base + r + 1)
+            if not ok.all():
+                col = np.argmax(idx == src[:, None], axis=1)
+            w[np.arange(n_out), col] += wj * gk
+    return idx, w, inside
+
+
+def resample_canonical(image, target: ImageGeometry, device=None, default_value=None):
+    """``image.resample_to_geometry(target, interpolator="linear")`` (anti-aliasing Gaussian
+    included) for the common case of a canonical target and a source whose direction is a signed
+    permutation (axes aligned with the world: identity or flipped / permuted axes): one small
+    matrix product per axis, on ``device`` (torch), instead of a full-resolution Gaussian filter
+    and a point-by-point resampling. Returns None when the geometry is not of that kind.
+
+    Agrees with the SimpleITK path to float32 rounding (tests/test_inference.py)."""
+    src = image.geometry
+    maps = _axis_map(src, target)
+    if maps is None:
+        return None
+    from .image import Image as _Image
+    n = src.ndim
+    # anti-aliasing sigmas per source index axis, exactly as Image._antialiased computes them
+    proj = np.abs(src.direction.T @ target.direction)
+    tgt_sp = proj @ target.spacing / np.maximum(proj.sum(1), 1e-12)
+    factor = tgt_sp / src.spacing
+    sigma = np.where(factor > 1.0, np.sqrt(np.maximum(factor ** 2 - 1.0, 0.0)) / 2.0, 0.0)
+    if not np.any(sigma > 0.2):
+        sigma = np.zeros_like(sigma)
+    sigma = sigma[::-1]                                          # numpy axis order
+    arr = image.array
+    if default_value is None:
+        default_value = float(arr.min())
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(dev)
+    out_shape = target.shape                                     # numpy order
+    masks = [None] * n
+    # source array axis k runs along target array axis t_k; apply the axes' matrices one by one,
+    # then move the axes into the target's order
+    # the axis that shrinks most first: later passes have less to read
+    order = sorted(range(n), key=lambda k: out_shape[maps[k][0]] / arr.shape[k])
+    for k in order:
+        t_k, a, b = maps[k]
+        idx, w, inside = _axis_taps(arr.shape[k], out_shape[t_k], a, b,
+                                    float(sigma[k]) if sigma[k] > 1e-15 else 0.0)
+        idx_t = torch.from_numpy(idx).to(dev)
+        w_t = torch.from_numpy(w.astype(np.float32)).to(dev)
+        # the axis first (contiguous slabs): each tap is a slab gather and a scaled accumulate
+        xk = torch.movedim(x, k, 0).contiguous()
+        wshape = [-1] + [1] * (n - 1)
+        acc = torch.zeros((idx.shape[0],) + tuple(xk.shape[1:]), dtype=xk.dtype, device=dev)
+        for m in range(idx.shape[1]):
+            acc.addcmul_(xk.index_select(0, idx_t[:, m]), w_t[:, m].reshape(wshape))
+        x = torch.movedim(acc, 0, k)
+        masks[t_k] = inside
+    perm = [0] * n
+    for k in range(n):
+        perm[maps[k][0]] = k
+    x = x.permute(perm)
+    outside = np.zeros(out_shape, dtype=bool)
+    for t in range(n):
+        shape = [1] * n
+        shape[t] = out_shape[t]
+        outside |= ~masks[t].reshape(shape)
+    if outside.any():
+        x = torch.where(torch.from_numpy(outside).to(dev), torch.tensor(float(default_value), device=dev), x)
+    return _Image(np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32), target, image.source)
 
 
 def fuse_conv_bn(net):

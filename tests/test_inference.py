@@ -114,9 +114,19 @@ def test_memory_model_and_auto_tiles():
     budget = estimate_pass_bytes(cfg, big) / 3
     core = auto_tile_shape(cfg, big, budget)
     assert core is not None and all(c % s == 0 for c, s in zip(core, cfg.global_stride))
-    tile = [min(n, c + 2 * h) for n, c, h in zip(big, core, halo(cfg))]
+
+    def largest_tile_and_work(core):
+        tiles = plan_tiles(cfg, big, core)
+        shapes = np.array([[sl.stop - sl.start for sl in t.input] for t in tiles])
+        return shapes.max(0), shapes.prod(1).sum()
+
+    tile, work = largest_tile_and_work(core)
     assert estimate_pass_bytes(cfg, tile) <= budget
-    assert auto_tile_shape(cfg, big, 1.0) == tuple(cfg.global_stride)  # unattainable: smallest tile
+    # an unattainable budget: the smallest tiles that at most double the computation
+    core = auto_tile_shape(cfg, big, 1.0)
+    tile, work = largest_tile_and_work(core)
+    assert work <= 2 * np.prod(big)
+    assert estimate_pass_bytes(cfg, tile) < 0.75 * estimate_pass_bytes(cfg, big)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +182,13 @@ def test_embedding_cache_round_trip(fitted3d, tmp_path, monkeypatch):
         files[0].write_bytes(b"not a torch file")
         with pytest.warns(UserWarning, match="unreadable embedding cache"):
             est.transform(imgs)
+        # a joblib.Memory names the same folder; a saved model keeps the folder as a path
+        from joblib import Memory
+        est.set_params(memory=Memory(str(tmp_path), verbose=0))
+        assert len(est.transform(imgs)) == 2 and len(sorted(tmp_path.rglob("*.pt"))) == 2
+        import samlearn
+        est.save(tmp_path / "model.samlearn")
+        assert samlearn.load(tmp_path / "model.samlearn").memory == str(tmp_path)
     finally:
         est.set_params(memory=None)
 
@@ -229,3 +246,26 @@ def test_depth_folded_conv3d_matches_conv3d():
         x = torch.randn(2, cin, 9, 11, 13)
         with torch.no_grad():
             torch.testing.assert_close(_DepthFoldedConv3d(conv)(x), conv(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_resample_canonical_equals_the_simpleitk_path(ndim):
+    """The separable torch resampler (used on CUDA devices) against Image.resample_to_geometry:
+    anti-aliasing Gaussian, edge clamping and the outside-the-image test, with flipped and permuted
+    axes, anisotropic spacing and an offset origin."""
+    from samlearn.inference import resample_canonical
+    rng = np.random.default_rng(ndim)
+    shape = (23, 31, 37)[:ndim] if ndim == 3 else (41, 29)
+    arr = (rng.normal(size=shape) * 100).astype(np.float32)
+    perms = [np.eye(ndim), np.diag([1, -1, 1][:ndim]), np.eye(ndim)[::-1] * np.array([1, -1, 1][:ndim])]
+    for D in perms:
+        im = Image.from_array(arr, spacing=(0.7, 1.3, 2.1)[:ndim], origin=(5.0, -20.0, 13.0)[:ndim], direction=D)
+        for sp in (2.0, 0.9):
+            target = im.geometry.canonical(spacing=sp)
+            ref = im.resample_to_geometry(target, interpolator="linear")
+            got = resample_canonical(im, target)
+            assert got.geometry == target
+            np.testing.assert_allclose(got.array, ref.array, atol=1e-3, rtol=1e-5)
+    from conftest import random_rotation
+    rotated = Image.from_array(arr, direction=random_rotation(rng, ndim))
+    assert resample_canonical(rotated, rotated.geometry.canonical(spacing=1.0)) is None

@@ -210,3 +210,18 @@ def test_cli_train_data_parallel(image_folder, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     est = samlearn.load(out)
     assert est.n_iter_ == 3 and len(est.history_) == 3
+
+
+def test_fit_threads_and_channels_last():
+    imgs = smooth_images(3, ndim=2, seed=6)
+    a = tiny_embedder(random_state=3, max_iter=2).fit(imgs)
+    b = tiny_embedder(random_state=3, max_iter=2, n_jobs=2).fit(imgs)  # preprocessing in 2 threads
+    wa, wb = a.network_.state_dict(), b.network_.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = tiny_embedder(random_state=3, max_iter=2, channels_last=True).fit(imgs)
+    wc = c.network_.state_dict()
+    assert all(torch.allclose(wa[k].float(), wc[k].float(), atol=1e-4) for k in wa)
+    torch.testing.assert_close(c.transform(imgs[0])[0].local_map.data, a.transform(imgs[0])[0].local_map.data,
+                               atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="channels_last must be"):
+        tiny_embedder(channels_last="yes").fit(imgs)
