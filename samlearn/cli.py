@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-# files a folder given to `samlearn train` is searched for
+# files a folder given to `samlearn train` is searched for (DICOM: see collect_images)
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
-                  ".tif", ".tiff", ".bmp", ".dcm")
+                  ".tif", ".tiff", ".bmp")
 
 
 class CLIError(Exception):
@@ -44,16 +44,32 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and not name.startswith(".") and name.endswith(IMAGE_SUFFIXES)
 
 
+def _is_dicom_series(folder: Path) -> bool:
+    return any(f.is_file() and f.name.lower().endswith(".dcm") for f in folder.iterdir())
+
+
+def _images_in_folder(folder: Path) -> list:
+    """A folder's images: its image files (sorted, not recursive); a folder of ``.dcm`` files is
+    one DICOM series; otherwise its sub-folders that are DICOM series."""
+    files = sorted(str(f) for f in folder.iterdir() if _is_image_file(f))
+    if files:
+        return files
+    if _is_dicom_series(folder):
+        return [str(folder)]
+    return sorted(str(d) for d in folder.iterdir() if d.is_dir() and _is_dicom_series(d))
+
+
 def collect_images(sources) -> list:
-    """Image files from folders (their image files, sorted, not recursive), glob patterns (sorted
-    matches) and file paths, in the order given, without duplicates."""
+    """Images from folders (see :func:`_images_in_folder`), glob patterns (sorted matches) and
+    file paths, in the order given, without duplicates."""
     out, seen = [], set()
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            found = sorted(str(f) for f in p.iterdir() if _is_image_file(f))
+            found = _images_in_folder(p)
             if not found:
-                raise CLIError(f"folder '{src}' holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+                raise CLIError(f"folder '{src}' holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
+                               f"and no DICOM series (.dcm files)")
         elif p.is_file():
             found = [str(p)]
         elif glob.has_magic(src):
@@ -158,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the training runs data-parallel in N processes on this machine (one GPU each, or "
                     "CPU processes with the Gloo backend), launched with torch.distributed.run; for "
                     "several machines run `torchrun --nnodes ... -m samlearn.cli train ...` yourself.")
-    tr.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns "
-                    "(quote them: 'data/*.nii.gz')")
+    tr.add_argument("images", nargs="+", help="image files, folders of images (or of DICOM series), "
+                    "or glob patterns (quote them: 'data/*.nii.gz')")
     tr.add_argument("--out", "-o", required=True, help="model file to write")
     tr.add_argument("--preset", default="auto", help="ct, xray, ct-lite, xray-lite or auto (default)")
     tr.add_argument("--max-iter", type=int, default=None, help="training iterations (default: preset)")

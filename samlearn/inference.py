@@ -416,8 +416,11 @@ def resample_canonical(image, target: ImageGeometry, device=None, default_value=
     order = sorted(range(n), key=lambda k: out_shape[maps[k][0]] / arr.shape[k])
     for k in order:
         t_k, a, b = maps[k]
-        idx, w, inside = _axis_taps(arr.shape[k], out_shape[t_k], a, b,
-                                    float(sigma[k]) if sigma[k] > 1e-15 else 0.0)
+        sig = float(sigma[k]) if sigma[k] > 1e-15 else 0.0
+        if sig == 0.0 and abs(a - 1.0) < 1e-9 and abs(b) < 1e-6 and out_shape[t_k] == arr.shape[k]:
+            masks[t_k] = np.ones(out_shape[t_k], dtype=bool)   # the same grid along this axis
+            continue
+        idx, w, inside = _axis_taps(arr.shape[k], out_shape[t_k], a, b, sig)
         idx_t = torch.from_numpy(idx).to(dev)
         w_t = torch.from_numpy(w.astype(np.float32)).to(dev)
         # the axis first (contiguous slabs): each tap is a slab gather and a scaled accumulate

@@ -139,6 +139,20 @@ def image_folder(tmp_path_factory):
     return folder
 
 
+def test_collect_images_reads_folders_globs_and_dicom_series(image_folder, tmp_path):
+    from samlearn.cli import collect_images
+    files = collect_images([str(image_folder)])
+    assert [Path(f).name for f in files] == ["img0.mha", "img1.mha", "img2.mha"]
+    assert collect_images([str(image_folder / "img1.mha"), str(image_folder / "img*.mha")]) == \
+        [files[1], files[0], files[2]]
+    series = tmp_path / "patients"
+    for name in ("b", "a"):
+        (series / name).mkdir(parents=True)
+        (series / name / "1.dcm").write_bytes(b"")
+    assert collect_images([str(series)]) == [str(series / "a"), str(series / "b")]
+    assert collect_images([str(series / "a")]) == [str(series / "a")]
+
+
 def test_cli_train_writes_a_model(image_folder, tmp_path, capsys):
     out = tmp_path / "model.samlearn"
     code = cli_main(["train", str(image_folder), "--out", str(out), "--preset", "xray-lite", "--device", "cpu",
