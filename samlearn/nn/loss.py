@@ -54,10 +54,11 @@ def sample_vectors(maps: torch.Tensor, u: torch.Tensor, stride) -> torch.Tensor:
     B, C = maps.shape[:2]
     S = maps.shape[2:]
     ndim = len(S)
-    s = torch.as_tensor(stride, dtype=u.dtype, device=u.device)
-    size = torch.as_tensor(S, dtype=u.dtype, device=u.device)
-    norm = 2.0 * (u + 0.5) / (s * size) - 1.0  # align_corners=False normalisation
-    grid = norm.flip(-1).view(B, *([1] * (ndim - 1)), u.shape[1], ndim)
+    # align_corners=False normalisation 2 (u + 0.5) / (s n) - 1, per axis with Python scalars: a
+    # tensor built from the stride would be a host-to-device copy, which synchronises on CUDA.
+    # Reversed axis order: grid_sample wants (x, y[, z]).
+    cols = [(u[..., d] + 0.5) * (2.0 / (float(stride[d]) * S[d])) - 1.0 for d in reversed(range(ndim))]
+    grid = torch.stack(cols, -1).view(B, *([1] * (ndim - 1)), u.shape[1], ndim)
     out = F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="border", align_corners=False)
     out = out.reshape(B, C, -1).transpose(1, 2)
     return F.normalize(out, dim=-1)
@@ -94,7 +95,7 @@ def random_negative_indices(image_ids: torch.Tensor, n_per_map: int, k: int, gen
     (layout: pair-major, patch 1 then patch 2, each ``n_per_map`` voxels) drawn only from pairs whose
     source image differs from pair b's. Returns indices (B, k) and a validity mask."""
     B = image_ids.shape[0]
-    owner = image_ids.repeat_interleave(2 * n_per_map)  # image id of every pooled voxel
+    owner = image_ids[:, None].expand(B, 2 * n_per_map).reshape(-1)  # image id of every pooled voxel
     allowed = owner.unsqueeze(0) != image_ids.unsqueeze(1)  # (B, 2B*N)
     keys = torch.rand(allowed.shape, generator=generator, device=image_ids.device)
     keys = keys.masked_fill(~allowed, NEG_INF)

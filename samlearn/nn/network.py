@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["NetworkConfig", "SAMNet", "RESNET_LAYERS"]
+__all__ = ["NetworkConfig", "SAMNet", "RESNET_LAYERS", "receptive_reach"]
 
 RESNET_LAYERS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
@@ -241,3 +241,38 @@ class SAMNet(nn.Module):
         g = g[(slice(None), slice(None)) + tuple(slice(0, n) for n in gs)]
         loc = loc[(slice(None), slice(None)) + tuple(slice(0, n) for n in ls)]
         return g, loc
+
+
+def receptive_reach(config: NetworkConfig):
+    """How far (in input voxels, per axis in numpy order) the value of a map voxel can depend on
+    input beyond its own stride cell: ``(global_reach, local_reach)``.
+
+    Feature voxel ``i`` of a map with stride ``s`` covers the input cell ``[s*i, s*i + s - 1]``; its
+    value depends only on input voxels within ``reach`` of that cell on each side. An upper bound,
+    derived from the architecture (3x3(x3) convolutions, pooling with kernel = stride, the FPN's
+    two-tap linear upsampling, the 3x3(x3) heads); used to choose the halo of tiled inference, which
+    then reproduces a one-pass embedding exactly (up to float rounding) when BatchNorm is in eval
+    mode. ``tests/test_inference.py`` checks the bound against gradients of a random network.
+    """
+    cfg = config
+    nd = cfg.ndim
+    layers = RESNET_LAYERS[cfg.depth]
+    glob, loc = [], []
+    for d in range(nd):
+        jump = cfg.stem_stride[d]
+        reach = (cfg.stem_kernel // 2) * jump
+        stage_reach, stage_jump = [], []
+        for i in range(cfg.n_stages):
+            jump *= cfg.stage_strides[i][d]          # max pool (stage 0) or the first block's pool
+            reach += 2 * jump * layers[i]            # two 3x3(x3) convolutions per block
+            stage_reach.append(reach)
+            stage_jump.append(jump)
+        top = cfg.n_stages - 1
+        glob.append(stage_reach[top] + stage_jump[top])  # + global head (3x3(x3))
+        lvl = top - 1 if top > cfg.local_level else top
+        r = stage_reach[lvl]
+        for f in range(lvl - 1, cfg.local_level - 1, -1):  # top-down: upsample level f+1 onto f
+            jc, jf = stage_jump[f + 1], stage_jump[f]
+            r = max(stage_reach[f], r + jc + math.ceil((jc - jf) / 2))
+        loc.append(r + stage_jump[cfg.local_level])       # + local head (3x3(x3))
+    return tuple(glob), tuple(loc)
