@@ -315,3 +315,29 @@ def test_labels_follow_world_geometry_of_each_image(monkeypatch):
         for j, u in enumerate(idx):
             v = _bilinear(work, u)
             assert 0.6 * 10.0 * 2 ** j < v < 1.05 * 10.0 * 2 ** j, (j, v)
+
+
+# ------------------------------------------------------------------------------------ benchmark
+def test_cephalometric_label_choice_is_deterministic_and_never_uses_evaluation_images():
+    import sys
+    from pathlib import Path
+    from sklearn.utils import Bunch
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import cephalometric as ceph
+    ids = ceph.choose_labelled_ids("048", 5, seed=0)
+    assert ids[0] == "048" and len(set(ids)) == 6 and set(ids) <= set(ceph.TRAIN_IDS)
+    assert ids == ceph.choose_labelled_ids("048", 5, seed=0)
+    assert ids != ceph.choose_labelled_ids("048", 5, seed=1)
+    assert ceph.choose_labelled_ids("048", 0) == ["048"]
+    assert len(ceph.choose_labelled_ids("048", 69)) == 70
+    with pytest.raises(ValueError, match=r"in \[0, 69\]"):
+        ceph.choose_labelled_ids("048", 70)
+    with pytest.raises(ValueError, match="not a training id"):
+        ceph.choose_labelled_ids("080", 2)
+    all_ids = [f"{i:03d}" for i in range(1, 101)]
+    data = Bunch(ids=all_ids, landmarks=np.arange(100 * 19 * 2, dtype=float).reshape(100, 19, 2))
+    y = ceph.training_labels(data, ids)
+    assert len(y) == 70 and sum(v is not None for v in y) == 6
+    np.testing.assert_array_equal(y[47], data.landmarks[47])
+    with pytest.raises(ValueError, match="never label evaluation images"):
+        ceph.training_labels(data, ["048", "075"])
