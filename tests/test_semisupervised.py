@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import smooth_images, tiny_embedder
-from samlearn import Image, SAMEmbedder, load
+from samlearn import Image, load
 from samlearn.augment import PatchPairSampler
 from samlearn.nn.loss import LossConfig, far_mask, sam_loss
 from samlearn.training import PairStream
@@ -135,7 +135,6 @@ def test_positive_points_land_on_the_landmark_dot_in_both_patches(ndim):
                 # intensity jitter: gain 0.9-1.1, bias +-0.1; interpolation of a sigma-3 dot
                 assert 0.75 * bright < v < 1.15 * bright, (j, p, v)
             checked += 1
-        # the source frame positions (used to exclude negatives) agree with the patch grids
         a, b, _ = s["label_pair"].tolist()
         assert a != b
     assert checked >= 12 * 8
