@@ -5,6 +5,10 @@ correspondences, coarse-to-fine network, pixel-level InfoNCE with hard and diver
 GPU when there is one and on the CPU otherwise; ``transform(images)`` returns, per image, a
 :class:`~samlearn.maps.Embedding` whose maps carry the world geometry of their grids.
 
+``fit(images, y)`` with landmark labels for a few images adds the paper's semi-supervised positives
+(§IV-H): the same landmark on two different labelled images forms a positive pair.
+``backbone_state_dict()`` exports the trained encoder to initialise other networks (§IV-G).
+
 Preprocessing (the same in ``fit`` and ``transform``): every image is resampled onto an
 identity-direction grid covering its world bounding box (so images stored with mirrored or permuted
 axes look alike to the network), at ``spacing_mm`` (CT presets: isotropic 2 mm) or with
@@ -34,7 +38,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from ._version import __version__
-from .image import Image, normalize_intensity
+from .image import Image, check_images, normalize_intensity
 from .inference import (EmbeddingCache, auto_tile_shape, cache_folder, check_channels_last, check_tile_shape,
                         effective_n_jobs, estimate_pass_bytes, fold_small_conv3d, fuse_conv_bn, image_items, image_key,
                         load_item, model_fingerprint, pad_batch, pointwise_as_matmul, progress_bar,
@@ -79,6 +83,12 @@ class SAMEmbedder(BaseEstimator):
     n_pos, n_hard, n_random, n_candidates, n_local, tau, delta_mm : loss and negative sampling
         (:class:`samlearn.nn.LossConfig`).
     overlap, scale, rotation_deg, elastic, intensity_jitter : patch-pair augmentation.
+    label_positive_prob : float in [0, 1], default 0.5 (the paper's value)
+        Only used when ``fit`` gets landmark labels ``y``: the probability that a training pair drawn
+        from a labelled image is a labelled pair (patch 1 around landmark ``k`` of this image, patch
+        2 around landmark ``k`` of another labelled image, positives = the shared landmarks) instead
+        of the usual two augmented crops of one image. The paper found always using labelled pairs
+        (1.0) overfits.
     pretrained : str or None
         Path to a local torchvision-format ResNet state dict to initialise the backbone (I3D
         inflation for 3D). Nothing is ever downloaded; ``None`` means random initialisation.
@@ -145,10 +155,10 @@ class SAMEmbedder(BaseEstimator):
                  weight_decay=None, max_iter=None, max_time=None, n_pos=None, n_hard=None,
                  n_random=None, n_candidates=None, n_local=None, tau=None, delta_mm=None,
                  overlap=None, scale=None, rotation_deg=None, elastic=None, intensity_jitter=None,
-                 pretrained=None, device="auto", amp="auto", num_workers=None, n_threads=None,
-                 channels_last="auto", compile=False, checkpoint_path=None, checkpoint_every=None,
-                 resume=False, warm_start=False, random_state=None, verbose=0, distributed="auto",
-                 tile_shape="auto", max_memory_gb=None, memory=None, n_jobs=None):
+                 label_positive_prob=0.5, pretrained=None, device="auto", amp="auto", num_workers=None,
+                 n_threads=None, channels_last="auto", compile=False, checkpoint_path=None,
+                 checkpoint_every=None, resume=False, warm_start=False, random_state=None, verbose=0,
+                 distributed="auto", tile_shape="auto", max_memory_gb=None, memory=None, n_jobs=None):
         self.preset = preset
         self.spacing_mm = spacing_mm
         self.image_size = image_size
@@ -183,6 +193,7 @@ class SAMEmbedder(BaseEstimator):
         self.rotation_deg = rotation_deg
         self.elastic = elastic
         self.intensity_jitter = intensity_jitter
+        self.label_positive_prob = label_positive_prob
         self.pretrained = pretrained
         self.device = device
         self.amp = amp
@@ -304,28 +315,40 @@ class SAMEmbedder(BaseEstimator):
 
     # ------------------------------------------------------------------ training
     def fit(self, images, y=None):
-        """Train SAM on ``images`` (paths, Images, SimpleITK images, or a list). ``y`` is ignored
-        (accepted for pipeline compatibility). With ``warm_start=True`` a fitted model continues
-        until its total iteration budget is reached; with ``resume=True`` an existing checkpoint at
-        ``checkpoint_path`` is continued."""
-        return self._fit(images, continuing=bool(self.warm_start) and self.__sklearn_is_fitted__(),
+        """Train SAM on ``images`` (paths, Images, SimpleITK images, or a list). With
+        ``warm_start=True`` a fitted model continues until its total iteration budget is reached;
+        with ``resume=True`` an existing checkpoint at ``checkpoint_path`` is continued.
+
+        ``y`` (optional, semi-supervised training, paper §IV-H): ``None`` (self-supervised only), or
+        one entry per image: ``None`` for an unlabelled image, or an ``(n_landmarks, ndim)`` array of
+        landmark positions in world mm ((x, y[, z]) order, as SimpleITK reports them) with NaN rows
+        for landmarks not labelled on that image. Every array has the same ``n_landmarks`` (row
+        ``k`` is the same landmark on every image); a ``(n_images, n_landmarks, ndim)`` array works
+        too. At least two images must carry labels, sharing at least one landmark. Labelled images
+        then form labelled positive pairs with probability ``label_positive_prob``; unlabelled
+        images train exactly as without ``y``. ``y=None``, or ``y`` with every entry ``None``, gives
+        exactly the self-supervised run (same seed, same weights)."""
+        return self._fit(images, y, continuing=bool(self.warm_start) and self.__sklearn_is_fitted__(),
                          additional=False, extra_iter=None)
 
     def partial_fit(self, images, y=None, n_iter=None):
         """Train ``n_iter`` more iterations (default: the configuration's ``max_iter``) on
         ``images``, continuing the current network and optimiser state (a new model if unfitted).
-        ``max_time``, when set, also bounds this call."""
+        ``max_time``, when set, also bounds this call. ``y``: landmark labels for these images,
+        exactly as in :meth:`fit` (they apply to this call only)."""
         if n_iter is not None and (not isinstance(n_iter, (numbers.Integral, np.integer)) or n_iter < 1):
             raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
-        return self._fit(images, continuing=self.__sklearn_is_fitted__(), additional=True,
+        return self._fit(images, y, continuing=self.__sklearn_is_fitted__(), additional=True,
                          extra_iter=int(n_iter) if n_iter is not None else None)
 
-    def _fit(self, images, continuing, additional, extra_iter):
+    def _fit(self, images, y, continuing, additional, extra_iter):
         from .training import setup_distributed, torchrun_env
 
         items = image_items(images, name="images")
         first = load_item(items[0], None, "images", 0)
         ndim = first.ndim
+        _check_probability(self.label_positive_prob, "label_positive_prob")
+        labels = _check_landmark_labels(y, len(items), ndim)
         if continuing:
             if self.ndim_ != ndim:
                 raise ValueError(f"images are {ndim}D but the model was trained on {self.ndim_}D "
@@ -353,14 +376,20 @@ class SAMEmbedder(BaseEstimator):
                 resume_ckpt = _read_checkpoint(self.checkpoint_path)
             # data-parallel: each rank reads and keeps only its share (when every rank gets at
             # least two images, so that random negatives from other images exist on every rank)
+            # (with landmark labels every rank keeps every image: labelled pairs span images)
             index = list(range(len(items)))
-            if ctx.enabled and len(items) >= 2 * ctx.world_size:
+            if ctx.enabled and labels is None and len(items) >= 2 * ctx.world_size:
                 index = index[ctx.rank::ctx.world_size]
 
             def prepare(i):
                 im = first if i == 0 else load_item(items[i], ndim, "images", i)
                 pre = self._preprocess(im, cfg, device, where=f"images[{i}]")
-                return pre.array, pre.spacing[::-1].copy()
+                lab = None
+                if labels is not None and labels[i] is not None:
+                    _check_labels_inside(labels[i], im, i)
+                    # world mm -> indices of the working array (numpy order)
+                    lab = pre.geometry.world_to_array_index(labels[i])
+                return pre.array, pre.spacing[::-1].copy(), lab
 
             with _threads(self.n_threads):
                 if n_jobs > 1 and len(index) > 1:
@@ -369,17 +398,18 @@ class SAMEmbedder(BaseEstimator):
                 else:
                     prepared = [prepare(i) for i in index]
                 del first
-                arrays = [a for a, _ in prepared]
-                spacings = [sp for _, sp in prepared]
+                arrays = [a for a, _, _ in prepared]
+                spacings = [sp for _, sp, _ in prepared]
+                work_labels = None if labels is None else [lab for _, _, lab in prepared]
                 del prepared
                 self._train(arrays, spacings, preset, cfg, device, amp_dtype, continuing, resume_ckpt,
-                            additional, extra_iter, ctx)
+                            additional, extra_iter, ctx, work_labels)
         finally:
             ctx.close()
         return self
 
     def _train(self, arrays, spacings, preset, cfg, device, amp_dtype, continuing, resume_ckpt,
-               additional, extra_iter, ctx=None):
+               additional, extra_iter, ctx=None, labels=None):
         from .augment import sampler_from_config
         from .training import DistributedContext, PairStream, TrainState, make_loader, sync_buffers, train
 
@@ -436,7 +466,8 @@ class SAMEmbedder(BaseEstimator):
             loss_seed = loss_seed.spawn(ctx.world_size)[ctx.rank]
         sampler = sampler_from_config(cfg)
         stream = PairStream(arrays, spacings, sampler, cfg["n_pos"], net_cfg.global_stride,
-                            net_cfg.local_stride, data_seed)
+                            net_cfg.local_stride, data_seed, labels=labels,
+                            label_positive_prob=self.label_positive_prob)
         n_workers = self.num_workers if self.num_workers is not None else (4 if device.type == "cuda" else 1)
         loader = make_loader(stream, cfg["batch_size"], n_workers, pin_memory=device.type == "cuda",
                              seed=int(data_seed.generate_state(1)[0]))
@@ -526,7 +557,56 @@ class SAMEmbedder(BaseEstimator):
             return list(self._iter_embeddings(items))
 
     def fit_transform(self, images, y=None):
-        return self.fit(images).transform(images)
+        return self.fit(images, y).transform(images)
+
+    def preprocess(self, image) -> Image:
+        """The image as the fitted network sees it: resampled onto the canonical working grid
+        (identity direction, ``spacing_mm`` or ``image_size`` of the configuration) and intensity
+        normalised. Its geometry maps the working grid to the input's world mm. Use it to feed
+        other networks initialised from :meth:`backbone_state_dict` with the same inputs."""
+        check_is_fitted(self, "network_")
+        image = check_images(image, name="image")
+        if len(image) != 1:
+            raise ValueError(f"image must be one image, got {len(image)}")
+        if image[0].ndim != self.ndim_:
+            raise ValueError(f"image is {image[0].ndim}D but this model was trained on {self.ndim_}D "
+                             f"images (ndim_={self.ndim_})")
+        return self._preprocess(image[0])
+
+    # ------------------------------------------------------------------ backbone export
+    def backbone_state_dict(self) -> dict:
+        """The trained encoder (the ResNet of the network, without FPN and heads) as a state dict of
+        detached CPU tensors (copies), to initialise another network, e.g. a segmentation U-Net's
+        encoder (paper §IV-G).
+
+        Key layout, the names of :class:`samlearn.nn.SAMBackbone` (and of ``network_``):
+
+        * ``stem.1.weight`` (stem convolution; ``stem.0`` is the stem's pooling, without weights),
+          ``stem.2.*`` (its BatchNorm: ``weight``, ``bias``, ``running_mean``, ``running_var``,
+          ``num_batches_tracked``);
+        * ``stages.<i>.<j>.*`` for stage ``i`` = 0 .. n_stages - 1 (Conv2_x, Conv3_x, ...), block
+          ``j`` (in stage 0, ``j = 0`` is the max pool, so its blocks start at 1):
+          ``conv1.weight``, ``bn1.*``, ``conv2.weight``, ``bn2.*`` and, for blocks that change
+          resolution or width, ``downsample.1.weight`` (1x1 conv) and ``downsample.2.*`` (BN).
+
+        It loads strictly into ``SAMBackbone(embedder.network_.config)`` (see :meth:`backbone`);
+        stage ``i`` outputs ``network_.config.channels[i]`` channels at total stride
+        ``network_.config.level_strides()[i]`` (numpy axis order)."""
+        check_is_fitted(self, "network_")
+        out = {}
+        for k, v in self.network_.state_dict().items():
+            if k.startswith("stem.") or k.startswith("stages."):
+                out[k] = v.detach().cpu().clone()
+        return out
+
+    def backbone(self):
+        """A new :class:`samlearn.nn.SAMBackbone` (on the CPU, in train mode) holding the trained
+        encoder weights of :meth:`backbone_state_dict`."""
+        from .nn.network import SAMBackbone
+        state = self.backbone_state_dict()
+        net = SAMBackbone(self._network_config(self.config_))
+        net.load_state_dict(state, strict=True)
+        return net
 
     def embed(self, image) -> Embedding:
         """Embedding of one image."""
@@ -964,6 +1044,83 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _check_probability(p, name):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (0.0 <= float(p) <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {p!r}")
+
+
+def _check_landmark_labels(y, n, ndim):
+    """Validate the semi-supervised labels of ``fit``: None (or all entries None) -> None; else a
+    list with, per image, None or an (n_landmarks, ndim) float64 array in world mm (NaN rows for
+    unlabelled landmarks). Raises ValueError / TypeError naming ``y``."""
+    if y is None:
+        return None
+    if isinstance(y, np.ndarray):
+        if y.dtype == object:
+            y = list(y)
+        elif y.ndim != 3:
+            raise ValueError(f"y as an array must have shape (n_images, n_landmarks, {ndim}), got shape "
+                             f"{y.shape}")
+    if isinstance(y, (str, bytes, dict)) or not hasattr(y, "__len__") or not hasattr(y, "__getitem__"):
+        raise TypeError(f"y must be None or a sequence with one entry per image (None or an "
+                        f"(n_landmarks, {ndim}) array of world mm), got {type(y).__name__}")
+    if len(y) != n:
+        raise ValueError(f"y must have one entry per image: len(images) = {n} but len(y) = {len(y)}")
+    out, n_lm, labelled = [], None, []
+    for i in range(n):
+        item = y[i]
+        if item is None:
+            out.append(None)
+            continue
+        try:
+            arr = np.asarray(item, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"y[{i}] must be None or a numeric (n_landmarks, {ndim}) array of world mm, "
+                            f"got {type(item).__name__}") from None
+        if arr.ndim != 2 or arr.shape[1] != ndim or arr.shape[0] < 1:
+            raise ValueError(f"y[{i}] must have shape (n_landmarks, {ndim}) (world mm, (x, y[, z]) "
+                             f"order) for {ndim}D images, got shape {arr.shape}")
+        if n_lm is None:
+            n_lm, first = arr.shape[0], i
+        elif arr.shape[0] != n_lm:
+            raise ValueError(f"every labelled image must have the same landmarks: y[{first}] has {n_lm} "
+                             f"rows but y[{i}] has {arr.shape[0]} (use NaN rows for landmarks not "
+                             f"labelled on an image)")
+        nan = np.isnan(arr)
+        partial = np.flatnonzero(nan.any(1) & ~nan.all(1))
+        if np.isinf(arr).any() or partial.size:
+            rows = np.flatnonzero(np.isinf(arr).any(1)).tolist() + partial.tolist()
+            raise ValueError(f"y[{i}] rows {sorted(set(rows))[:5]} are not valid: a landmark is either "
+                             f"all finite coordinates or all NaN (not labelled)")
+        have = ~nan.all(1)
+        if have.any():
+            labelled.append(i)
+        out.append(arr)
+    if all(a is None for a in out):
+        return None
+    if len(labelled) < 2:
+        raise ValueError(f"y labels {len(labelled)} image(s) with at least one landmark; semi-supervised "
+                         f"training pairs the same landmark on two different images, so at least 2 "
+                         f"labelled images are needed (or pass y=None)")
+    have = np.stack([~np.isnan(out[i]).all(1) for i in labelled])
+    if not (have.sum(0) >= 2).any():
+        raise ValueError("y has no landmark labelled on two or more images: no labelled pair can be "
+                         "formed (row k of every array must be the same landmark)")
+    return out
+
+
+def _check_labels_inside(arr, image, i):
+    """Landmark labels of ``images[i]`` must lie inside it (NaN rows: not labelled)."""
+    have = ~np.isnan(arr).all(1)
+    if have.any():
+        inside = image.geometry.contains(arr[have])
+        if not inside.all():
+            bad = np.flatnonzero(have)[~inside]
+            raise ValueError(f"y[{i}] rows {bad[:5].tolist()} (e.g. {arr[bad[0]].tolist()} mm) lie "
+                             f"outside images[{i}] (world mm, (x, y[, z]) order; check the "
+                             f"coordinate order and frame)")
 
 
 def _check_random_state(rs):
