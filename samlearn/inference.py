@@ -30,9 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import SimpleITK as sitk
-
-from .image import Image, ImageGeometry, _from_sitk_named, check_images, read_image
+from .image import Image, ImageGeometry, image_items, read_item
 from .nn.network import NetworkConfig, receptive_reach
 
 __all__ = ["estimate_pass_bytes", "auto_tile_shape", "plan_tiles", "run_network", "Tile", "pad_batch",
@@ -45,41 +43,10 @@ __all__ = ["estimate_pass_bytes", "auto_tile_shape", "plan_tiles", "run_network"
 # ============================================================================ inputs
 
 
-def image_items(images, name: str = "images") -> list:
-    """Like :func:`samlearn.image.check_images` but lazy: returns the list of items (``Image``,
-    ``SimpleITK.Image`` or path) without reading any file, so that many images can be processed one
-    at a time. Types are checked at once; files are read by :func:`load_item`."""
-    if isinstance(images, np.ndarray):
-        check_images(images, name=name)  # raises the explanatory TypeError
-    if isinstance(images, (Image, sitk.Image, str, os.PathLike)):
-        items = [images]
-    elif isinstance(images, (list, tuple)) or (hasattr(images, "__len__") and hasattr(images, "__getitem__")
-                                               and not isinstance(images, (bytes, dict))):
-        items = list(images)
-    else:
-        raise TypeError(f"{name} must be an Image, a SimpleITK.Image, a path or a list of these, "
-                        f"got {type(images).__name__}")
-    if not items:
-        raise ValueError(f"{name} is empty: give at least one image")
-    for i, item in enumerate(items):
-        if isinstance(item, np.ndarray):
-            raise TypeError(f"{name}[{i}] is a numpy array, whose geometry is unknown; wrap it with "
-                            f"samlearn.Image.from_array(array, spacing=..., origin=...)")
-        if not isinstance(item, (Image, sitk.Image, str, os.PathLike)):
-            raise TypeError(f"{name}[{i}] must be an Image, a SimpleITK.Image or a path, "
-                            f"got {type(item).__name__}")
-    return items
-
-
 def load_item(item, ndim: Optional[int], name: str, index: int, why: Optional[str] = None) -> Image:
     """Read one item of :func:`image_items` into an :class:`Image`; ``ndim`` (when given) is the
     dimensionality it must have, ``why`` the reason, for the error message."""
-    if isinstance(item, Image):
-        im = item
-    elif isinstance(item, sitk.Image):
-        im = _from_sitk_named(item, None, f"{name}[{index}]")
-    else:
-        im = read_image(item)
+    im = read_item(item, f"{name}[{index}]")
     if ndim is not None and im.ndim != ndim:
         why = why or f"{name} mixes 2D and 3D images ({name}[0] is {ndim}D)"
         raise ValueError(f"{why}; got {im.ndim}D images ({name}[{index}] is {im.ndim}D)")
