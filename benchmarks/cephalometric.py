@@ -37,6 +37,12 @@ Rows:
 * samlearn rows: any ``predict(template, template_points, queries) -> (n_queries, 19, 2)``
   callable goes through :func:`evaluate_predictor` with the same split, template and scoring; this
   is where ``evaluate_samlearn`` plugs in (see ``EXTRA_ROWS`` and :func:`main`).
+* few-label samlearn (paper §IV-H, Table IX "x+1"): ``--samlearn-labelled N`` trains with the
+  landmark labels (ground truth above, world mm) of the template plus N other images of 001-070,
+  chosen by :func:`choose_labelled_ids` (the template first, then a draw without replacement by
+  ``numpy.random.default_rng(--samlearn-label-seed)`` from the other 69 training ids in sorted
+  order); every other training image stays unlabelled; rows are named "samlearn PRESET +N labels".
+  Images 071-100 are never labelled, trained on or used for choices.
 
 Output: a markdown table on stdout and JSON (protocol, versions, rows with per-image errors) in
 ``benchmarks/out/cephalometric.json`` (ignored by git).
@@ -183,10 +189,38 @@ EXTRA_ROWS: list = []
 
 
 # ------------------------------------------------------------------------------------ samlearn
-def train_samlearn(data, args):
-    """Train ``SAMEmbedder(preset=args.samlearn_preset)`` on images 001-070 only (unlabelled) for at
-    most ``args.samlearn_minutes`` minutes of training on this machine; save it to
-    ``args.samlearn_out``. Returns the fitted embedder."""
+def choose_labelled_ids(template_id: str, n: int, seed: int = 0,
+                        train_ids: Sequence[str] = TRAIN_IDS) -> list:
+    """The images whose landmarks few-label training may use: the template, then ``n`` other
+    training ids drawn without replacement by ``numpy.random.default_rng(seed)`` from the sorted
+    training ids other than the template. Deterministic; never outside ``train_ids``."""
+    if template_id not in train_ids:
+        raise ValueError(f"template {template_id!r} is not a training id")
+    others = sorted(i for i in train_ids if i != template_id)
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 <= n <= len(others):
+        raise ValueError(f"the number of extra labelled images must be an integer in [0, {len(others)}], "
+                         f"got {n!r}")
+    if n == 0:
+        return [template_id]
+    pick = np.random.default_rng(seed).choice(len(others), size=n, replace=False)
+    return [template_id] + [others[i] for i in sorted(pick)]
+
+
+def training_labels(data, labelled_ids: Sequence[str], train_ids: Sequence[str] = TRAIN_IDS) -> list:
+    """``y`` for ``SAMEmbedder.fit`` over ``train_ids``: the ground-truth landmarks (world) of the
+    labelled ids, None for the others."""
+    bad = sorted(set(labelled_ids) - set(train_ids))
+    if bad:
+        raise ValueError(f"labelled ids {bad} are not training ids: never label evaluation images")
+    wanted = set(labelled_ids)
+    return [data.landmarks[data.ids.index(i)].copy() if i in wanted else None for i in train_ids]
+
+
+def train_samlearn(data, args, labelled_ids: Sequence[str] = ()):
+    """Train ``SAMEmbedder(preset=args.samlearn_preset)`` on images 001-070 only for at most
+    ``args.samlearn_minutes`` minutes of training on this machine; save it to
+    ``args.samlearn_out``. Unlabelled unless ``labelled_ids`` (training ids whose ground-truth
+    landmarks ``fit`` gets as ``y``). Returns the fitted embedder and the wall time."""
     import ast
 
     from samlearn import SAMEmbedder
@@ -197,8 +231,12 @@ def train_samlearn(data, args):
         params[key] = ast.literal_eval(val)
     emb = SAMEmbedder(**params)
     train = [read_image(data.image_paths[data.ids.index(i)]) for i in TRAIN_IDS]
+    y = training_labels(data, labelled_ids) if labelled_ids else None
+    if labelled_ids:
+        print(f"samlearn: landmark labels of {len(labelled_ids)} training images {list(labelled_ids)} "
+              f"(label_positive_prob={emb.label_positive_prob})", file=sys.stderr)
     t0 = time.perf_counter()
-    emb.fit(train)
+    emb.fit(train, y)
     wall = time.perf_counter() - t0
     print(f"samlearn: {emb.n_iter_} iterations, {emb.train_time_:.0f} s of training "
           f"({wall:.0f} s wall with preprocessing), {emb.n_iter_ / emb.train_time_:.2f} it/s",
@@ -221,10 +259,10 @@ def samlearn_predictor(embedder, **detector_params) -> Predictor:
 
 
 SAMLEARN_VARIANTS = (
-    ("samlearn {preset} (S^g+S^l, coarse-to-fine window)", {}),
-    ("samlearn {preset}: S^g+S^l over the whole image (paper rule)", {"search_radius_mm": None}),
-    ("samlearn {preset}: global only", {"mode": "global"}),
-    ("samlearn {preset}: local only", {"mode": "local", "search_radius_mm": None}),
+    ("samlearn {preset}{labels} (S^g+S^l, coarse-to-fine window)", {}),
+    ("samlearn {preset}{labels}: S^g+S^l over the whole image (paper rule)", {"search_radius_mm": None}),
+    ("samlearn {preset}{labels}: global only", {"mode": "global"}),
+    ("samlearn {preset}{labels}: local only", {"mode": "local", "search_radius_mm": None}),
 )
 
 
@@ -260,7 +298,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--samlearn-threads", type=int, default=None, help="torch threads for samlearn")
     ap.add_argument("--samlearn-set", action="append", default=[], help="extra SAMEmbedder param=value")
     ap.add_argument("--samlearn-out", type=Path, default=ROOT / "benchmarks" / "out" / "ceph_samlearn.samlearn")
+    ap.add_argument("--samlearn-labelled", type=int, default=0,
+                    help="few-label training: landmarks of the template plus N other images of 001-070")
+    ap.add_argument("--samlearn-label-seed", type=int, default=0,
+                    help="seed of the draw of the N extra labelled images (choose_labelled_ids)")
     args = ap.parse_args(argv)
+    if not 0 <= args.samlearn_labelled <= len(TRAIN_IDS) - 1:
+        ap.error(f"--samlearn-labelled must be in [0, {len(TRAIN_IDS) - 1}]")
+    if args.samlearn_labelled and args.samlearn_model is not None:
+        ap.error("--samlearn-labelled applies to training (--samlearn-minutes); a saved model "
+                 "(--samlearn-model) was trained with whatever labels it was trained with")
 
     methods = [] if args.methods in ("", "none") else args.methods.split(",")
     if methods:
@@ -271,20 +318,23 @@ def main(argv=None) -> dict:
         peers.configure_threads(args.threads)  # before any ITK registration
     data = load_cephalograms(args.data)
     eval_ids = EVAL_IDS[: args.limit] if args.limit else EVAL_IDS
+    template_id, dists = choose_template(data)
+    print(f"template: {template_id} (normalised-landmark distance {dists.min():.4f}; "
+          f"median over 001-070 {np.median(dists):.4f})", file=sys.stderr)
+    labelled_ids = (choose_labelled_ids(template_id, args.samlearn_labelled, args.samlearn_label_seed)
+                    if args.samlearn_labelled else [])
     embedder, train_info = None, {}
     if args.samlearn_model is not None:  # trained earlier (its training record travels in the file)
         from samlearn import load
         embedder = load(args.samlearn_model)
     elif args.samlearn_minutes:  # train first, while nothing else runs
-        embedder, wall = train_samlearn(data, args)
+        embedder, wall = train_samlearn(data, args, labelled_ids)
         train_info = {"wall_seconds": wall}
     if embedder is not None:
         train_info.update(preset=embedder.preset_, n_iter=embedder.n_iter_,
                           train_seconds=embedder.train_time_, train_ids=[TRAIN_IDS[0], TRAIN_IDS[-1]],
-                          interrupted=embedder.interrupted_)
-    template_id, dists = choose_template(data)
-    print(f"template: {template_id} (normalised-landmark distance {dists.min():.4f}; "
-          f"median over 001-070 {np.median(dists):.4f})", file=sys.stderr)
+                          interrupted=embedder.interrupted_, labelled_ids=labelled_ids,
+                          label_positive_prob=embedder.label_positive_prob if labelled_ids else None)
 
     rows = [row_inter_annotator(data, eval_ids),
             evaluate_predictor("identity (template coordinates)", identity_predictor, data,
@@ -299,8 +349,13 @@ def main(argv=None) -> dict:
     if embedder is not None:
         notes = (f"trained on 001-070 only: {embedder.n_iter_} iterations, "
                  f"{embedder.train_time_ / 60:.1f} min on this CPU")
+        tag = ""
+        if labelled_ids:
+            tag = f" +{len(labelled_ids) - 1} labels"
+            notes += (f"; landmark labels of the template and {len(labelled_ids) - 1} other training "
+                      f"images ({', '.join(labelled_ids[1:])})")
         for name, params in SAMLEARN_VARIANTS:
-            rows.append(evaluate_predictor(name.format(preset=embedder.preset_),
+            rows.append(evaluate_predictor(name.format(preset=embedder.preset_, labels=tag),
                                            samlearn_predictor(embedder, **params), data, template_id,
                                            eval_ids, threads=args.samlearn_threads, notes=notes))
     for name, factory, notes in EXTRA_ROWS:
@@ -318,7 +373,8 @@ def main(argv=None) -> dict:
                      "template_rule": "min sum of squared distances of centroid-removed, RMS-scaled "
                                       "landmarks to their mean over 001-070",
                      "error_unit": "full-resolution pixel (0.1 mm)", "radii_px": list(RADII_PX),
-                     "peer_scale": args.scale, "threads": args.threads},
+                     "peer_scale": args.scale, "threads": args.threads,
+                     "labelled_ids": labelled_ids, "label_seed": args.samlearn_label_seed},
         "samlearn_training": train_info,
         "rows": rows,
     }

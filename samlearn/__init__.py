@@ -4,6 +4,10 @@ from ._version import __version__
 from .image import Image, ImageGeometry, check_images, check_points, normalize_intensity, read_image
 from .embedder import SAMEmbedder
 from .landmarks import OneShotLandmarkDetector
+from .lesions import LesionMatcher
+from .registration import (AffineTransform, CompositeTransform, DisplacementField, SAMAffineRegistrar,
+                           SAMDeformableRegistrar)
+from .features import LandmarkIntensityFeatures
 from .persistence import load
 
 __all__ = [
@@ -16,5 +20,12 @@ __all__ = [
     "read_image",
     "SAMEmbedder",
     "OneShotLandmarkDetector",
+    "LesionMatcher",
+    "SAMAffineRegistrar",
+    "SAMDeformableRegistrar",
+    "AffineTransform",
+    "DisplacementField",
+    "CompositeTransform",
+    "LandmarkIntensityFeatures",
     "load",
 ]

@@ -17,14 +17,13 @@ from pathlib import Path
 __all__ = ["CLIError", "IMAGE_SUFFIXES", "collect_images", "read_points_csv", "read_lesions_csv",
            "write_csv", "image_stem", "one_line"]
 
-# files a folder given on the command line is searched for (a folder without any of them is read
-# as one DICOM series)
+# files a folder given on the command line is searched for (DICOM: see collect_images)
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
                   ".tif", ".tiff", ".bmp")
 
 
 class CLIError(Exception):
-    """A problem with the command line's inputs, reported as one line (exit code 1)."""
+    """A problem with the command line or its inputs, reported as one line (exit code 2)."""
 
 
 def one_line(exc: BaseException) -> str:
@@ -38,28 +37,41 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and not name.startswith(".") and name.endswith(IMAGE_SUFFIXES)
 
 
-def collect_images(sources, what: str = "images") -> list:
-    """Image paths from ``sources``: files, folders (their image files, sorted, not recursive; a
-    folder without image files is taken as one DICOM series) and glob patterns (sorted matches), in
-    the order given, without duplicates."""
+def _is_dicom_series(folder: Path) -> bool:
+    return any(f.is_file() and f.name.lower().endswith(".dcm") for f in folder.iterdir())
+
+
+def _images_in_folder(folder: Path) -> list:
+    """A folder's images: its image files (sorted, not recursive); a folder of ``.dcm`` files is
+    one DICOM series; otherwise its sub-folders that are DICOM series."""
+    files = sorted(str(f) for f in folder.iterdir() if _is_image_file(f))
+    if files:
+        return files
+    if _is_dicom_series(folder):
+        return [str(folder)]
+    return sorted(str(d) for d in folder.iterdir() if d.is_dir() and _is_dicom_series(d))
+
+
+def collect_images(sources) -> list:
+    """Images from folders (see :func:`_images_in_folder`), glob patterns (sorted matches) and
+    file paths, in the order given, without duplicates."""
     out, seen = [], set()
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            found = sorted(str(f) for f in p.iterdir() if _is_image_file(f))
+            found = _images_in_folder(p)
             if not found:
-                if not any(f.is_file() for f in p.iterdir()):
-                    raise CLIError(f"{what}: folder '{src}' is empty")
-                found = [str(p)]  # a DICOM series folder
+                raise CLIError(f"folder '{src}' holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
+                               f"and no DICOM series (.dcm files)")
         elif p.is_file():
             found = [str(p)]
         elif glob.has_magic(str(src)):
-            found = sorted(f for f in glob.glob(str(src)) if Path(f).is_file() or Path(f).is_dir())
+            found = sorted(f for f in glob.glob(str(src)) if Path(f).is_file())
             if not found:
-                raise CLIError(f"{what}: pattern '{src}' matches no files")
+                raise CLIError(f"pattern '{src}' matches no files")
         else:
-            raise CLIError(f"{what}: '{src}' does not exist (give image files, folders or quoted glob "
-                           f"patterns such as 'scans/*.nii.gz')")
+            raise CLIError(f"'{src}' is not a file, a folder or a glob pattern that matches files "
+                           f"(quote patterns such as 'scans/*.nii.gz')")
         for f in found:
             if f not in seen:
                 seen.add(f)

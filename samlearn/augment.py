@@ -18,6 +18,9 @@ resized to 512 x 512) and its spacing is only used to express positions in milli
   ``overlap``, random scale, rotation, elastic deformation, intensity jitter, **never a flip**).
 * :class:`PatchPair` -- the two patches, their transforms, uniformly sampled positive pairs
   anywhere in the overlap, and the source position (mm) of every voxel of a strided feature grid.
+* :meth:`PatchPairSampler.sample_across` / :class:`CrossPatchPair` -- the semi-supervised variant
+  (paper §IV-H): one patch from each of two images, each showing a given point (the same labelled
+  landmark) at a random patch position, with the same augmentation.
 * :func:`sampler_for_preset` -- sensible samplers for ``"ct"``, ``"xray"`` and their ``-lite``
   variants.
 
@@ -47,6 +50,7 @@ from scipy import ndimage
 __all__ = [
     "PatchTransform",
     "PatchPair",
+    "CrossPatchPair",
     "PatchPairSampler",
     "sampler_for_preset",
     "sampler_from_config",
@@ -737,6 +741,73 @@ class PatchPair:
         return self.transforms[k]
 
 
+class CrossPatchPair:
+    """Two patches of two *different* source images, centred nowhere in particular but each
+    showing one given point (a labelled landmark) at a random patch position: the positive pair of
+    the semi-supervised variant (paper §IV-H). There is no voxel-wise overlap between the patches;
+    the correspondences are the labelled points (see :meth:`points_to_patch`).
+
+    Attributes
+    ----------
+    patches, clean_patches : float32 (2, *patch_shape), with / without intensity jitter.
+    transforms : (PatchTransform, PatchTransform): patch ``k`` indices -> source ``k`` indices.
+    jitter : dict of the intensity jitter (as :class:`PatchPair`).
+    spacings : (2, ndim) mm per voxel of each source (numpy order).
+    cvals : (2,) value used outside each source.
+    anchor : float64 (2, ndim): patch index of the given point in patch 1 and in patch 2 (drawn
+        uniformly in the patch box ``[0, P - 1]``; exact: ``transforms[k].to_source(anchor[k])``
+        is the given point to rounding).
+    """
+
+    def __init__(self, patches, clean_patches, transforms, jitter, spacings, cvals, anchor):
+        self.patches = patches
+        self.clean_patches = clean_patches
+        self.transforms = tuple(transforms)
+        self.jitter = jitter
+        self.spacings = np.asarray(spacings, dtype=np.float64)
+        self.cvals = tuple(float(c) for c in cvals)
+        self.anchor = np.asarray(anchor, dtype=np.float64)
+
+    @property
+    def ndim(self) -> int:
+        return self.transforms[0].ndim
+
+    @property
+    def patch_shape(self) -> tuple:
+        return self.transforms[0].patch_shape
+
+    def __repr__(self) -> str:
+        return (f"CrossPatchPair(patch_shape={self.patch_shape}, anchor={self.anchor.round(2).tolist()}, "
+                f"transforms={self.transforms})")
+
+    def points_to_patch(self, k: int, points) -> tuple:
+        """Source-``k`` array indices ``points`` (n, ndim; NaN rows allowed) -> patch ``k`` indices
+        (n, ndim) and a mask of the points inside the patch box ``[0, P - 1]``."""
+        t = self._transform(k)
+        pts, _ = _check_points(points, self.ndim, "points")
+        u = np.full(pts.shape, np.nan)
+        finite = np.all(np.isfinite(pts), axis=1)
+        if finite.any():
+            u[finite] = t.from_source(pts[finite])
+        inside = np.all(np.isfinite(u), axis=1)
+        inside[inside] = _inside(u[inside], t.patch_shape)
+        return u, inside
+
+    def source_index(self, k: int, stride=1) -> np.ndarray:
+        """Source-``k`` array indices (float32, (ndim, *grid)) of patch ``k``'s stride-``s`` grid."""
+        return self._transform(k).source_coords(stride)
+
+    def source_mm(self, k: int, stride=1) -> np.ndarray:
+        """Positions in source ``k``'s mm frame (array index times its spacing; float32,
+        (ndim, *grid)) of the voxel centres of patch ``k``'s stride-``s`` grid."""
+        return self._transform(k).source_mm(self.spacings[k], stride)
+
+    def _transform(self, k) -> PatchTransform:
+        if not _is_int(k) or k not in (0, 1):
+            raise ValueError(f"k must be 0 or 1 (which patch), got {k!r}")
+        return self.transforms[k]
+
+
 # ---------------------------------------------------------------------------------------------
 def _rotation_2d(angle):
     c, s = math.cos(angle), math.sin(angle)
@@ -945,6 +1016,63 @@ class PatchPairSampler:
         pair = PatchPair(jittered, clean, (t1, t2), jitter, sp, cval)
         pair._overlap = frac
         return pair
+
+    def sample_across(self, source_a, point_a, source_b, point_b, rng, spacing_a=None,
+                      spacing_b=None) -> CrossPatchPair:
+        """Draw a :class:`CrossPatchPair`: patch 1 from ``source_a`` showing ``point_a`` and patch
+        2 from ``source_b`` showing ``point_b`` (source array indices, numpy order; e.g. the same
+        labelled landmark in two images). Each patch gets its own scale, rotation, elastic
+        deformation and intensity jitter from the same distributions as :meth:`sample` (never a
+        flip); the point sits at a position drawn uniformly in the patch box, and the patch offset
+        is solved so that this patch index maps exactly onto the point."""
+        rng = _as_generator(rng)
+        srcs, pts, sps, cvals = [], [], [], []
+        for name, src, pt, sp in (("source_a", source_a, point_a, spacing_a),
+                                  ("source_b", source_b, point_b, spacing_b)):
+            arr = np.asarray(src)
+            if arr.ndim != self.ndim or arr.dtype.kind not in "fiub" or arr.size == 0:
+                raise ValueError(f"{name} must be a non-empty numeric {self.ndim}D array (matching "
+                                 f"patch_shape {self.patch_shape}), got shape {arr.shape}")
+            arr = arr.astype(np.float32, copy=False)
+            p = np.asarray(pt, dtype=np.float64).reshape(-1)
+            if p.shape != (self.ndim,) or not np.all(np.isfinite(p)):
+                raise ValueError(f"the point in {name} must be {self.ndim} finite array indices "
+                                 f"(numpy order), got {pt!r}")
+            srcs.append(arr)
+            pts.append(p)
+            sps.append(np.ones(self.ndim) if sp is None else
+                       _per_axis(sp, self.ndim, "spacing", lo=0.0, lo_open=True))
+            if self.cval is None:
+                c = float(arr.min())
+                if not math.isfinite(c):
+                    raise ValueError(f"{name} contains NaN or infinite values")
+            else:
+                c = self.cval
+            cvals.append(c)
+        hi = np.asarray(self.patch_shape, dtype=np.float64) - 1
+        transforms, anchor = [], []
+        for p in pts:
+            s = self._draw_scale(rng)
+            R = self._draw_rotation(rng)
+            e = self._draw_elastic(rng)
+            u = rng.uniform(0.0, 1.0, size=self.ndim) * hi
+            M = R * s[None, :]
+            # x = M (u + e(u)) + t: solve t so that the drawn patch index u shows the point exactly
+            zero = PatchTransform(self.patch_shape, M, np.zeros(self.ndim), e)
+            transforms.append(PatchTransform(self.patch_shape, M, p - zero.to_source(u), e))
+            anchor.append(u)
+        j = self.intensity_jitter
+        jitter = {
+            "gain": rng.uniform(1 - j, 1 + j, size=2).tolist(),
+            "bias": rng.uniform(-j, j, size=2).tolist(),
+            "noise_std": self.noise_std,
+            "noise_seed": (rng.integers(0, 2**63 - 1, size=2).tolist() if self.noise_std > 0
+                           else None),
+        }
+        clean = np.stack([transforms[k].apply(srcs[k], cvals[k]) for k in range(2)])
+        jittered = np.stack([_apply_jitter(clean[k], jitter, k) for k in range(2)])
+        return CrossPatchPair(jittered, clean, transforms, jitter, np.stack(sps), cvals,
+                              np.stack(anchor))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,22 +1,26 @@
 """The ``samlearn`` command-line tool (also ``python -m samlearn``).
 
 One function per subcommand (``_cmd_<name>(args) -> exit code``), registered in
-:func:`build_parser`. Bad command-line syntax exits with code 2 (argparse); a problem with the
-inputs while running (a missing file, a CSV without the expected columns, an image the model cannot
-use) prints ``samlearn: error: <one line>`` to stderr and exits with code 1, without a traceback
-(set ``SAMLEARN_DEBUG=1`` to see it). File formats: see :mod:`samlearn._cli_io` and the README.
+:func:`build_parser`. Bad command-line syntax (argparse) and bad inputs (a missing file, a CSV
+without the expected columns, points outside the image, an unreadable model file) exit with code
+2; a failure while running (a registration without enough confident matches, an unexpected error)
+exits with code 1. Both
+print ``samlearn COMMAND: error: <one line>`` to stderr, without a traceback (set
+``SAMLEARN_DEBUG=1`` to see it). File formats: see :mod:`samlearn._cli_io` and the README.
 Heavy modules (torch, the estimators) are imported inside the commands, so ``--help`` is instant.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ._cli_io import (CLIError, collect_images, image_stem, one_line, read_lesions_csv, read_points_csv,
-                      write_csv)
+from ._cli_io import (IMAGE_SUFFIXES, CLIError, collect_images, image_stem,  # noqa: F401 (re-exported)
+                      one_line, read_lesions_csv, read_points_csv, write_csv)
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -89,6 +93,83 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- train
+def _parse_param(text: str):
+    if "=" not in text:
+        raise CLIError(f"--param expects KEY=VALUE, got '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, list):
+        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    return key.strip(), value
+
+
+def _launch_workers(args, argv) -> int:
+    """Re-run this command under ``torch.distributed.run`` with ``--nproc-per-node`` workers."""
+    rest, skip = [], False
+    for a in argv:  # drop --nproc-per-node N / --nproc-per-node=N: the workers must not relaunch
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node":
+            skip = True
+            continue
+        if a.startswith("--nproc-per-node="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={args.nproc_per_node}", "-m", "samlearn.cli"] + rest
+    if args.verbose:
+        print("launching: " + " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd)
+
+
+def _cmd_train(args, argv=None) -> int:
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        raise CLIError(f"--nproc-per-node must be a positive integer, got {args.nproc_per_node}")
+    under_torchrun = all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    files = collect_images(args.images)
+    out = Path(args.out)
+    if out.is_dir():
+        raise CLIError(f"--out '{out}' is a folder; give the model's file name, e.g. {out / 'model.samlearn'}")
+    if args.resume and not args.checkpoint:
+        raise CLIError("--resume needs --checkpoint PATH (the checkpoint to continue)")
+    if args.max_iter is not None and args.max_iter < 1:
+        raise CLIError(f"--max-iter must be a positive integer, got {args.max_iter}")
+    if args.max_time is not None and not args.max_time > 0:
+        raise CLIError(f"--max-time must be a positive number of seconds, got {args.max_time}")
+    params = dict(_parse_param(p) for p in (args.param or []))
+    if args.nproc_per_node is not None and args.nproc_per_node > 1 and not under_torchrun:
+        return _launch_workers(args, argv if argv is not None else sys.argv[1:])
+
+    from . import SAMEmbedder
+
+    params.update(preset=args.preset, device=args.device, verbose=args.verbose)
+    for key, val in (("max_iter", args.max_iter), ("max_time", args.max_time), ("random_state", args.seed),
+                     ("checkpoint_path", args.checkpoint), ("checkpoint_every", args.checkpoint_every)):
+        if val is not None:
+            params[key] = val
+    if args.resume:
+        params["resume"] = True
+    try:
+        est = SAMEmbedder(**params)
+    except TypeError as exc:
+        raise CLIError(f"--param: {exc}") from None
+    try:
+        est.fit(files)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
+    if getattr(est, "rank_", 0) == 0:
+        est.save(out)
+        if args.verbose:
+            print(f"trained {est.n_iter_} iterations in {est.train_time_:.1f} s on {len(files)} images "
+                  f"({est.world_size_} process(es)); model written to {out}", file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------- embed
 def _cmd_embed(args) -> int:
     _set_threads(args)
@@ -157,11 +238,8 @@ def _cmd_detect(args) -> int:
 # ---------------------------------------------------------------------------- match-lesions
 def _cmd_match_lesions(args) -> int:
     _set_threads(args)
-    try:
-        from .lesions import LesionMatcher
-    except ImportError:
-        raise CLIError("lesion matching is not available in this installation (samlearn.lesions is "
-                       "missing); update samlearn") from None
+    from .lesions import LesionMatcher
+
     names, lesions = read_lesions_csv(args.lesions)
     files = collect_images(args.images)
     model = _load_model(args.model)
@@ -197,11 +275,8 @@ def _cmd_match_lesions(args) -> int:
 # ---------------------------------------------------------------------------- register
 def _cmd_register(args) -> int:
     _set_threads(args)
-    try:
-        from .registration import SAMAffineRegistrar
-    except ImportError:
-        raise CLIError("registration is not available in this installation (samlearn.registration "
-                       "is missing); update samlearn") from None
+    from .registration import SAMAffineRegistrar
+
     out = Path(args.out)
     if out.suffix.lower() not in (".tfm", ".txt", ".mat", ".h5", ".hdf5", ".xfm"):
         raise CLIError(f"--out '{out}' must be a SimpleITK transform file (.tfm, .txt, .mat, .h5)")
@@ -272,6 +347,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
     _common(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    tr = sub.add_parser(
+        "train", help="train a SAM model on unlabelled images",
+        description="Train a SAMEmbedder on unlabelled images and save it. With --nproc-per-node N "
+                    "the training runs data-parallel in N processes on this machine (one GPU each, or "
+                    "CPU processes with the Gloo backend), launched with torch.distributed.run; for "
+                    "several machines run `torchrun --nnodes ... -m samlearn.cli train ...` yourself.")
+    tr.add_argument("images", nargs="+", help="image files, folders of images (or of DICOM series), "
+                    "or glob patterns (quote them: 'data/*.nii.gz')")
+    tr.add_argument("--out", "-o", required=True, help="model file to write")
+    tr.add_argument("--preset", default="auto", help="ct, xray, ct-lite, xray-lite or auto (default)")
+    tr.add_argument("--max-iter", type=int, default=None, help="training iterations (default: preset)")
+    tr.add_argument("--max-time", type=float, default=None, help="training time budget in seconds")
+    tr.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    tr.add_argument("--seed", type=int, default=None, help="random seed (random_state)")
+    tr.add_argument("--nproc-per-node", type=int, default=None,
+                    help="data-parallel processes on this machine (torch.distributed.run)")
+    tr.add_argument("--checkpoint", default=None, help="checkpoint file, written during training")
+    tr.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
+    tr.add_argument("--resume", action="store_true", help="continue from --checkpoint when it exists")
+    tr.add_argument("--param", action="append", metavar="KEY=VALUE",
+                    help="any other SAMEmbedder parameter (VALUE in JSON: --param batch_size=4 "
+                         "--param patch_shape=[32,64,64]); repeatable")
+    tr.add_argument("-v", "--verbose", action="count", default=0, help="progress bar and summary")
+    tr.set_defaults(func=_cmd_train)
 
     emb = sub.add_parser(
         "embed", help="embed images with a trained model (one .npz/.pt file per image)",
@@ -350,26 +450,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prefix = f"samlearn {args.command}: error:"
     try:
+        if args.func is _cmd_train:
+            return _cmd_train(args, argv)
         return args.func(args)
     except KeyboardInterrupt:
         print(f"samlearn {args.command}: interrupted", file=sys.stderr)
         return 130
-    except CLIError as exc:
-        print(f"samlearn: error: {one_line(exc)}", file=sys.stderr)
-        return 1
     except Exception as exc:  # noqa: BLE001 - one line for the user, the traceback on request
         if os.environ.get("SAMLEARN_DEBUG"):
             raise
-        known = isinstance(exc, (ValueError, TypeError, OSError)) or type(exc).__name__ in (
-            "ModelFileError", "NotFittedError", "RegistrationError")
+        # bad input (ModelFileError and NotFittedError are ValueErrors) -> 2; a failure -> 1
+        bad_input = isinstance(exc, (CLIError, ValueError, TypeError, OSError))
+        known = bad_input or type(exc).__name__ == "RegistrationError"
         hint = "" if known else f" ({type(exc).__name__}; set SAMLEARN_DEBUG=1 for the traceback)"
-        print(f"samlearn: error: {one_line(exc)}{hint}", file=sys.stderr)
-        return 1
+        print(f"{prefix} {one_line(exc)}{hint}", file=sys.stderr)
+        return 2 if bad_input else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,11 +5,21 @@ correspondences, coarse-to-fine network, pixel-level InfoNCE with hard and diver
 GPU when there is one and on the CPU otherwise; ``transform(images)`` returns, per image, a
 :class:`~samlearn.maps.Embedding` whose maps carry the world geometry of their grids.
 
+``fit(images, y)`` with landmark labels for a few images adds the paper's semi-supervised positives
+(§IV-H): the same landmark on two different labelled images forms a positive pair.
+``backbone_state_dict()`` exports the trained encoder to initialise other networks (§IV-G).
+
 Preprocessing (the same in ``fit`` and ``transform``): every image is resampled onto an
 identity-direction grid covering its world bounding box (so images stored with mirrored or permuted
 axes look alike to the network), at ``spacing_mm`` (CT presets: isotropic 2 mm) or with
 ``image_size`` voxels (X-ray presets: 512 x 512), then normalised with the ``intensity`` preset.
 World coordinates are untouched by all of this: results are in the input image's world mm.
+
+Scale: ``fit`` reads and preprocesses images one at a time (``n_jobs`` threads), so only the
+working-resolution arrays stay in memory; under ``torchrun`` it trains data-parallel (see
+:mod:`samlearn.training`). ``transform`` embeds large volumes by tiles that give the same maps as
+one pass (``tile_shape``, ``max_memory_gb``), runs many images in parallel on the CPU (``n_jobs``)
+or batched on a GPU, and can cache embeddings on disk in float16 (``memory``).
 """
 from __future__ import annotations
 
@@ -29,6 +39,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._version import __version__
 from .image import Image, check_images, normalize_intensity
+from .inference import (EmbeddingCache, auto_tile_shape, cache_folder, check_channels_last, check_tile_shape,
+                        effective_n_jobs, estimate_pass_bytes, fold_small_conv3d, fuse_conv_bn, image_items, image_key,
+                        load_item, model_fingerprint, pad_batch, pointwise_as_matmul, progress_bar,
+                        resample_canonical, run_network)
 from .maps import Embedding, EmbeddingMap
 from .nn.loss import LossConfig
 from .nn.network import NetworkConfig, SAMNet
@@ -69,6 +83,12 @@ class SAMEmbedder(BaseEstimator):
     n_pos, n_hard, n_random, n_candidates, n_local, tau, delta_mm : loss and negative sampling
         (:class:`samlearn.nn.LossConfig`).
     overlap, scale, rotation_deg, elastic, intensity_jitter : patch-pair augmentation.
+    label_positive_prob : float in [0, 1], default 0.5 (the paper's value)
+        Only used when ``fit`` gets landmark labels ``y``: the probability that a training pair drawn
+        from a labelled image is a labelled pair (patch 1 around landmark ``k`` of this image, patch
+        2 around landmark ``k`` of another labelled image, positives = the shared landmarks) instead
+        of the usual two augmented crops of one image. The paper found always using labelled pairs
+        (1.0) overfits.
     pretrained : str or None
         Path to a local torchvision-format ResNet state dict to initialise the backbone (I3D
         inflation for 3D). Nothing is ever downloaded; ``None`` means random initialisation.
@@ -76,20 +96,56 @@ class SAMEmbedder(BaseEstimator):
     amp : "auto" (bf16 autocast on CUDA, off on CPU), "bf16", "fp16" or "none".
     num_workers : DataLoader worker processes (``None``: 1 on the CPU, 4 on a GPU).
     n_threads : torch CPU threads during fit / transform (``None``: leave torch's setting).
-    channels_last : use channels-last memory format (helps on GPUs with tensor cores).
+    channels_last : "auto" (default), True or False
+        Channels-last memory format (``channels_last_3d`` for 3D). "auto": for 3D inference on the
+        CPU (1.5x faster on a 2-core AVX2 CPU, benchmarks/RESULTS.md), the default format
+        otherwise; True: for training and inference (GPUs with tensor cores usually gain:
+        ``benchmarks/gpu.py`` measures both); False: never.
     compile : wrap the network with ``torch.compile`` for training.
     checkpoint_path, checkpoint_every : write an atomic checkpoint every N iterations (and at the
-        end or on interruption); with ``resume=True`` an existing checkpoint is continued.
+        end or on interruption); with ``resume=True`` an existing checkpoint is continued. Under
+        data-parallel training only rank 0 writes it; every rank resumes from it.
+    distributed : "auto" (default), True or False
+        Data-parallel training with ``torch.nn.parallel.DistributedDataParallel``. "auto": when the
+        process was launched by ``torchrun`` with ``WORLD_SIZE > 1`` (or a process group is already
+        initialised), join it (NCCL on CUDA, Gloo on the CPU; this rank's GPU is
+        ``cuda:LOCAL_RANK``); True: the same but an error otherwise; False: never. Each rank draws
+        its own patch pairs and computes the loss on its own batch (random negatives come from the
+        other images of the rank's batch; they are not exchanged between ranks), DDP averages the
+        gradients; with at least two images per rank the images are sharded between the ranks (each
+        rank reads and keeps only its share). Every rank ends with the same weights; only rank 0
+        writes checkpoints: save the model on rank 0 only (``if est.rank_ == 0: est.save(path)``).
+        ``samlearn train --nproc-per-node N`` launches it from the command line.
+    tile_shape : "auto" (default), None or tuple of ints
+        Inference by tiles (working-grid voxels, numpy order, rounded down to multiples of the
+        global stride) with a halo covering the network's receptive field, so the maps equal those
+        of one pass up to float rounding. "auto": tiles only when one pass would need more than
+        ``max_memory_gb``; None: always one pass.
+    max_memory_gb : float or None
+        Memory budget of one network pass at inference (activations; the output maps come on top).
+        None: half the free memory of the GPU, or 2 GB on the CPU. Also bounds how many
+        same-size images are batched on a GPU.
+    memory : None, str / path or joblib.Memory
+        Cache embeddings in this folder (float16 on disk, float32 when read back), keyed by the
+        image's content and geometry and by the model's fingerprint (weights, configuration,
+        precision); a changed model never reads stale embeddings.
+    n_jobs : int or None
+        Parallel work: on the CPU, ``transform`` of several images runs in ``n_jobs`` processes
+        (joblib); ``fit`` reads and preprocesses images in ``n_jobs`` threads; on a GPU, images are
+        preprocessed by ``n_jobs`` threads ahead of the network, which takes same-size images in
+        batches. None: 1; -1: all cores.
     warm_start : if True and already fitted, ``fit`` continues training the current network until
         the total iteration budget is reached instead of starting over.
     random_state : int or None. Same seed on the CPU -> identical weights.
-    verbose : 0 silent, 1 progress bar (tqdm) with loss and it/s.
+    verbose : 0 silent, 1 progress bars (tqdm): training with loss and it/s; ``transform`` of
+        several images.
 
     Attributes
     ----------
     preset_, config_ (resolved configuration), ndim_, device_, network_ (the torch module),
     n_iter_, history_ (per-iteration dicts: loss, loss_global, loss_local, lr, time, ...),
-    train_time_, interrupted_ (True if Ctrl-C stopped training early: partially trained model).
+    train_time_, interrupted_ (True if Ctrl-C stopped training early: partially trained model),
+    world_size_ and rank_ (data-parallel group of the last ``fit``: 1 and 0 for one process).
     """
 
     def __init__(self, *, preset="auto", spacing_mm=None, image_size=None, intensity=None,
@@ -99,9 +155,10 @@ class SAMEmbedder(BaseEstimator):
                  weight_decay=None, max_iter=None, max_time=None, n_pos=None, n_hard=None,
                  n_random=None, n_candidates=None, n_local=None, tau=None, delta_mm=None,
                  overlap=None, scale=None, rotation_deg=None, elastic=None, intensity_jitter=None,
-                 pretrained=None, device="auto", amp="auto", num_workers=None, n_threads=None,
-                 channels_last=False, compile=False, checkpoint_path=None, checkpoint_every=None,
-                 resume=False, warm_start=False, random_state=None, verbose=0):
+                 label_positive_prob=0.5, pretrained=None, device="auto", amp="auto", num_workers=None,
+                 n_threads=None, channels_last="auto", compile=False, checkpoint_path=None,
+                 checkpoint_every=None, resume=False, warm_start=False, random_state=None, verbose=0,
+                 distributed="auto", tile_shape="auto", max_memory_gb=None, memory=None, n_jobs=None):
         self.preset = preset
         self.spacing_mm = spacing_mm
         self.image_size = image_size
@@ -136,6 +193,7 @@ class SAMEmbedder(BaseEstimator):
         self.rotation_deg = rotation_deg
         self.elastic = elastic
         self.intensity_jitter = intensity_jitter
+        self.label_positive_prob = label_positive_prob
         self.pretrained = pretrained
         self.device = device
         self.amp = amp
@@ -149,6 +207,11 @@ class SAMEmbedder(BaseEstimator):
         self.warm_start = warm_start
         self.random_state = random_state
         self.verbose = verbose
+        self.distributed = distributed
+        self.tile_shape = tile_shape
+        self.max_memory_gb = max_memory_gb
+        self.memory = memory
+        self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ configuration
     def _resolve_device(self) -> torch.device:
@@ -209,10 +272,14 @@ class SAMEmbedder(BaseEstimator):
                           n_local=cfg["n_local"])
 
     # ------------------------------------------------------------------ preprocessing
-    def _preprocess(self, image: Image, cfg: dict | None = None, where: str = "image") -> Image:
-        """Resample onto the canonical working grid and normalise intensities. ``where`` names the
-        image in error messages (e.g. ``"images[3]"``)."""
+    def _preprocess(self, image: Image, cfg: dict | None = None, device=None, where: str = "image") -> Image:
+        """Resample onto the canonical working grid and normalise intensities. On a CUDA
+        ``device`` (default: the fitted model's) axis-aligned images are resampled there
+        (:func:`samlearn.inference.resample_canonical`, the same values as the SimpleITK path,
+        which the CPU keeps: it is as fast there). ``where`` names the image in error messages
+        (e.g. ``"images[3]"``)."""
         cfg = cfg or self.config_
+        device = device if device is not None else getattr(self, "device_", None)
         geom = image.geometry
         src = f" ('{image.source}')" if image.source else ""
         lo, hi = float(image.array.min()), float(image.array.max())
@@ -236,7 +303,11 @@ class SAMEmbedder(BaseEstimator):
         if target.allclose(geom, atol=1e-6):
             work = image
         else:
-            work = image.resample_to_geometry(target, interpolator="linear")
+            work = None
+            if device is not None and torch.device(device).type == "cuda":
+                work = resample_canonical(image, target, device=device)
+            if work is None:
+                work = image.resample_to_geometry(target, interpolator="linear")
         try:
             return normalize_intensity(work, cfg["intensity"])
         except ValueError as exc:
@@ -244,25 +315,40 @@ class SAMEmbedder(BaseEstimator):
 
     # ------------------------------------------------------------------ training
     def fit(self, images, y=None):
-        """Train SAM on ``images`` (paths, Images, SimpleITK images, or a list). ``y`` is ignored
-        (accepted for pipeline compatibility). With ``warm_start=True`` a fitted model continues
-        until its total iteration budget is reached; with ``resume=True`` an existing checkpoint at
-        ``checkpoint_path`` is continued."""
-        return self._fit(images, continuing=bool(self.warm_start) and self.__sklearn_is_fitted__(),
+        """Train SAM on ``images`` (paths, Images, SimpleITK images, or a list). With
+        ``warm_start=True`` a fitted model continues until its total iteration budget is reached;
+        with ``resume=True`` an existing checkpoint at ``checkpoint_path`` is continued.
+
+        ``y`` (optional, semi-supervised training, paper §IV-H): ``None`` (self-supervised only), or
+        one entry per image: ``None`` for an unlabelled image, or an ``(n_landmarks, ndim)`` array of
+        landmark positions in world mm ((x, y[, z]) order, as SimpleITK reports them) with NaN rows
+        for landmarks not labelled on that image. Every array has the same ``n_landmarks`` (row
+        ``k`` is the same landmark on every image); a ``(n_images, n_landmarks, ndim)`` array works
+        too. At least two images must carry labels, sharing at least one landmark. Labelled images
+        then form labelled positive pairs with probability ``label_positive_prob``; unlabelled
+        images train exactly as without ``y``. ``y=None``, or ``y`` with every entry ``None``, gives
+        exactly the self-supervised run (same seed, same weights)."""
+        return self._fit(images, y, continuing=bool(self.warm_start) and self.__sklearn_is_fitted__(),
                          additional=False, extra_iter=None)
 
     def partial_fit(self, images, y=None, n_iter=None):
         """Train ``n_iter`` more iterations (default: the configuration's ``max_iter``) on
         ``images``, continuing the current network and optimiser state (a new model if unfitted).
-        ``max_time``, when set, also bounds this call."""
+        ``max_time``, when set, also bounds this call. ``y``: landmark labels for these images,
+        exactly as in :meth:`fit` (they apply to this call only)."""
         if n_iter is not None and (not isinstance(n_iter, (numbers.Integral, np.integer)) or n_iter < 1):
             raise ValueError(f"n_iter must be a positive integer, got {n_iter!r}")
-        return self._fit(images, continuing=self.__sklearn_is_fitted__(), additional=True,
+        return self._fit(images, y, continuing=self.__sklearn_is_fitted__(), additional=True,
                          extra_iter=int(n_iter) if n_iter is not None else None)
 
-    def _fit(self, images, continuing, additional, extra_iter):
-        images = check_images(images, name="images")
-        ndim = images[0].ndim
+    def _fit(self, images, y, continuing, additional, extra_iter):
+        from .training import setup_distributed, torchrun_env
+
+        items = image_items(images, name="images")
+        first = load_item(items[0], None, "images", 0)
+        ndim = first.ndim
+        _check_probability(self.label_positive_prob, "label_positive_prob")
+        labels = _check_landmark_labels(y, len(items), ndim)
         if continuing:
             if self.ndim_ != ndim:
                 raise ValueError(f"images are {ndim}D but the model was trained on {self.ndim_}D "
@@ -273,28 +359,61 @@ class SAMEmbedder(BaseEstimator):
             preset, cfg = self._resolve_config(ndim, device)
         _check_random_state(self.random_state)
         amp_dtype = self._amp_dtype(device)
+        n_jobs = effective_n_jobs(self.n_jobs)
+        if self.distributed not in ("auto", True, False):
+            raise ValueError(f"distributed must be 'auto', True or False, got {self.distributed!r}")
         if additional and extra_iter is None:
             extra_iter = cfg["max_iter"]
         _check_checkpointing(self.checkpoint_path, self.checkpoint_every, self.resume)
-        resume_ckpt = None
-        if not continuing and self.resume and self.checkpoint_path is not None \
-                and os.path.exists(self.checkpoint_path):
-            resume_ckpt = _read_checkpoint(self.checkpoint_path)
-        with _threads(self.n_threads):
-            arrays, spacings = [], []
-            for i, im in enumerate(images):
-                pre = self._preprocess(im, cfg, where=f"images[{i}]")
-                arrays.append(pre.array)
-                spacings.append(pre.spacing[::-1].copy())
-            self._train(arrays, spacings, preset, cfg, device, amp_dtype, continuing, resume_ckpt,
-                        additional, extra_iter)
+        env = torchrun_env() if self.distributed is not False else None
+        if env is not None and env["world_size"] > 1 and device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", env["local_rank"])  # one GPU per rank
+        ctx = setup_distributed(self.distributed, device)
+        try:
+            resume_ckpt = None
+            if not continuing and self.resume and self.checkpoint_path is not None \
+                    and os.path.exists(self.checkpoint_path):
+                resume_ckpt = _read_checkpoint(self.checkpoint_path)
+            # data-parallel: each rank reads and keeps only its share (when every rank gets at
+            # least two images, so that random negatives from other images exist on every rank)
+            # (with landmark labels every rank keeps every image: labelled pairs span images)
+            index = list(range(len(items)))
+            if ctx.enabled and labels is None and len(items) >= 2 * ctx.world_size:
+                index = index[ctx.rank::ctx.world_size]
+
+            def prepare(i):
+                im = first if i == 0 else load_item(items[i], ndim, "images", i)
+                pre = self._preprocess(im, cfg, device, where=f"images[{i}]")
+                lab = None
+                if labels is not None and labels[i] is not None:
+                    _check_labels_inside(labels[i], im, i)
+                    # world mm -> indices of the working array (numpy order)
+                    lab = pre.geometry.world_to_array_index(labels[i])
+                return pre.array, pre.spacing[::-1].copy(), lab
+
+            with _threads(self.n_threads):
+                if n_jobs > 1 and len(index) > 1:
+                    from joblib import Parallel, delayed
+                    prepared = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(prepare)(i) for i in index)
+                else:
+                    prepared = [prepare(i) for i in index]
+                del first
+                arrays = [a for a, _, _ in prepared]
+                spacings = [sp for _, sp, _ in prepared]
+                work_labels = None if labels is None else [lab for _, _, lab in prepared]
+                del prepared
+                self._train(arrays, spacings, preset, cfg, device, amp_dtype, continuing, resume_ckpt,
+                            additional, extra_iter, ctx, work_labels)
+        finally:
+            ctx.close()
         return self
 
     def _train(self, arrays, spacings, preset, cfg, device, amp_dtype, continuing, resume_ckpt,
-               additional, extra_iter):
+               additional, extra_iter, ctx=None, labels=None):
         from .augment import sampler_from_config
-        from .training import PairStream, TrainState, make_loader, train
+        from .training import DistributedContext, PairStream, TrainState, make_loader, sync_buffers, train
 
+        ctx = ctx if ctx is not None else DistributedContext()
         ss = np.random.SeedSequence(self.random_state)
         ss_weights, ss_data, ss_loss = ss.spawn(3)
         net_cfg = self._network_config(cfg)
@@ -325,7 +444,8 @@ class SAMEmbedder(BaseEstimator):
             state = TrainState()
             opt_state = None
         net = net.to(device)
-        if self.channels_last:
+        channels_last = check_channels_last(self.channels_last) is True  # "auto": not for training
+        if channels_last:
             net = net.to(memory_format=torch.channels_last_3d if cfg["ndim"] == 3 else torch.channels_last)
         optimizer = torch.optim.RAdam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         if opt_state is not None:
@@ -337,17 +457,22 @@ class SAMEmbedder(BaseEstimator):
                 raise ModelFileError(f"the optimiser state of {source} does not fit the network: "
                                      f"{str(exc)[:200]}") from None
 
-        # the data stream continues deterministically after a resume: seed by the iteration count
+        # the data stream continues deterministically after a resume: seed by the iteration count;
+        # data-parallel ranks spawn their own streams from it, by rank
         data_seed = np.random.SeedSequence(ss_data.entropy, spawn_key=ss_data.spawn_key + (state.iteration,))
+        loss_seed = np.random.SeedSequence(ss_loss.entropy, spawn_key=ss_loss.spawn_key + (state.iteration,))
+        if ctx.enabled:
+            data_seed = data_seed.spawn(ctx.world_size)[ctx.rank]
+            loss_seed = loss_seed.spawn(ctx.world_size)[ctx.rank]
         sampler = sampler_from_config(cfg)
         stream = PairStream(arrays, spacings, sampler, cfg["n_pos"], net_cfg.global_stride,
-                            net_cfg.local_stride, data_seed)
+                            net_cfg.local_stride, data_seed, labels=labels,
+                            label_positive_prob=self.label_positive_prob)
         n_workers = self.num_workers if self.num_workers is not None else (4 if device.type == "cuda" else 1)
         loader = make_loader(stream, cfg["batch_size"], n_workers, pin_memory=device.type == "cuda",
                              seed=int(data_seed.generate_state(1)[0]))
         gen = torch.Generator(device=device)
-        gen.manual_seed(int(np.random.SeedSequence(ss_loss.entropy, spawn_key=ss_loss.spawn_key
-                                                   + (state.iteration,)).generate_state(1)[0]))
+        gen.manual_seed(int(loss_seed.generate_state(1)[0]))
 
         if additional:  # partial_fit: a budget on top of what was already done
             max_iter = state.iteration + extra_iter if extra_iter is not None else None
@@ -355,10 +480,15 @@ class SAMEmbedder(BaseEstimator):
         else:
             max_iter, max_time = cfg["max_iter"], cfg["max_time"]
 
-        train_net = torch.compile(net) if self.compile else net
-        train_net.config = net.config
+        train_net = net
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            # the constructor broadcasts rank 0's weights and buffers: every rank starts identical
+            train_net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        if self.compile:
+            train_net = torch.compile(train_net)
         progress = None
-        if self.verbose:
+        if self.verbose and ctx.is_main:
             try:
                 from tqdm.auto import tqdm
                 total = max_iter if max_iter is not None and max_iter < 10**7 else None
@@ -368,7 +498,7 @@ class SAMEmbedder(BaseEstimator):
                 progress = None
 
         ckpt_fn = None
-        if self.checkpoint_path is not None:
+        if self.checkpoint_path is not None and ctx.is_main:
             def ckpt_fn(st):
                 self._write_checkpoint(self.checkpoint_path, net, optimizer, cfg, preset, st)
 
@@ -378,10 +508,13 @@ class SAMEmbedder(BaseEstimator):
                               device=device, amp_dtype=amp_dtype, max_iter=max_iter, max_time=max_time,
                               lr=cfg["lr"], warmup=cfg["warmup_iter"], schedule=cfg["lr_schedule"],
                               generator=gen, checkpoint=ckpt_fn, checkpoint_every=self.checkpoint_every,
-                              progress=progress, channels_last=self.channels_last)
+                              progress=progress, channels_last=channels_last, config=net.config,
+                              dist_ctx=ctx)
         finally:
             if progress is not None:
                 progress.close()
+        if not state.interrupted:
+            sync_buffers(net, ctx)
         net.eval()
         self.preset_ = preset
         self.config_ = cfg
@@ -392,7 +525,11 @@ class SAMEmbedder(BaseEstimator):
         self.train_time_ = state.train_time
         self.history_ = state.history
         self.interrupted_ = state.interrupted
+        self.world_size_ = ctx.world_size
+        self.rank_ = ctx.rank
         self._optimizer_state = optimizer.state_dict()
+        self._fingerprint = None   # the weights changed: cached fingerprint and inference copy are stale
+        self._inference_net = None
         if state.interrupted:
             warnings.warn(f"training was interrupted after {state.iteration} iterations: the model is "
                           f"only partially trained (interrupted_=True); fit again with warm_start=True "
@@ -404,44 +541,245 @@ class SAMEmbedder(BaseEstimator):
     # ------------------------------------------------------------------ inference
     def transform(self, images) -> list:
         """Embed images: a list of :class:`~samlearn.maps.Embedding` (global and local maps with
-        world geometry), one per input image."""
+        world geometry), one per input image, in order.
+
+        Images given as paths are read one at a time. Large volumes are embedded by tiles
+        (``tile_shape``, ``max_memory_gb``); several images run in ``n_jobs`` processes on the CPU
+        or in batches of same-size images on a GPU; with ``memory`` embeddings are cached on disk.
+        ``verbose`` shows a progress bar over the images."""
         check_is_fitted(self, "network_")
-        images = check_images(images, name="images")
-        if images[0].ndim != self.ndim_:
-            raise ValueError(f"images are {images[0].ndim}D but this model was trained on {self.ndim_}D "
-                             f"images (ndim_={self.ndim_})")
+        items = image_items(images, name="images")
+        check_tile_shape(self.tile_shape, self.ndim_)
+        n_jobs = effective_n_jobs(self.n_jobs)
         with _threads(self.n_threads):
-            return [self._embed(im, where=f"images[{i}]") for i, im in enumerate(images)]
+            if self.device_.type == "cpu" and n_jobs > 1 and len(items) > 1:
+                return self._transform_parallel(items, n_jobs)
+            return list(self._iter_embeddings(items))
 
     def fit_transform(self, images, y=None):
-        return self.fit(images).transform(images)
+        return self.fit(images, y).transform(images)
+
+    def preprocess(self, image) -> Image:
+        """The image as the fitted network sees it: resampled onto the canonical working grid
+        (identity direction, ``spacing_mm`` or ``image_size`` of the configuration) and intensity
+        normalised. Its geometry maps the working grid to the input's world mm. Use it to feed
+        other networks initialised from :meth:`backbone_state_dict` with the same inputs."""
+        check_is_fitted(self, "network_")
+        image = check_images(image, name="image")
+        if len(image) != 1:
+            raise ValueError(f"image must be one image, got {len(image)}")
+        if image[0].ndim != self.ndim_:
+            raise ValueError(f"image is {image[0].ndim}D but this model was trained on {self.ndim_}D "
+                             f"images (ndim_={self.ndim_})")
+        return self._preprocess(image[0])
+
+    # ------------------------------------------------------------------ backbone export
+    def backbone_state_dict(self) -> dict:
+        """The trained encoder (the ResNet of the network, without FPN and heads) as a state dict of
+        detached CPU tensors (copies), to initialise another network, e.g. a segmentation U-Net's
+        encoder (paper §IV-G).
+
+        Key layout, the names of :class:`samlearn.nn.SAMBackbone` (and of ``network_``):
+
+        * ``stem.1.weight`` (stem convolution; ``stem.0`` is the stem's pooling, without weights),
+          ``stem.2.*`` (its BatchNorm: ``weight``, ``bias``, ``running_mean``, ``running_var``,
+          ``num_batches_tracked``);
+        * ``stages.<i>.<j>.*`` for stage ``i`` = 0 .. n_stages - 1 (Conv2_x, Conv3_x, ...), block
+          ``j`` (in stage 0, ``j = 0`` is the max pool, so its blocks start at 1):
+          ``conv1.weight``, ``bn1.*``, ``conv2.weight``, ``bn2.*`` and, for blocks that change
+          resolution or width, ``downsample.1.weight`` (1x1 conv) and ``downsample.2.*`` (BN).
+
+        It loads strictly into ``SAMBackbone(embedder.network_.config)`` (see :meth:`backbone`);
+        stage ``i`` outputs ``network_.config.channels[i]`` channels at total stride
+        ``network_.config.level_strides()[i]`` (numpy axis order)."""
+        check_is_fitted(self, "network_")
+        out = {}
+        for k, v in self.network_.state_dict().items():
+            if k.startswith("stem.") or k.startswith("stages."):
+                out[k] = v.detach().cpu().clone()
+        return out
+
+    def backbone(self):
+        """A new :class:`samlearn.nn.SAMBackbone` (on the CPU, in train mode) holding the trained
+        encoder weights of :meth:`backbone_state_dict`."""
+        from .nn.network import SAMBackbone
+        state = self.backbone_state_dict()
+        net = SAMBackbone(self._network_config(self.config_))
+        net.load_state_dict(state, strict=True)
+        return net
 
     def embed(self, image) -> Embedding:
         """Embedding of one image."""
         return self.transform(image)[0]
 
-    def _embed(self, image: Image, where: str = "image") -> Embedding:
-        pre = self._preprocess(image, where=where)
-        net = self.network_
+    def _embed(self, image: Image) -> Embedding:
+        """Embedding of one loaded image (no cache, no parallelism)."""
+        return next(self._iter_embeddings([image], use_cache=False))
+
+    # ---- helpers
+    def _memory_budget(self) -> float:
+        """Bytes one network pass may use (``max_memory_gb``; default half the free GPU memory,
+        2 GB on the CPU)."""
+        gb = self.max_memory_gb
+        if gb is not None:
+            if isinstance(gb, bool) or not isinstance(gb, numbers.Real) or not (gb > 0) or not math.isfinite(gb):
+                raise ValueError(f"max_memory_gb must be a positive number of GB or None, got {gb!r}")
+            return float(gb) * 2 ** 30
+        if self.device_.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device_)
+            return 0.5 * free
+        return 2.0 * 2 ** 30
+
+    def _tile_core(self, spatial, budget):
+        ts = check_tile_shape(self.tile_shape, self.ndim_)
+        if ts is None:
+            return None
+        cfg = self.network_.config
+        if ts == "auto":
+            return auto_tile_shape(cfg, spatial, budget)
+        if all(t >= n for t, n in zip(ts, spatial)):
+            return None
+        return ts
+
+    def _channels_last_inference(self) -> bool:
+        cl = check_channels_last(self.channels_last)
+        if cl == "auto":
+            return self.ndim_ == 3 and self.device_.type == "cpu"
+        return bool(cl)
+
+    def _network_for_inference(self):
+        """The fitted network with BatchNorm folded into the convolutions, in the inference memory
+        format; rebuilt when the network changes."""
+        cl = self._channels_last_inference()
+        key = (id(self.network_), cl, str(self.device_))
+        cached = getattr(self, "_inference_net", None)
+        if cached is None or cached[0] != key:
+            net = fuse_conv_bn(self.network_).to(self.device_)
+            if cl:
+                net = net.to(memory_format=torch.channels_last_3d if self.ndim_ == 3 else torch.channels_last)
+                if self.device_.type == "cpu":  # CPU kernels: measured faster (benchmarks/RESULTS.md)
+                    pointwise_as_matmul(net)
+                    if self.ndim_ == 3:
+                        fold_small_conv3d(net)
+            cached = (key, net, cl)
+            self._inference_net = cached
+        return cached[1], cached[2]
+
+    def _cache(self):
+        folder = cache_folder(self.memory)
+        if folder is None:
+            return None
+        fp = getattr(self, "_fingerprint", None)
+        amp = self._amp_dtype(self.device_)
+        if fp is None or fp[0] != id(self.network_) or fp[1] != str(amp):
+            fp = (id(self.network_), str(amp), model_fingerprint(self.network_, _jsonable(self.config_), amp))
+            self._fingerprint = fp
+        return EmbeddingCache(folder, fp[2])
+
+    def _transform_parallel(self, items, n_jobs):
+        """CPU: one image per task in ``n_jobs`` joblib (loky) processes, results in order."""
+        from joblib import Parallel, delayed
+        import copy
+        worker = copy.copy(self)   # what each task pickles: the network, not the training history
+        worker.history_ = []
+        worker.__dict__.pop("_optimizer_state", None)
+        bar = progress_bar(self.verbose, len(items), "embedding")
+        out = []
+        try:
+            tasks = (delayed(_transform_one)(worker, item, i) for i, item in enumerate(items))
+            for emb in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
+                out.append(emb.to(self.device_))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    def _iter_embeddings(self, items, use_cache=True, offset=0):
+        """Embeddings of ``items`` in order. On CUDA, upcoming images are read and preprocessed
+        in background threads and same-size images go through the network in batches."""
         device = self.device_
-        amp_dtype = self._amp_dtype(device)
-        x = torch.from_numpy(np.ascontiguousarray(pre.array))[None, None].to(device)
-        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
-                                             enabled=amp_dtype is not None):
-            g, l = net(x, pad_value=float(pre.array.min()))
-        g, l = g[0].float(), l[0].float()
-        if not (torch.isfinite(g).all() and torch.isfinite(l).all()):
-            raise FloatingPointError(f"the embedding of {where} holds NaN or infinite values (numeric "
-                                     f"overflow, e.g. with amp='fp16', or damaged weights)")
+        cache = self._cache() if use_cache else None
+        budget = self._memory_budget()
+        cuda = device.type == "cuda"
+        n_prep = effective_n_jobs(self.n_jobs) if cuda else 0
+        bar = progress_bar(self.verbose and len(items) > 1, len(items), "embedding")
+
+        def prepare(i):
+            im = load_item(items[i], self.ndim_, "images", i + offset,
+                           why=f"images are {5 - self.ndim_}D but this model was trained on "
+                               f"{self.ndim_}D images (ndim_={self.ndim_})")
+            key = image_key(im) if cache is not None else None
+            hit = cache.load(key, device) if cache is not None else None
+            pre = self._preprocess(im, where=f"images[{i + offset}]") if hit is None else None
+            return im, key, hit, pre
+
+        group = []  # (image, key, pre) of same working shape awaiting one batched pass
+
+        def run_group():
+            embs = self._embed_group([(im, pre) for im, _, pre in group], budget)
+            for (im, key, _), emb in zip(group, embs):
+                if cache is not None:
+                    cache.save(key, emb)
+            group.clear()
+            return embs
+
+        try:
+            for im, key, hit, pre in _prefetch(prepare, len(items), n_prep):
+                if hit is not None:
+                    if group:
+                        yield from run_group()
+                    yield hit
+                else:
+                    shape = pre.array.shape
+                    limit = self._batch_limit(shape, budget) if cuda else 1
+                    if group and (group[0][2].array.shape != shape or len(group) >= limit):
+                        yield from run_group()
+                    group.append((im, key, pre))
+                    if len(group) >= limit:
+                        yield from run_group()
+                if bar is not None:
+                    bar.update(1)
+            if group:
+                yield from run_group()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _batch_limit(self, shape, budget) -> int:
+        if self._tile_core(shape, budget) is not None:
+            return 1
+        per = estimate_pass_bytes(self.network_.config, shape)
+        return max(1, min(64, int(budget // max(per, 1))))
+
+    def _embed_group(self, group, budget) -> list:
+        """One (possibly tiled) network pass over preprocessed images of one shape."""
+        net, channels_last = self._network_for_inference()
+        device = self.device_
         cfg = net.config
-        ggeom = pre.geometry.strided(cfg.global_stride[::-1], size=g.shape[1:][::-1])
-        lgeom = pre.geometry.strided(cfg.local_stride[::-1], size=l.shape[1:][::-1])
-        return Embedding(EmbeddingMap(g, ggeom), EmbeddingMap(l, lgeom), pre.geometry, image.geometry)
+        arrays = [pre.array for _, pre in group]
+        spatial = arrays[0].shape
+        x = torch.from_numpy(pad_batch(arrays, [float(a.min()) for a in arrays], cfg.global_stride))
+        if device.type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
+        g, l = run_network(net, x, spatial, amp_dtype=self._amp_dtype(device),
+                           tile_core=self._tile_core(spatial, budget), channels_last=channels_last)
+        if not (torch.isfinite(g).all() and torch.isfinite(l).all()):
+            raise FloatingPointError("an embedding holds NaN or infinite values (numeric overflow, e.g. "
+                                     "with amp='fp16', or damaged weights)")
+        out = []
+        for b, (image, pre) in enumerate(group):
+            gb, lb = (g[b], l[b]) if len(group) == 1 else (g[b].clone(), l[b].clone())
+            ggeom = pre.geometry.strided(cfg.global_stride[::-1], size=gb.shape[1:][::-1])
+            lgeom = pre.geometry.strided(cfg.local_stride[::-1], size=lb.shape[1:][::-1])
+            out.append(Embedding(EmbeddingMap(gb, ggeom), EmbeddingMap(lb, lgeom), pre.geometry, image.geometry))
+        return out
 
     # ------------------------------------------------------------------ persistence
     def _meta(self) -> dict:
         return {
-            "params": _jsonable(self.get_params(deep=False)),
+            "params": self._params_json(),
             "config": _jsonable(self.config_),
             "preset": self.preset_,
             "ndim": self.ndim_,
@@ -450,6 +788,13 @@ class SAMEmbedder(BaseEstimator):
             "interrupted": bool(self.interrupted_),
             "history": self.history_,
         }
+
+    def _params_json(self) -> dict:
+        params = self.get_params(deep=False)
+        if params.get("memory") is not None and not isinstance(params["memory"], (str, os.PathLike)):
+            folder = cache_folder(params["memory"])  # a joblib.Memory: keep its folder
+            params["memory"] = None if folder is None else str(folder)
+        return _jsonable(params)
 
     def save(self, path):
         """Save the fitted model: parameters and metadata as JSON, weights as a state dict, written
@@ -461,7 +806,7 @@ class SAMEmbedder(BaseEstimator):
 
     def _write_checkpoint(self, path, net, optimizer, cfg, preset, state):
         from .persistence import save_payload
-        meta = {"params": _jsonable(self.get_params(deep=False)), "config": _jsonable(cfg), "preset": preset,
+        meta = {"params": self._params_json(), "config": _jsonable(cfg), "preset": preset,
                 "ndim": cfg["ndim"], "n_iter": state.iteration, "train_time": state.train_time,
                 "interrupted": bool(state.interrupted), "history": state.history, "checkpoint": True}
         tensors = {"network": {k: v.detach().cpu() for k, v in net.state_dict().items()},
@@ -514,7 +859,8 @@ class SAMEmbedder(BaseEstimator):
             state["network_"] = None
             state["_network_state"] = {k: v.detach().cpu() for k, v in self.network_.state_dict().items()}
             state["device_"] = str(self.device_)
-        state.pop("_optimizer_state", None)
+        for key in ("_optimizer_state", "_inference_net", "_fingerprint"):
+            state.pop(key, None)
         return state
 
     def __setstate__(self, state):
@@ -534,6 +880,35 @@ class SAMEmbedder(BaseEstimator):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _transform_one(est, item, index):
+    """A joblib task: the embedding of one image (in a worker process)."""
+    with _threads(est.n_threads):
+        return next(est._iter_embeddings([item], offset=index))
+
+
+def _prefetch(fn, n, n_threads):
+    """``fn(0), ..., fn(n - 1)`` in order; with ``n_threads`` > 0 computed ahead in background
+    threads (at most ``2 * n_threads`` results waiting, so memory stays bounded)."""
+    if n_threads <= 0 or n == 1:
+        for i in range(n):
+            yield fn(i)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        pending = deque()
+        nxt = 0
+        try:
+            while nxt < n or pending:
+                while nxt < n and len(pending) < 2 * n_threads:
+                    pending.append(pool.submit(fn, nxt))
+                    nxt += 1
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _read_checkpoint(path):
@@ -669,6 +1044,83 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _check_probability(p, name):
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (0.0 <= float(p) <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {p!r}")
+
+
+def _check_landmark_labels(y, n, ndim):
+    """Validate the semi-supervised labels of ``fit``: None (or all entries None) -> None; else a
+    list with, per image, None or an (n_landmarks, ndim) float64 array in world mm (NaN rows for
+    unlabelled landmarks). Raises ValueError / TypeError naming ``y``."""
+    if y is None:
+        return None
+    if isinstance(y, np.ndarray):
+        if y.dtype == object:
+            y = list(y)
+        elif y.ndim != 3:
+            raise ValueError(f"y as an array must have shape (n_images, n_landmarks, {ndim}), got shape "
+                             f"{y.shape}")
+    if isinstance(y, (str, bytes, dict)) or not hasattr(y, "__len__") or not hasattr(y, "__getitem__"):
+        raise TypeError(f"y must be None or a sequence with one entry per image (None or an "
+                        f"(n_landmarks, {ndim}) array of world mm), got {type(y).__name__}")
+    if len(y) != n:
+        raise ValueError(f"y must have one entry per image: len(images) = {n} but len(y) = {len(y)}")
+    out, n_lm, labelled = [], None, []
+    for i in range(n):
+        item = y[i]
+        if item is None:
+            out.append(None)
+            continue
+        try:
+            arr = np.asarray(item, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"y[{i}] must be None or a numeric (n_landmarks, {ndim}) array of world mm, "
+                            f"got {type(item).__name__}") from None
+        if arr.ndim != 2 or arr.shape[1] != ndim or arr.shape[0] < 1:
+            raise ValueError(f"y[{i}] must have shape (n_landmarks, {ndim}) (world mm, (x, y[, z]) "
+                             f"order) for {ndim}D images, got shape {arr.shape}")
+        if n_lm is None:
+            n_lm, first = arr.shape[0], i
+        elif arr.shape[0] != n_lm:
+            raise ValueError(f"every labelled image must have the same landmarks: y[{first}] has {n_lm} "
+                             f"rows but y[{i}] has {arr.shape[0]} (use NaN rows for landmarks not "
+                             f"labelled on an image)")
+        nan = np.isnan(arr)
+        partial = np.flatnonzero(nan.any(1) & ~nan.all(1))
+        if np.isinf(arr).any() or partial.size:
+            rows = np.flatnonzero(np.isinf(arr).any(1)).tolist() + partial.tolist()
+            raise ValueError(f"y[{i}] rows {sorted(set(rows))[:5]} are not valid: a landmark is either "
+                             f"all finite coordinates or all NaN (not labelled)")
+        have = ~nan.all(1)
+        if have.any():
+            labelled.append(i)
+        out.append(arr)
+    if all(a is None for a in out):
+        return None
+    if len(labelled) < 2:
+        raise ValueError(f"y labels {len(labelled)} image(s) with at least one landmark; semi-supervised "
+                         f"training pairs the same landmark on two different images, so at least 2 "
+                         f"labelled images are needed (or pass y=None)")
+    have = np.stack([~np.isnan(out[i]).all(1) for i in labelled])
+    if not (have.sum(0) >= 2).any():
+        raise ValueError("y has no landmark labelled on two or more images: no labelled pair can be "
+                         "formed (row k of every array must be the same landmark)")
+    return out
+
+
+def _check_labels_inside(arr, image, i):
+    """Landmark labels of ``images[i]`` must lie inside it (NaN rows: not labelled)."""
+    have = ~np.isnan(arr).all(1)
+    if have.any():
+        inside = image.geometry.contains(arr[have])
+        if not inside.all():
+            bad = np.flatnonzero(have)[~inside]
+            raise ValueError(f"y[{i}] rows {bad[:5].tolist()} (e.g. {arr[bad[0]].tolist()} mm) lie "
+                             f"outside images[{i}] (world mm, (x, y[, z]) order; check the "
+                             f"coordinate order and frame)")
 
 
 def _check_random_state(rs):

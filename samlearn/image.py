@@ -577,21 +577,26 @@ def _check_dicom_slices(reader, folder: Path, n: int) -> None:
     check_slice_positions(folder, pos, np.cross(iop[:3], iop[3:]))
 
 
-def check_images(images, *, ndim: int | None = None, name: str = "images") -> list:
-    """Turn one image or a list of images into a list of :class:`Image`.
+def read_item(item, what: str) -> Image:
+    """One item of :func:`image_items` as an :class:`Image` (read from disk when a path);
+    ``what`` names it in error messages (e.g. ``"images[3]"``)."""
+    if isinstance(item, Image):
+        return item
+    if isinstance(item, sitk.Image):
+        return _from_sitk_named(item, None, what)
+    return read_image(item)
 
-    Accepts an :class:`Image`, a ``SimpleITK.Image``, a path (file or DICOM folder), or a list /
-    tuple of these. Idempotent (Images pass through unchanged). Rejects raw numpy arrays (their
-    geometry would be guessed: use ``Image.from_array``), empty lists, and lists that mix 2D and 3D.
-    ``ndim`` (2 or 3), when given, is the dimensionality every image must have.
-    """
-    single = isinstance(images, (Image, sitk.Image, str, os.PathLike))
+
+def image_items(images, name: str = "images") -> list:
+    """The items of one image or a list of images (``Image``, ``SimpleITK.Image`` or path), types
+    checked, without reading any file: :func:`check_images` reads them all at once, the lazy paths
+    (:func:`samlearn.inference.load_item`) one at a time."""
     if isinstance(images, np.ndarray):
         raise TypeError(
             f"{name} must be an Image, a SimpleITK.Image, a path or a list of these; got a numpy "
             f"array, whose spacing and origin are unknown. Wrap it with "
             f"samlearn.Image.from_array(array, spacing=..., origin=...)")
-    if single:
+    if isinstance(images, (Image, sitk.Image, str, os.PathLike)):
         items = [images]
     elif isinstance(images, (list, tuple)) or _is_sequence(images):
         items = list(images)
@@ -600,20 +605,25 @@ def check_images(images, *, ndim: int | None = None, name: str = "images") -> li
                         f"got {type(images).__name__}")
     if not items:
         raise ValueError(f"{name} is empty: give at least one image")
-    out = []
     for i, item in enumerate(items):
-        if isinstance(item, Image):
-            out.append(item)
-        elif isinstance(item, sitk.Image):
-            out.append(_from_sitk_named(item, None, f"{name}[{i}]"))
-        elif isinstance(item, (str, os.PathLike)):
-            out.append(read_image(item))
-        elif isinstance(item, np.ndarray):
+        if isinstance(item, np.ndarray):
             raise TypeError(f"{name}[{i}] is a numpy array, whose geometry is unknown; wrap it with "
                             f"samlearn.Image.from_array(array, spacing=..., origin=...)")
-        else:
+        if not isinstance(item, (Image, sitk.Image, str, os.PathLike)):
             raise TypeError(f"{name}[{i}] must be an Image, a SimpleITK.Image or a path, "
                             f"got {type(item).__name__}")
+    return items
+
+
+def check_images(images, *, ndim: int | None = None, name: str = "images") -> list:
+    """Turn one image or a list of images into a list of :class:`Image`.
+
+    Accepts an :class:`Image`, a ``SimpleITK.Image``, a path (file or DICOM folder), or a list /
+    tuple of these. Idempotent (Images pass through unchanged). Rejects raw numpy arrays (their
+    geometry would be guessed: use ``Image.from_array``), empty lists, and lists that mix 2D and 3D.
+    ``ndim`` (2 or 3), when given, is the dimensionality every image must have.
+    """
+    out = [read_item(item, f"{name}[{i}]") for i, item in enumerate(image_items(images, name=name))]
     dims = [im.ndim for im in out]
     if len(set(dims)) > 1:
         first3 = dims.index(3)

@@ -16,11 +16,17 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from .image import Image, check_images, check_points
+from .inference import effective_n_jobs, image_items, load_item, progress_bar
 from .maps import Embedding
-from .matching import (DEFAULT_CHUNK_SIZE, MODES, apply_affine, check_search_radius, combine_templates,
-                       cycle_consistency, match_points, ransac_affine, template_vectors)
+from .matching import (DEFAULT_CHUNK_SIZE, MODES, check_search_radius, combine_templates,
+                       cycle_consistency, match_points, template_vectors)
 
 __all__ = ["OneShotLandmarkDetector"]
+
+
+def _predict_task(detector, item, index):
+    """A joblib task: ``detector``'s predictions for one image (in a worker process)."""
+    return detector._predict_items([item], index)
 
 
 def _check_flag(value, name):
@@ -85,6 +91,13 @@ class OneShotLandmarkDetector(BaseEstimator):
     consistency_tol_mm : "auto" or float, default "auto"
         Residual beyond which a match is searched again; "auto" is one voxel of the query's global
         grid (its coarsest resolution, where mismatches happen).
+    n_jobs : int or None, default None
+        ``predict`` on several images with an embedder on the CPU: images are embedded and matched
+        in ``n_jobs`` joblib processes (each returns only its points). None: 1; -1: all cores. On
+        a GPU, images go through the embedder ``batch_size`` at a time (a ``SAMEmbedder`` batches
+        same-size images and prepares the next ones in the background).
+    verbose : int, default 0
+        Progress bar over the images in ``predict``.
 
     Attributes
     ----------
@@ -98,7 +111,7 @@ class OneShotLandmarkDetector(BaseEstimator):
 
     def __init__(self, *, embedder=None, mode="sum", search_radius_mm="auto", refine=True,
                  cycle_check=False, batch_size=1, chunk_size=DEFAULT_CHUNK_SIZE, consistency=None,
-                 consistency_tol_mm="auto"):
+                 consistency_tol_mm="auto", n_jobs=None, verbose=0):
         self.embedder = embedder
         self.mode = mode
         self.search_radius_mm = search_radius_mm
@@ -108,6 +121,8 @@ class OneShotLandmarkDetector(BaseEstimator):
         self.chunk_size = chunk_size
         self.consistency = consistency
         self.consistency_tol_mm = consistency_tol_mm
+        self.n_jobs = n_jobs
+        self.verbose = verbose
 
     # ------------------------------------------------------------------ sklearn plumbing
     def __sklearn_clone__(self):
@@ -274,29 +289,73 @@ class OneShotLandmarkDetector(BaseEstimator):
         distances (n_images, n_points) in mm: ``(points, scores)`` or ``(points, scores, cycle)``.
         """
         check_is_fitted(self, "template_local_")
-        ims = check_images(images, name="images")
-        if ims[0].ndim != self.ndim_:
-            raise ValueError(f"images are {ims[0].ndim}D but the detector was fitted on {self.ndim_}D "
-                             f"templates")
-        kwargs = self._match_kwargs()
-        points = np.empty((len(ims), self.n_points_, self.ndim_))
-        scores = np.empty((len(ims), self.n_points_))
-        cycle = np.empty((len(ims), self.n_points_)) if self.cycle_check else None
-        for i in range(0, len(ims), self.batch_size):
-            embs = self._embed(self.embedder_, ims[i:i + self.batch_size])
-            for j, emb in enumerate(embs):
-                res = match_points(self.template_global_, self.template_local_, emb, **kwargs)
-                points[i + j] = res.points
-                scores[i + j] = res.scores
-                if self.consistency == "affine":
-                    self._affine_repair(emb, points[i + j], scores[i + j], kwargs)
-                if self.cycle_check:
-                    d = [cycle_consistency(t_emb, t_pts, emb, forward=res, **kwargs).distances_mm
-                         for t_emb, t_pts in zip(self.template_embeddings_, self.template_points_)]
-                    cycle[i + j] = np.mean(d, axis=0)
+        items = image_items(images, name="images")  # read lazily: many images, bounded memory
+        n_jobs = effective_n_jobs(self.n_jobs)
+        device = getattr(self.embedder_, "device_", "cpu")
+        if n_jobs > 1 and len(items) > 1 and str(device).startswith("cpu"):
+            out = self._predict_parallel(items, n_jobs)
+        else:
+            out = self._predict_items(items, 0, progress=True)
+        points, scores, cycle = out
         if not return_scores:
             return points
         return (points, scores, cycle) if self.cycle_check else (points, scores)
+
+    def _load(self, item, index):
+        return load_item(item, self.ndim_, "images", index,
+                         why=f"images are {'2D' if self.ndim_ == 3 else '3D'} but the detector was "
+                             f"fitted on {self.ndim_}D templates")
+
+    def _predict_items(self, items, offset, progress=False):
+        """Points, scores and cycle distances of ``items`` (serial; batches of ``batch_size``)."""
+        kwargs = self._match_kwargs()
+        n = len(items)
+        points = np.empty((n, self.n_points_, self.ndim_))
+        scores = np.empty((n, self.n_points_))
+        cycle = np.empty((n, self.n_points_)) if self.cycle_check else None
+        bar = progress_bar(self.verbose and progress and n > 1, n, "landmarks")
+        try:
+            for i in range(0, n, self.batch_size):
+                ims = [self._load(items[k], offset + k) for k in range(i, min(n, i + self.batch_size))]
+                embs = self._embed(self.embedder_, ims)
+                del ims
+                for j, emb in enumerate(embs):
+                    res = match_points(self.template_global_, self.template_local_, emb, **kwargs)
+                    points[i + j] = res.points
+                    scores[i + j] = res.scores
+                    if self.consistency == "affine":
+                        self._affine_repair(emb, points[i + j], scores[i + j], kwargs)
+                    if self.cycle_check:
+                        d = [cycle_consistency(t_emb, t_pts, emb, forward=res, **kwargs).distances_mm
+                             for t_emb, t_pts in zip(self.template_embeddings_, self.template_points_)]
+                        cycle[i + j] = np.mean(d, axis=0)
+                    if bar is not None:
+                        bar.update(1)
+                del embs
+        finally:
+            if bar is not None:
+                bar.close()
+        return points, scores, cycle
+
+    def _predict_parallel(self, items, n_jobs):
+        """One image per joblib (loky) task: each worker embeds and matches, and returns only its
+        small arrays (never the embeddings)."""
+        from joblib import Parallel, delayed
+        bar = progress_bar(self.verbose, len(items), "landmarks")
+        parts = []
+        try:
+            tasks = (delayed(_predict_task)(self, item, i) for i, item in enumerate(items))
+            for part in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
+                parts.append(part)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        points = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
+        cycle = np.concatenate([p[2] for p in parts]) if self.cycle_check else None
+        return points, scores, cycle
 
     def _affine_repair(self, emb, pts, scores, kwargs):
         """Search again, near a robust affine's prediction, the points that disagree with it
@@ -307,8 +366,12 @@ class OneShotLandmarkDetector(BaseEstimator):
         src = self.template_points_.mean(axis=0)
         if len(src) < self.ndim_ + 2:
             return
-        A, _ = ransac_affine(src, pts, tol)
-        expected = apply_affine(A, src)
+        from .registration import RegistrationError, fit_affine
+        try:
+            A, _ = fit_affine(src, pts, robust="ransac", residual_threshold_mm=tol, rng=0)
+        except RegistrationError:  # degenerate point layout: nothing to check against
+            return
+        expected = src @ A[:-1, :-1].T + A[:-1, -1]
         bad = np.linalg.norm(pts - expected, axis=1) > tol
         if not bad.any():
             return

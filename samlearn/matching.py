@@ -666,7 +666,7 @@ def _check_int(value, name: str, minimum: int) -> int:
 def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str = "sum",
                  search_radius_mm=None, refine: bool = True, top_k: int = 1,
                  min_distance_mm: Optional[float] = None,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, prior_points=None,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, centers_world=None, prior_points=None,
                  prior_radius_mm: Optional[float] = None) -> MatchResult:
     """Find the K template points in ``query``: the peak of the similarity map per point.
 
@@ -698,6 +698,11 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         Upper bound on the floats of any intermediate (similarity values of a slab of the grid,
         the features of a window copied for its product, window positions); the coarse ``S^g``
         map of a chunk of points is held whole.
+    centers_world : (K, ndim) array, optional
+        Centre the search windows on these world points (one per template point) instead of on
+        the ``S^g`` peaks: for a caller that already has a better prior than the coarse global
+        map, e.g. a registration's affine prediction. Needs a ``search_radius_mm`` and mode
+        ``"sum"`` or ``"local"``; ``global_points`` then reports these centres.
     prior_points, prior_radius_mm : (K, ndim) world mm and a radius (mm), optional
         Restrict the coarse (``S^g``) peak of point k to within ``prior_radius_mm`` of
         ``prior_points[k]`` (e.g. where a robust fit of all points says it must be). Applies to the
@@ -710,7 +715,13 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
     chunk_size = _check_int(chunk_size, "chunk_size", 1)
     radius = resolve_search_radius(search_radius_mm, query) if mode != "global" else None
     gmap, lmap = query.global_map, query.local_map
-    need_g = mode in ("sum", "global") or radius is not None
+    given_centres = None
+    if centers_world is not None:
+        if mode == "global" or radius is None:
+            raise ValueError(f"centers_world needs a search window: mode 'sum' or 'local' and a "
+                             f"search_radius_mm, got mode={mode!r}, search_radius_mm={search_radius_mm!r}")
+        given_centres = check_points(centers_world, query.ndim, name="centers_world")
+    need_g = mode in ("sum", "global") or (radius is not None and given_centres is None)
     need_l = mode in ("sum", "local")
     gv = _as_vectors(global_vectors, "global_vectors", gmap.n_channels, gmap.data.device) if need_g else None
     lv = _as_vectors(local_vectors, "local_vectors", lmap.n_channels, lmap.data.device) if need_l else None
@@ -732,6 +743,12 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         if radius is None and mode != "global":
             raise ValueError("prior_points needs a coarse-to-fine search: set search_radius_mm, "
                              "or use mode='global'")
+    if given_centres is not None and prior is not None:
+        raise ValueError("give centers_world (fixed window centres) or prior_points (a region for the "
+                         "coarse peak), not both")
+    if given_centres is not None and len(given_centres) != n_points:
+        raise ValueError(f"centers_world has {len(given_centres)} points but {n_points} template "
+                         f"vectors were given; give one centre per point")
 
     search_geom = gmap.geometry if mode == "global" else lmap.geometry
     if min_distance_mm is None:
@@ -756,12 +773,16 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         sl = slice(p0, p0 + point_step)
         g_chunk = gv[sl] if gv is not None else None
         l_chunk = lv[sl] if lv is not None else None
-        centres = gpts = None
+        centres = gpts = gsc = None
         pc = None
         if prior is not None:
             pc = torch.as_tensor(gmap.geometry.world_to_array_index(prior[sl]), dtype=torch.float32,
                                  device=gmap.data.device)
-        if radius is not None:
+        if given_centres is not None:
+            gpts = given_centres[sl]
+            centres = torch.as_tensor(lmap.geometry.world_to_array_index(gpts), dtype=torch.float32,
+                                      device=lmap.data.device)
+        elif radius is not None:
             gsc = _Scorer("global", g_chunk, None, query, chunk_size)
             if pc is not None:
                 gval, gflat = _full_search(gsc, 1, np.ones(gmap.ndim, int), pc, float(prior_radius_mm))
@@ -771,7 +792,7 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
             gpts = gmap.geometry.array_index_to_world(gidx.cpu().numpy())
             centres = torch.as_tensor(lmap.geometry.world_to_array_index(gpts), dtype=torch.float32,
                                       device=lmap.data.device)
-        sc = _Scorer(mode, g_chunk, l_chunk, query, chunk_size, sg=None if radius is None else gsc.sg)
+        sc = _Scorer(mode, g_chunk, l_chunk, query, chunk_size, sg=None if gsc is None else gsc.sg)
         if radius is not None:
             nb = int(np.prod(_window_box(radius, search_geom)))
             if nb <= _WINDOW_MAX_FRACTION * n_search:
@@ -805,64 +826,6 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         grid=search_geom, hypotheses=hyp, hypothesis_scores=vals,
         global_points=None if radius is None else np.concatenate(out_gpts, 0),
         search_radius_mm=radius)
-
-
-# ============================================================================ robust affine
-
-
-def fit_affine(src, dst, weights=None) -> np.ndarray:
-    """Least-squares affine ``dst ~ A @ [src, 1]``: returns the (ndim+1, ndim+1) homogeneous
-    matrix mapping ``src`` points (n, ndim) onto ``dst`` points (optionally weighted)."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    n, d = src.shape
-    X = np.hstack([src, np.ones((n, 1))])
-    if weights is not None:
-        w = np.sqrt(np.clip(np.asarray(weights, dtype=np.float64), 0, None))[:, None]
-        X, dst = X * w, dst * w
-    sol, *_ = np.linalg.lstsq(X, dst, rcond=None)
-    A = np.eye(d + 1)
-    A[:d, :] = sol.T
-    return A
-
-
-def apply_affine(A: np.ndarray, points) -> np.ndarray:
-    pts = np.asarray(points, dtype=np.float64)
-    return pts @ A[:-1, :-1].T + A[:-1, -1]
-
-
-def ransac_affine(src, dst, tol_mm: float, *, n_trials: int = 256, random_state=0):
-    """Affine from point correspondences that survives outliers (RANSAC, then least squares on
-    the inliers). Returns ``(A, inlier_mask)``; ``A`` is the homogeneous (ndim+1)^2 matrix mapping
-    ``src`` onto ``dst``. Deterministic for a given ``random_state``."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    n, d = src.shape
-    ok = np.all(np.isfinite(src), 1) & np.all(np.isfinite(dst), 1)
-    if ok.sum() < d + 1:
-        raise ValueError(f"an affine needs at least {d + 1} finite correspondences, got {int(ok.sum())}")
-    rng = np.random.default_rng(random_state)
-    idx_ok = np.flatnonzero(ok)
-    best = None
-    for _ in range(n_trials):
-        pick = rng.choice(idx_ok, size=d + 1, replace=False)
-        if abs(np.linalg.det(np.hstack([src[pick], np.ones((d + 1, 1))]))) < 1e-9:
-            continue  # degenerate (collinear) sample
-        A = fit_affine(src[pick], dst[pick])
-        res = np.linalg.norm(apply_affine(A, src) - dst, axis=1)
-        inl = ok & (res <= tol_mm)
-        key = (inl.sum(), -np.sum(np.minimum(res[ok], tol_mm)))
-        if best is None or key > best[0]:
-            best = (key, inl)
-    inliers = best[1] if best is not None and best[1].sum() >= d + 1 else ok
-    A = fit_affine(src[inliers], dst[inliers])
-    # one re-estimation round: inliers of the refined fit
-    res = np.linalg.norm(apply_affine(A, src) - dst, axis=1)
-    refined = ok & (res <= tol_mm)
-    if refined.sum() >= d + 1:
-        inliers = refined
-        A = fit_affine(src[inliers], dst[inliers])
-    return A, inliers
 
 
 # ============================================================================ cycle consistency

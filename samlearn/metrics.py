@@ -12,12 +12,15 @@ explicitly missing (NaN), which are reported as such.
   percentile, maximum and the success detection rate (SDR: share of errors ``<= r``) for each radius.
 * :func:`target_registration_error` -- per-point distance between mapped and true target points of a
   registration (TRE).
+* :func:`points_in_boxes` -- whether each matched point lies inside its lesion's box (the lesion
+  matching accuracy of SAM §IV-A: a match is correct if it falls in the lesion's bounding box).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["radial_errors", "landmark_summary", "target_registration_error", "DEFAULT_RADII"]
+__all__ = ["radial_errors", "landmark_summary", "target_registration_error", "points_in_boxes",
+           "DEFAULT_RADII"]
 
 #: Radii of the ISBI 2015 cephalometric challenge (mm); pass ``radii=`` in your own unit otherwise.
 DEFAULT_RADII = (2.0, 2.5, 3.0, 4.0)
@@ -169,3 +172,45 @@ def target_registration_error(mapped, true) -> np.ndarray:
             rows = np.unique(np.nonzero(~np.isfinite(a))[0])[:5].tolist()
             raise ValueError(f"{name} contains non-finite coordinates (rows {rows})")
     return np.linalg.norm(m - t, axis=1)
+
+
+def points_in_boxes(points, boxes, margin_mm=0.0) -> np.ndarray:
+    """Whether each point lies inside its axis-aligned box (borders included).
+
+    Parameters
+    ----------
+    points : array (..., ndim)
+        Matched points, world mm (``(x, y[, z])``); NaN rows (a lesion reported as not found) count
+        as *not* inside.
+    boxes : array (..., 2 * ndim)
+        One box per point, same leading shape: the minimum corner then the maximum corner,
+        ``(x0, y0[, z0], x1, y1[, z1])`` in world mm (as ``LesionMatcher`` takes them).
+    margin_mm : float
+        Grow every box by this much on each side (0: the box itself).
+
+    Returns
+    -------
+    inside : bool array of shape ``points.shape[:-1]``. The lesion matching accuracy is its mean.
+    """
+    p = _as_float_array(points, "points")
+    b = _as_float_array(boxes, "boxes")
+    if p.ndim < 1 or p.shape[-1] not in (2, 3):
+        raise ValueError(f"points must have shape (..., ndim) with ndim 2 or 3, got shape {p.shape}")
+    ndim = p.shape[-1]
+    if b.shape != p.shape[:-1] + (2 * ndim,):
+        raise ValueError(f"boxes must have shape {p.shape[:-1] + (2 * ndim,)} (one (min corner, max "
+                         f"corner) box of {2 * ndim} values per point), got shape {b.shape}")
+    if not np.all(np.isfinite(b)):
+        raise ValueError("boxes contains non-finite values")
+    lo, hi = b[..., :ndim], b[..., ndim:]
+    if np.any(lo > hi):
+        where = np.argwhere(np.any(lo > hi, axis=-1))[:5].tolist()
+        raise ValueError(f"boxes must give the minimum corner first: min > max at indices {where}")
+    if np.any(np.isinf(p)):
+        raise ValueError("points contains infinite coordinates (use NaN for a point not found)")
+    m = float(margin_mm)
+    if not np.isfinite(m) or m < 0:
+        raise ValueError(f"margin_mm must be a finite non-negative number, got {margin_mm!r}")
+    with np.errstate(invalid="ignore"):
+        inside = np.all((p >= lo - m) & (p <= hi + m), axis=-1)
+    return inside & np.all(np.isfinite(p), axis=-1)

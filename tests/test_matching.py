@@ -445,22 +445,28 @@ def test_max_filter_equals_a_brute_force_box_maximum(shape, half):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_ransac_affine_survives_outliers():
-    from samlearn.matching import apply_affine, fit_affine, ransac_affine
+@pytest.mark.parametrize("mode", ["sum", "local"])
+def test_given_window_centres_replace_the_global_peak(mode):
+    """centers_world: windows centred on a caller's prior (e.g. a registration's affine
+    prediction) instead of the S^g peaks. A good prior finds the truth; a prior moved away from
+    it keeps the search inside its own window."""
+    emb, tmpl, query, pts, truth = _fake_query(3, 70)
+    et, eq = emb.transform([tmpl, query])
+    gv, lv = template_vectors(et, pts)
     rng = np.random.default_rng(0)
-    for ndim in (2, 3):
-        A = np.eye(ndim + 1)
-        A[:ndim, :ndim] = np.eye(ndim) * 1.1 + rng.normal(0, 0.1, (ndim, ndim))
-        A[:ndim, ndim] = rng.uniform(-20, 20, ndim)
-        src = rng.uniform(-100, 100, (30, ndim))
-        dst = apply_affine(A, src) + rng.normal(0, 0.5, (30, ndim))
-        bad = rng.choice(30, 9, replace=False)
-        dst[bad] += rng.uniform(40, 80, (9, ndim)) * rng.choice([-1, 1], (9, ndim))
-        est, inl = ransac_affine(src, dst, tol_mm=3.0)
-        assert set(np.flatnonzero(~inl)) == set(bad)
-        np.testing.assert_allclose(est[:ndim, :ndim], A[:ndim, :ndim], atol=0.02)
-        np.testing.assert_allclose(est[:ndim, ndim], A[:ndim, ndim], atol=0.5)  # noise 0.5 mm
-        plain = fit_affine(src, dst)
-        assert np.abs(plain - A).max() > 0.1  # least squares alone is pulled off
-    with pytest.raises(ValueError, match="at least 3"):
-        ransac_affine(np.zeros((2, 2)), np.zeros((2, 2)), 1.0)
+    prior = truth + rng.normal(0, 1.5, truth.shape)
+    res = match_points(gv if mode == "sum" else None, lv, eq, mode=mode, search_radius_mm=8.0,
+                       centers_world=prior)
+    assert np.abs(res.points - truth).max() < 0.35 * eq.local_map.geometry.spacing.max()
+    np.testing.assert_allclose(res.global_points, prior)
+    far = truth + np.array([12.0, 0.0, 0.0])
+    assert eq.local_map.geometry.contains(far).all()
+    res_far = match_points(gv, lv, eq, mode=mode, search_radius_mm=8.0, centers_world=far)
+    d = np.linalg.norm(res_far.points - far, axis=1)
+    assert np.all(d <= 8.0 + 0.5 * np.linalg.norm(eq.local_map.geometry.spacing) + 1e-6)
+    with pytest.raises(ValueError, match="centers_world needs a search window"):
+        match_points(gv, lv, eq, search_radius_mm=None, centers_world=prior)
+    with pytest.raises(ValueError, match="centers_world needs a search window"):
+        match_points(gv, lv, eq, mode="global", search_radius_mm=8.0, centers_world=prior)
+    with pytest.raises(ValueError, match="one centre per point"):
+        match_points(gv, lv, eq, search_radius_mm=8.0, centers_world=prior[:2])

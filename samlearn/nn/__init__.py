@@ -2,6 +2,6 @@
 diverse negatives, and I3D inflation of 2D ImageNet weights. No sklearn, no I/O besides reading a
 local weights file on request."""
 from .loss import LossConfig, sam_loss
-from .network import RESNET_LAYERS, NetworkConfig, SAMNet
+from .network import RESNET_LAYERS, NetworkConfig, SAMBackbone, SAMNet
 
-__all__ = ["LossConfig", "NetworkConfig", "SAMNet", "RESNET_LAYERS", "sam_loss"]
+__all__ = ["LossConfig", "NetworkConfig", "SAMNet", "SAMBackbone", "RESNET_LAYERS", "sam_loss"]

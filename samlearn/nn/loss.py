@@ -14,6 +14,15 @@ Inputs per batch of ``B`` patch pairs:
 * ``image_ids`` (B,): which source image each pair came from (random negatives come only from
   *other* images).
 
+Pairs across two images (semi-supervised training, paper §IV-H): patch 1 of a pair may come from
+image A and patch 2 from image B, the positives being the same labelled landmark in both. Then the
+two patches have different source frames, so the loss takes the positive's position per patch:
+``pos_mm`` in patch 1's source frame and ``pos_mm2`` in patch 2's, and ``image_ids`` of shape
+(B, 2) (the source image of each patch). Candidates of patch 1 are excluded within ``delta_mm`` of
+``pos_mm``, candidates of patch 2 within ``delta_mm`` of ``pos_mm2``; random negatives come only from
+images that are neither of the pair's two. Without ``pos_mm2`` (and with 1-D ``image_ids``) the
+computation is exactly the single-image one.
+
 Global loss: for each anchor, the ``n_hard`` most similar voxels of both patches' global maps that
 are farther than ``delta_mm`` from the positive (hard negatives) plus ``n_random`` random global
 voxels of other images in the batch. Local loss: candidates ranked by the combined similarity
@@ -29,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LossConfig", "sam_loss", "sample_vectors", "info_nce_from_logits",
+__all__ = ["LossConfig", "sam_loss", "sample_vectors", "info_nce_from_logits", "far_mask",
            "hard_negative_indices", "random_negative_indices", "diverse_local_negative_indices"]
 
 NEG_INF = float("-inf")
@@ -54,10 +63,11 @@ def sample_vectors(maps: torch.Tensor, u: torch.Tensor, stride) -> torch.Tensor:
     B, C = maps.shape[:2]
     S = maps.shape[2:]
     ndim = len(S)
-    s = torch.as_tensor(stride, dtype=u.dtype, device=u.device)
-    size = torch.as_tensor(S, dtype=u.dtype, device=u.device)
-    norm = 2.0 * (u + 0.5) / (s * size) - 1.0  # align_corners=False normalisation
-    grid = norm.flip(-1).view(B, *([1] * (ndim - 1)), u.shape[1], ndim)
+    # align_corners=False normalisation 2 (u + 0.5) / (s n) - 1, per axis with Python scalars: a
+    # tensor built from the stride would be a host-to-device copy, which synchronises on CUDA.
+    # Reversed axis order: grid_sample wants (x, y[, z]).
+    cols = [(u[..., d] + 0.5) * (2.0 / (float(stride[d]) * S[d])) - 1.0 for d in reversed(range(ndim))]
+    grid = torch.stack(cols, -1).view(B, *([1] * (ndim - 1)), u.shape[1], ndim)
     out = F.grid_sample(maps, grid.to(maps.dtype), mode="bilinear", padding_mode="border", align_corners=False)
     out = out.reshape(B, C, -1).transpose(1, 2)
     return F.normalize(out, dim=-1)
@@ -77,12 +87,25 @@ def _flat_coords(coords):
     return coords.flatten(2).transpose(1, 2)  # (B, N, ndim)
 
 
+def far_mask(pos_mm, cand_mm, delta_mm: float, pos_mm2=None, n_first=None) -> torch.Tensor:
+    """(B, n, N) mask of the candidates farther than ``delta_mm`` from the positive. ``cand_mm``
+    (B, N, ndim); ``pos_mm`` (B, n, ndim). With ``pos_mm2`` (pairs across two images), the first
+    ``n_first`` candidates (patch 1) are measured from ``pos_mm`` and the rest (patch 2) from
+    ``pos_mm2``."""
+    if pos_mm2 is None:
+        return torch.cdist(pos_mm, cand_mm) > delta_mm
+    return torch.cat([torch.cdist(pos_mm, cand_mm[:, :n_first]),
+                      torch.cdist(pos_mm2, cand_mm[:, n_first:])], -1) > delta_mm
+
+
 def hard_negative_indices(sim: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torch.Tensor,
-                          k: int, delta_mm: float):
+                          k: int, delta_mm: float, far=None):
     """Top-``k`` most similar candidates farther than ``delta_mm`` from the positive.
-    ``sim`` (B, n, N), ``cand_mm`` (B, N, ndim), ``pos_mm`` (B, n, ndim). Returns the indices
-    (B, n, k) and a validity mask (False where fewer than k candidates qualify)."""
-    far = torch.cdist(pos_mm, cand_mm) > delta_mm
+    ``sim`` (B, n, N), ``cand_mm`` (B, N, ndim), ``pos_mm`` (B, n, ndim); ``far`` (B, n, N), when
+    given, replaces the distance test (see :func:`far_mask`). Returns the indices (B, n, k) and a
+    validity mask (False where fewer than k candidates qualify)."""
+    if far is None:
+        far = torch.cdist(pos_mm, cand_mm) > delta_mm
     masked = sim.detach().masked_fill(~far, NEG_INF)
     k = min(k, sim.shape[-1])
     vals, idx = masked.topk(k, dim=-1)
@@ -92,10 +115,16 @@ def hard_negative_indices(sim: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torc
 def random_negative_indices(image_ids: torch.Tensor, n_per_map: int, k: int, generator=None):
     """For each pair b, ``k`` random voxel indices into the pooled global voxels of all 2B patches
     (layout: pair-major, patch 1 then patch 2, each ``n_per_map`` voxels) drawn only from pairs whose
-    source image differs from pair b's. Returns indices (B, k) and a validity mask."""
-    B = image_ids.shape[0]
-    owner = image_ids.repeat_interleave(2 * n_per_map)  # image id of every pooled voxel
-    allowed = owner.unsqueeze(0) != image_ids.unsqueeze(1)  # (B, 2B*N)
+    source image differs from pair b's. ``image_ids`` (B,) (both patches of a pair from one image) or
+    (B, 2) (the image of each patch): a voxel is allowed when its image is neither of pair b's.
+    Returns indices (B, k) and a validity mask."""
+    if image_ids.dim() == 1:
+        B = image_ids.shape[0]
+        owner = image_ids[:, None].expand(B, 2 * n_per_map).reshape(-1)  # image id of every pooled voxel
+        allowed = owner.unsqueeze(0) != image_ids.unsqueeze(1)  # (B, 2B*N)
+    else:
+        owner = image_ids.repeat_interleave(n_per_map, dim=1).reshape(-1)
+        allowed = (owner.unsqueeze(0) != image_ids[:, :1]) & (owner.unsqueeze(0) != image_ids[:, 1:2])
     keys = torch.rand(allowed.shape, generator=generator, device=image_ids.device)
     keys = keys.masked_fill(~allowed, NEG_INF)
     k = min(k, keys.shape[1])
@@ -105,7 +134,7 @@ def random_negative_indices(image_ids: torch.Tensor, n_per_map: int, k: int, gen
 
 def diverse_local_negative_indices(rank: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torch.Tensor,
                                    n_candidates: int, k: int, delta_mm: float, generator=None,
-                                   threshold_sample: int = 2048):
+                                   threshold_sample: int = 2048, far=None):
     """Rank candidates by ``rank`` (B, n, N) = S^g + S^l, exclude those within ``delta_mm`` of the
     positive, keep the top ``n_candidates`` and draw ``k`` of them at random without replacement.
     Returns indices (B, n, k) into N and a validity mask.
@@ -115,8 +144,10 @@ def diverse_local_negative_indices(rank: torch.Tensor, cand_mm: torch.Tensor, po
     selection (``kthvalue``) computed on ``threshold_sample`` random columns when N is larger
     (the quantile estimate is within about 1% of N); the random draw walks one shared random
     permutation of the columns and keeps, per row, the first ``k`` qualifying candidates, which
-    is a uniform draw without replacement from that row's top set."""
-    far = torch.cdist(pos_mm, cand_mm) > delta_mm
+    is a uniform draw without replacement from that row's top set. ``far`` (B, n, N), when given,
+    replaces the distance test (see :func:`far_mask`)."""
+    if far is None:
+        far = torch.cdist(pos_mm, cand_mm) > delta_mm
     masked = rank.detach().masked_fill(~far, NEG_INF)
     N = rank.shape[-1]
     nc = min(n_candidates, N)
@@ -144,10 +175,12 @@ def diverse_local_negative_indices(rank: torch.Tensor, cand_mm: torch.Tensor, po
 
 
 def sam_loss(g1, g2, l1, l2, pos1, pos2, pos_mm, cg1, cg2, cl1, cl2, image_ids,
-             global_stride, local_stride, config: LossConfig = LossConfig(), generator=None):
+             global_stride, local_stride, config: LossConfig = LossConfig(), generator=None,
+             pos_mm2=None):
     """The SAM training loss. Returns ``(loss, stats)``; stats holds detached 0-d tensors (no
     host-device synchronisation: convert them only when logging). ``generator`` is a
-    ``torch.Generator`` on the maps' device driving the random draws."""
+    ``torch.Generator`` on the maps' device driving the random draws. ``pos_mm2`` (B, n_pos, ndim)
+    and ``image_ids`` of shape (B, 2): pairs whose patches may come from two images (module doc)."""
     cfg = config
     B = g1.shape[0]
     inv_tau = 1.0 / cfg.tau
@@ -167,12 +200,21 @@ def sam_loss(g1, g2, l1, l2, pos1, pos2, pos_mm, cg1, cg2, cl1, cl2, image_ids,
     ridx, rvalid = random_negative_indices(image_ids, Ng, cfg.n_random, generator)
     rneg = pool[ridx]                                             # (B, k, C)
 
+    # distance exclusion (no gradient): the same for both anchor directions
+    if pos_mm2 is None:
+        gfar = lfar = None
+    else:
+        pos_mm2 = pos_mm2.to(pos_mm.dtype)
+        gfar = far_mask(pos_mm, gcand_mm, cfg.delta_mm, pos_mm2, Ng)
+        lfar = far_mask(pos_mm, lcand_mm, cfg.delta_mm, pos_mm2, l1[0, 0].numel())
+
     losses_g, losses_l = [], []
     stats = {}
     for anchor_g, pos_g, anchor_l, pos_l in ((fg1, fg2, fl1, fl2), (fg2, fg1, fl2, fl1)):
         # ---- global: hard + random negatives
         sim_g = torch.bmm(anchor_g, gcand.transpose(1, 2))       # (B, n, 2Ng)
-        hidx, hvalid = hard_negative_indices(sim_g, gcand_mm, pos_mm, cfg.n_hard, cfg.delta_mm)
+        hidx, hvalid = hard_negative_indices(sim_g, gcand_mm, pos_mm, cfg.n_hard, cfg.delta_mm,
+                                              far=gfar)
         hard = sim_g.gather(-1, hidx).masked_fill(~hvalid, NEG_INF)
         rand = torch.bmm(anchor_g, rneg.transpose(1, 2)).masked_fill(~rvalid.unsqueeze(1), NEG_INF)
         pos_logit_g = (anchor_g * pos_g).sum(-1) * inv_tau
@@ -190,7 +232,7 @@ def sam_loss(g1, g2, l1, l2, pos1, pos2, pos_mm, cg1, cg2, cl1, cl2, image_ids,
                                   align_corners=False).reshape(B, n, -1)
             rank = sg_up + sim_l
         lidx, lvalid = diverse_local_negative_indices(rank, lcand_mm, pos_mm, cfg.n_candidates,
-                                                      cfg.n_local, cfg.delta_mm, generator)
+                                                      cfg.n_local, cfg.delta_mm, generator, far=lfar)
         neg_l = sim_l.gather(-1, lidx).masked_fill(~lvalid, NEG_INF) * inv_tau
         pos_logit_l = (anchor_l * pos_l).sum(-1) * inv_tau
         losses_l.append(info_nce_from_logits(pos_logit_l, neg_l))

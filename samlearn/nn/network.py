@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["NetworkConfig", "SAMNet", "RESNET_LAYERS"]
+__all__ = ["NetworkConfig", "SAMNet", "SAMBackbone", "RESNET_LAYERS", "receptive_reach"]
 
 RESNET_LAYERS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
@@ -144,6 +144,81 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+def _build_encoder(cfg: NetworkConfig):
+    """The ResNet encoder of :class:`SAMNet` (and :class:`SAMBackbone`): ``(stem, stages)``."""
+    nd = cfg.ndim
+    conv, bn = _conv(nd), _bn(nd)
+    ch = cfg.channels
+    layers = RESNET_LAYERS[cfg.depth]
+    stem_pool = _pool(nd, "avg", cfg.stem_stride)
+    stem = nn.Sequential(stem_pool, conv(cfg.in_channels, ch[0], cfg.stem_kernel,
+                                         padding=cfg.stem_kernel // 2, bias=False),
+                         bn(ch[0]), nn.ReLU(inplace=True))
+    stages = []
+    cin = ch[0]
+    for i in range(cfg.n_stages):
+        stride = cfg.stage_strides[i]
+        blocks = []
+        if i == 0:  # Conv2_x downsamples by max pooling (paper, Fig. 4)
+            blocks.append(_pool(nd, "max", stride))
+            stride = (1,) * nd
+        for j in range(layers[i]):
+            blocks.append(BasicBlock(nd, cin, ch[i], stride if j == 0 else (1,) * nd))
+            cin = ch[i]
+        stages.append(nn.Sequential(*blocks))
+    return stem, nn.ModuleList(stages)
+
+
+def _init_resnet(module: nn.Module) -> None:
+    """Kaiming-normal convolutions, unit BatchNorms, and the last BN of every residual branch
+    zeroed (blocks start as identities)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+
+
+class SAMBackbone(nn.Module):
+    """The encoder of :class:`SAMNet` alone: the same ``stem`` and ``stages`` modules (so the same
+    state-dict keys, ``stem.*`` and ``stages.<i>.*``), for initialising other networks, e.g. a
+    U-Net's encoder for segmentation (paper §IV-G). Load trained weights with
+    ``SAMBackbone(config).load_state_dict(embedder.backbone_state_dict())``.
+
+    ``forward(x)`` returns the list of stage outputs (Conv2_x, Conv3_x, ...), stage ``i`` with
+    ``config.channels[i]`` channels at total stride ``config.level_strides()[i]``. The input must be
+    a multiple of the total stride along every axis (no padding here, unlike :class:`SAMNet`).
+    """
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.config = config
+        self.stem, self.stages = _build_encoder(config)
+        _init_resnet(self)
+
+    @property
+    def channels(self):
+        return list(self.config.channels)
+
+    def forward(self, x: torch.Tensor):
+        tot = self.config.global_stride
+        if any(n % s for n, s in zip(x.shape[2:], tot)):
+            raise ValueError(f"input spatial shape {tuple(x.shape[2:])} must be a multiple of the "
+                             f"total stride {tuple(tot)} on every axis")
+        feats = []
+        h = self.stem(x)
+        for stage in self.stages:
+            h = stage(h)
+            feats.append(h)
+        return feats
+
+
 class SAMNet(nn.Module):
     """ResNet + FPN with a global head on the coarsest level and a local head on level
     ``local_level``. ``forward(x)`` returns ``(F_global, F_local)``, both L2-normalised along the
@@ -153,26 +228,9 @@ class SAMNet(nn.Module):
         super().__init__()
         self.config = cfg = config
         nd = cfg.ndim
-        conv, bn = _conv(nd), _bn(nd)
+        conv = _conv(nd)
         ch = cfg.channels
-        layers = RESNET_LAYERS[cfg.depth]
-        stem_pool = _pool(nd, "avg", cfg.stem_stride)
-        self.stem = nn.Sequential(stem_pool, conv(cfg.in_channels, ch[0], cfg.stem_kernel,
-                                                  padding=cfg.stem_kernel // 2, bias=False),
-                                  bn(ch[0]), nn.ReLU(inplace=True))
-        stages = []
-        cin = ch[0]
-        for i in range(cfg.n_stages):
-            stride = cfg.stage_strides[i]
-            blocks = []
-            if i == 0:  # Conv2_x downsamples by max pooling (paper, Fig. 4)
-                blocks.append(_pool(nd, "max", stride))
-                stride = (1,) * nd
-            for j in range(layers[i]):
-                blocks.append(BasicBlock(nd, cin, ch[i], stride if j == 0 else (1,) * nd))
-                cin = ch[i]
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.ModuleList(stages)
+        self.stem, self.stages = _build_encoder(cfg)
         top = cfg.n_stages - 1
         self.lateral = nn.ModuleList([conv(ch[i], cfg.fpn_channels, 1) for i in range(cfg.local_level, cfg.n_stages)])
         self.global_head = self._head(cfg)
@@ -189,18 +247,7 @@ class SAMNet(nn.Module):
                              conv(cfg.fpn_channels, cfg.embed_dim, 1))
 
     def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # zero-init the last BN of each residual branch: blocks start as identities (stable start)
-        for m in self.modules():
-            if isinstance(m, BasicBlock):
-                nn.init.zeros_(m.bn2.weight)
+        _init_resnet(self)
 
     @property
     def total_stride(self):
@@ -241,3 +288,38 @@ class SAMNet(nn.Module):
         g = g[(slice(None), slice(None)) + tuple(slice(0, n) for n in gs)]
         loc = loc[(slice(None), slice(None)) + tuple(slice(0, n) for n in ls)]
         return g, loc
+
+
+def receptive_reach(config: NetworkConfig):
+    """How far (in input voxels, per axis in numpy order) the value of a map voxel can depend on
+    input beyond its own stride cell: ``(global_reach, local_reach)``.
+
+    Feature voxel ``i`` of a map with stride ``s`` covers the input cell ``[s*i, s*i + s - 1]``; its
+    value depends only on input voxels within ``reach`` of that cell on each side. An upper bound,
+    derived from the architecture (3x3(x3) convolutions, pooling with kernel = stride, the FPN's
+    two-tap linear upsampling, the 3x3(x3) heads); used to choose the halo of tiled inference, which
+    then reproduces a one-pass embedding exactly (up to float rounding) when BatchNorm is in eval
+    mode. ``tests/test_inference.py`` checks the bound against gradients of a random network.
+    """
+    cfg = config
+    nd = cfg.ndim
+    layers = RESNET_LAYERS[cfg.depth]
+    glob, loc = [], []
+    for d in range(nd):
+        jump = cfg.stem_stride[d]
+        reach = (cfg.stem_kernel // 2) * jump
+        stage_reach, stage_jump = [], []
+        for i in range(cfg.n_stages):
+            jump *= cfg.stage_strides[i][d]          # max pool (stage 0) or the first block's pool
+            reach += 2 * jump * layers[i]            # two 3x3(x3) convolutions per block
+            stage_reach.append(reach)
+            stage_jump.append(jump)
+        top = cfg.n_stages - 1
+        glob.append(stage_reach[top] + stage_jump[top])  # + global head (3x3(x3))
+        lvl = top - 1 if top > cfg.local_level else top
+        r = stage_reach[lvl]
+        for f in range(lvl - 1, cfg.local_level - 1, -1):  # top-down: upsample level f+1 onto f
+            jc, jf = stage_jump[f + 1], stage_jump[f]
+            r = max(stage_reach[f], r + jc + math.ceil((jc - jf) / 2))
+        loc.append(r + stage_jump[cfg.local_level])       # + local head (3x3(x3))
+    return tuple(glob), tuple(loc)
