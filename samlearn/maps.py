@@ -174,7 +174,7 @@ def save_embedding(embedding: Embedding, path) -> Path:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **fields)
         else:
-            torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in fields.items()}, tmp)
+            torch.save({k: torch.from_numpy(np.array(v, copy=True)) for k, v in fields.items()}, tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -17,9 +17,10 @@ from samlearn import plot as splot  # noqa: E402
 DIRECTION = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
-def blob_image(centre, shape=(30, 36, 40), spacing=(1.5, 2.0, 3.0), origin=(20.0, -35.0, 60.0),
+def blob_image(centre, shape=(30, 36, 40), spacing=(1.5, 2.0, 3.0), origin=(33.5, 34.25, 45.0),
                direction=DIRECTION, width=4.0):
-    """A bright Gaussian blob at world point ``centre`` on a grid with the given geometry."""
+    """A bright Gaussian blob at world point ``centre`` on a grid with the given geometry (by
+    default the grid spans x -55..35, y -25..35, z 44..116 mm)."""
     geom_img = Image.from_array(np.zeros(shape, np.float32), spacing=spacing, origin=origin,
                                 direction=direction)
     idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3)
