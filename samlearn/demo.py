@@ -285,7 +285,7 @@ def _figure(path, emb, det, test, truth, pred, reg_pred, used, err, say):
                    names=[n.replace("_", " ") for n in used],
                    title=f"held-out phantom {i}, {len(used)} landmarks: one-shot detector")
     plot_landmarks(im, true=truth[i], predicted=reg_pred[i], view="coronal", ax=axs[0, 1], legend=False,
-                   title="the same phantom: SAM-affine + SAM-coarse (green: true, red: samlearn)")
+                   title="SAM-affine + SAM-coarse (green: true, red: found)")
     e = emb.transform([im])[0]
     sim = similarity_map(e, det.template_global_[j], det.template_local_[j])
     plot_similarity(im, sim, point=pred[i, j], true=truth[i, j], view="axial", ax=axs[1, 0],
