@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train on synthetic CT phantoms and find 20 landmarks one-shot (no data needed)",
         description="The main job on an embedded default: generate synthetic CT torso phantoms, train "
                     "a ct-lite SAMEmbedder on the training phantoms for --minutes, mark the 20 "
-                    "landmarks on one training phantom and find them in held-out phantoms; compare "
+                    "landmarks on one training phantom and find them in held-out phantoms, with the "
+                    "one-shot detector and through SAM-affine + SAM-coarse registration; compare "
                     "with copying the template coordinates and with SimpleITK's intensity-based "
                     "affine registration; write a table, the model and a figure to --out.")
     demo.add_argument("--minutes", type=_positive_float, default=4.0,
