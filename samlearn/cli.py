@@ -1,28 +1,75 @@
 """The ``samlearn`` command-line tool (also ``python -m samlearn``).
 
 One function per subcommand (``_cmd_<name>(args) -> exit code``), registered in
-:func:`build_parser`. Errors in the user's input print one line to stderr and exit with code 2;
-a failure while running exits with code 1.
+:func:`build_parser`. Bad command-line syntax (argparse) and bad inputs (a missing file, a CSV
+without the expected columns, points outside the image, an unreadable model file) exit with code
+2; a failure while running (a registration without enough confident matches, an unexpected error)
+exits with code 1. Both
+print ``samlearn COMMAND: error: <one line>`` to stderr, without a traceback (set
+``SAMLEARN_DEBUG=1`` to see it). File formats: see :mod:`samlearn._cli_io` and the README.
+Heavy modules (torch, the estimators) are imported inside the commands, so ``--help`` is instant.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-# files a folder given to `samlearn train` is searched for (DICOM: see collect_images)
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg",
-                  ".tif", ".tiff", ".bmp")
+from ._cli_io import (IMAGE_SUFFIXES, CLIError, collect_images, image_stem,  # noqa: F401 (re-exported)
+                      one_line, read_lesions_csv, read_points_csv, write_csv)
 
 
-class CLIError(Exception):
-    """A problem with the command line or its inputs (exit code 2)."""
+# ---------------------------------------------------------------------------- shared helpers
+def _set_threads(args) -> None:
+    n = getattr(args, "threads", None)
+    if n is None:
+        return
+    import torch
+    torch.set_num_threads(int(n))
 
 
+def _load_model(path):
+    if not Path(path).is_file():
+        raise CLIError(f"model file does not exist: '{path}' (train one with `samlearn train` or run "
+                       f"`samlearn demo`, which writes one)")
+    from . import load
+    return load(path)
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+    return v
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return v
+
+
+def _fmt(v) -> str:
+    return f"{float(v):.3f}"
+
+
+def _log(args, text) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- info
 def _cmd_info(args) -> int:
     import numpy
     import SimpleITK
@@ -36,55 +83,17 @@ def _cmd_info(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- demo
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(minutes=args.minutes, out=args.out, seed=args.seed, n_train=args.subjects,
+             n_test=args.test, threads=args.threads, device=args.device, baseline=not args.no_baseline,
+             figure=not args.no_figure, verbose=0 if args.quiet else 1)
+    return 0
+
+
 # ---------------------------------------------------------------------------- train
-
-
-def _is_image_file(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and not name.startswith(".") and name.endswith(IMAGE_SUFFIXES)
-
-
-def _is_dicom_series(folder: Path) -> bool:
-    return any(f.is_file() and f.name.lower().endswith(".dcm") for f in folder.iterdir())
-
-
-def _images_in_folder(folder: Path) -> list:
-    """A folder's images: its image files (sorted, not recursive); a folder of ``.dcm`` files is
-    one DICOM series; otherwise its sub-folders that are DICOM series."""
-    files = sorted(str(f) for f in folder.iterdir() if _is_image_file(f))
-    if files:
-        return files
-    if _is_dicom_series(folder):
-        return [str(folder)]
-    return sorted(str(d) for d in folder.iterdir() if d.is_dir() and _is_dicom_series(d))
-
-
-def collect_images(sources) -> list:
-    """Images from folders (see :func:`_images_in_folder`), glob patterns (sorted matches) and
-    file paths, in the order given, without duplicates."""
-    out, seen = [], set()
-    for src in sources:
-        p = Path(src)
-        if p.is_dir():
-            found = _images_in_folder(p)
-            if not found:
-                raise CLIError(f"folder '{src}' holds no image files ({', '.join(IMAGE_SUFFIXES)}) "
-                               f"and no DICOM series (.dcm files)")
-        elif p.is_file():
-            found = [str(p)]
-        elif glob.has_magic(src):
-            found = sorted(f for f in glob.glob(src) if Path(f).is_file())
-            if not found:
-                raise CLIError(f"pattern '{src}' matches no files")
-        else:
-            raise CLIError(f"'{src}' is not a file, a folder or a glob pattern that matches files")
-        for f in found:
-            if f not in seen:
-                seen.add(f)
-                out.append(f)
-    return out
-
-
 def _parse_param(text: str):
     if "=" not in text:
         raise CLIError(f"--param expects KEY=VALUE, got '{text}'")
@@ -161,12 +170,184 @@ def _cmd_train(args, argv=None) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- embed
+def _cmd_embed(args) -> int:
+    _set_threads(args)
+    files = collect_images(args.images)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out '{out}' is a file; give a folder for the embedding files")
+    model = _load_model(args.model)
+    from .maps import save_embedding
+
+    out.mkdir(parents=True, exist_ok=True)
+    used = set()
+    for f in files:
+        stem = image_stem(f)
+        name, k = stem, 1
+        while name in used:
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        t0 = time.perf_counter()
+        emb = model.transform([f])[0]
+        path = save_embedding(emb, out / f"{name}.{args.format}")
+        g, loc = emb.global_map, emb.local_map
+        _log(args, f"{f} -> {path} (global {tuple(g.data.shape)}, local {tuple(loc.data.shape)}, "
+                   f"{time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- detect
+def _cmd_detect(args) -> int:
+    _set_threads(args)
+    names, points = read_points_csv(args.points)
+    files = collect_images(args.images)
+    model = _load_model(args.model)
+    if points.shape[1] != model.ndim_:
+        raise CLIError(f"points file '{args.points}' has {points.shape[1]} coordinates per point but "
+                       f"the model works on {model.ndim_}D images")
+    from .landmarks import OneShotLandmarkDetector
+
+    det = OneShotLandmarkDetector(embedder=model, consistency=None if args.consistency == "none" else "affine",
+                                  search_radius_mm=None if args.search_radius == "none" else
+                                  ("auto" if args.search_radius == "auto" else float(args.search_radius)),
+                                  cycle_check=args.cycle_check)
+    det.fit(args.template, points)
+    axes = ["x", "y", "z"][: model.ndim_]
+    header = ["image", "name", *axes, "score"] + (["cycle_mm"] if args.cycle_check else [])
+    rows = []
+    for f in files:
+        t0 = time.perf_counter()
+        res = det.predict([f], return_scores=True)
+        pts, scores = res[0][0], res[1][0]
+        cyc = res[2][0] if args.cycle_check else None
+        for j, name in enumerate(names):
+            row = [f, name, *(_fmt(v) for v in pts[j]), _fmt(scores[j])]
+            if cyc is not None:
+                row.append(_fmt(cyc[j]))
+            rows.append(row)
+        _log(args, f"{f}: {len(names)} points, median score {float(sorted(scores)[len(scores) // 2]):.3f} "
+                   f"({time.perf_counter() - t0:.1f} s)")
+    write_csv(args.out, header, rows)
+    if args.out not in (None, "-"):
+        _log(args, f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- match-lesions
+def _cmd_match_lesions(args) -> int:
+    _set_threads(args)
+    from .lesions import LesionMatcher
+
+    names, lesions = read_lesions_csv(args.lesions)
+    files = collect_images(args.images)
+    model = _load_model(args.model)
+    nd = model.ndim_
+    if lesions.shape[1] not in (nd, 2 * nd):
+        raise CLIError(f"lesions file '{args.lesions}' has {lesions.shape[1]} values per lesion; a "
+                       f"{nd}D model needs {nd} (centre) or {2 * nd} (box)")
+    kw = {}
+    if args.score_threshold is not None:
+        kw["score_threshold"] = args.score_threshold
+    if args.cycle_threshold is not None:
+        kw["cycle_threshold_mm"] = None if args.cycle_threshold == "none" else (
+            "auto" if args.cycle_threshold == "auto" else float(args.cycle_threshold))
+    matcher = LesionMatcher(embedder=model, **kw).fit(args.template, lesions)
+    axes = ["x", "y", "z"][:nd]
+    header = ["image", "name", "found", *axes, "score", "cycle_mm"]
+    rows = []
+    for f in files:
+        t0 = time.perf_counter()
+        res = matcher.match([f])
+        for j, name in enumerate(names):
+            p = res["raw_points"][0, j]
+            rows.append([f, name, int(bool(res["found"][0, j])), *(_fmt(v) for v in p),
+                         _fmt(res["scores"][0, j]), _fmt(res["cycle_mm"][0, j])])
+        _log(args, f"{f}: {int(res['found'][0].sum())} of {len(names)} lesions found "
+                   f"({time.perf_counter() - t0:.1f} s)")
+    write_csv(args.out, header, rows)
+    if args.out not in (None, "-"):
+        _log(args, f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- register
+def _cmd_register(args) -> int:
+    _set_threads(args)
+    from .registration import SAMAffineRegistrar
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".tfm", ".txt", ".mat", ".h5", ".hdf5", ".xfm"):
+        raise CLIError(f"--out '{out}' must be a SimpleITK transform file (.tfm, .txt, .mat, .h5)")
+    for name, path in (("fixed", args.fixed), ("moving", args.moving)):
+        if not Path(path).exists():
+            raise CLIError(f"{name} image does not exist: '{path}'")
+    model = _load_model(args.model)
+    import SimpleITK as sitk
+
+    from .image import read_image
+    fixed, moving = read_image(args.fixed), read_image(args.moving)
+    kw = {"random_state": args.seed}
+    if args.grid_spacing is not None:
+        kw["grid_spacing_mm"] = args.grid_spacing
+    reg = SAMAffineRegistrar(embedder=model, **kw).fit(fixed, moving)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteTransform(reg.transform_.to_sitk(), str(out))
+    inl = getattr(reg, "inlier_mask_", None)
+    n_inl = len(reg.matches_) if inl is None else int(sum(bool(v) for v in inl))
+    _log(args, f"affine from {len(reg.matches_)} confident matches ({n_inl} inliers), "
+               f"{reg.timings_.get('total', float('nan')):.1f} s; transform (fixed -> moving world "
+               f"points) written to {out}")
+    if args.resampled:
+        warped = reg.transform_.resample(moving, reference=fixed)
+        warped.save(args.resampled)
+        _log(args, f"moving image resampled onto the fixed grid: {args.resampled}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def _common(p, threads=True):
+    if threads:
+        p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="CPU threads for torch (default: torch's choice, all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="samlearn", description="Self-supervised anatomical embeddings "
-                                "(SAM) for CT and X-ray: one-shot landmarks, lesion matching, registration.")
+    p = argparse.ArgumentParser(
+        prog="samlearn",
+        description="Self-supervised anatomical embeddings (SAM) for CT and X-ray: one-shot landmarks, "
+                    "lesion matching, registration. Points are world millimetres (x, y[, z]) as "
+                    "SimpleITK reports them. Start with `samlearn demo`.",
+        epilog="Run `samlearn COMMAND --help` for the options of a command.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    info = sub.add_parser("info", help="print versions and the compute device")
+
+    info = sub.add_parser("info", help="print versions and the compute device",
+                          description="Print the versions of samlearn, torch, numpy and SimpleITK and "
+                                      "whether CUDA is available.")
     info.set_defaults(func=_cmd_info)
+
+    demo = sub.add_parser(
+        "demo", help="train on synthetic CT phantoms and find 20 landmarks one-shot (no data needed)",
+        description="The main job on an embedded default: generate synthetic CT torso phantoms, train "
+                    "a ct-lite SAMEmbedder on the training phantoms for --minutes, mark the 20 "
+                    "landmarks on one training phantom and find them in held-out phantoms, with the "
+                    "one-shot detector and through SAM-affine + SAM-coarse registration; compare "
+                    "with copying the template coordinates and with SimpleITK's intensity-based "
+                    "affine registration; write a table, the model and a figure to --out.")
+    demo.add_argument("--minutes", type=_positive_float, default=4.0,
+                      help="training time in minutes (default 4)")
+    demo.add_argument("--out", default="samlearn-demo",
+                      help="output folder for the model, results and figure (default ./samlearn-demo)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--subjects", type=_positive_int, default=20, help="training phantoms (default 20)")
+    demo.add_argument("--test", type=_positive_int, default=6, help="held-out phantoms (default 6)")
+    demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    demo.add_argument("--no-baseline", action="store_true", help="skip the SimpleITK affine baseline")
+    demo.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
+    _common(demo)
+    demo.set_defaults(func=_cmd_demo)
 
     tr = sub.add_parser(
         "train", help="train a SAM model on unlabelled images",
@@ -192,6 +373,79 @@ def build_parser() -> argparse.ArgumentParser:
                          "--param patch_shape=[32,64,64]); repeatable")
     tr.add_argument("-v", "--verbose", action="count", default=0, help="progress bar and summary")
     tr.set_defaults(func=_cmd_train)
+
+    emb = sub.add_parser(
+        "embed", help="embed images with a trained model (one .npz/.pt file per image)",
+        description="Compute the global and local embedding maps of each image and save them, with "
+                    "the world geometry of every grid, as OUT/<image name>.npz (numpy) or .pt "
+                    "(torch). Read them back with samlearn.maps.load_embedding.")
+    emb.add_argument("images", nargs="+", help="image files, folders of images (or one DICOM series "
+                     "folder), or quoted glob patterns")
+    emb.add_argument("-m", "--model", required=True, help="trained model file (samlearn.save)")
+    emb.add_argument("-o", "--out", required=True, help="output folder")
+    emb.add_argument("--format", choices=("npz", "pt"), default="npz", help="file format (default npz)")
+    _common(emb)
+    emb.set_defaults(func=_cmd_embed)
+
+    det = sub.add_parser(
+        "detect", help="find landmarks marked on one template image in other images",
+        description="One-shot landmark detection: read the points marked on --template from --points "
+                    "(CSV with header name,x,y[,z], world mm) and find them in every image. Writes a "
+                    "CSV with one row per image and point: image,name,x,y[,z],score (world mm of each "
+                    "image; score = peak cosine similarity in [-1, 1]).")
+    det.add_argument("images", nargs="+", help="query image files, folders or quoted glob patterns")
+    det.add_argument("-m", "--model", required=True, help="trained model file")
+    det.add_argument("-t", "--template", required=True, help="template image the points are marked on")
+    det.add_argument("-p", "--points", required=True, help="CSV of template points: name,x,y[,z] (mm)")
+    det.add_argument("-o", "--out", default=None, help="output CSV (default: standard output)")
+    det.add_argument("--consistency", choices=("affine", "none"), default="affine",
+                     help="re-search points that disagree with a robust affine fit of all points "
+                          "(default affine; needs ndim + 2 points)")
+    det.add_argument("--search-radius", default="auto",
+                     help="coarse-to-fine window in mm around the global peak, 'auto' (default) or "
+                          "'none' (whole image)")
+    det.add_argument("--cycle-check", action="store_true",
+                     help="also report the forward-backward distance (cycle_mm column)")
+    _common(det)
+    det.set_defaults(func=_cmd_detect)
+
+    les = sub.add_parser(
+        "match-lesions", help="find lesions marked on one scan in follow-up scans",
+        description="Follow-up lesion matching: lesions marked on --template (CSV: name,x,y[,z] "
+                    "centres or name,x0,y0[,z0],x1,y1[,z1] boxes, world mm) are searched in every "
+                    "image; a lesion whose match is not trusted (low score, outside the field of "
+                    "view, failed cycle check) is reported with found=0. Writes a CSV: "
+                    "image,name,found,x,y[,z],score,cycle_mm.")
+    les.add_argument("images", nargs="+", help="follow-up image files, folders or quoted glob patterns")
+    les.add_argument("-m", "--model", required=True, help="trained model file")
+    les.add_argument("-t", "--template", required=True, help="scan the lesions are marked on")
+    les.add_argument("-l", "--lesions", required=True, help="CSV of lesion centres or boxes (mm)")
+    les.add_argument("-o", "--out", default=None, help="output CSV (default: standard output)")
+    les.add_argument("--score-threshold", type=float, default=None,
+                     help="minimum peak score of a found lesion (default: LesionMatcher's)")
+    les.add_argument("--cycle-threshold", default=None,
+                     help="maximum forward-backward distance in mm, 'auto' or 'none' "
+                          "(default: LesionMatcher's)")
+    _common(les)
+    les.set_defaults(func=_cmd_match_lesions)
+
+    reg = sub.add_parser(
+        "register", help="affine registration of two images from SAM matches",
+        description="SAM-affine registration: match a grid of points of FIXED into MOVING and fit an "
+                    "affine. Writes a SimpleITK transform file mapping FIXED world points to MOVING "
+                    "world points (what sitk.Resample expects to pull MOVING onto FIXED's grid), and "
+                    "with --resampled the moving image on the fixed grid.")
+    reg.add_argument("fixed", help="fixed image (file or DICOM folder)")
+    reg.add_argument("moving", help="moving image (file or DICOM folder)")
+    reg.add_argument("-m", "--model", required=True, help="trained model file")
+    reg.add_argument("-o", "--out", required=True, help="transform file to write (.tfm)")
+    reg.add_argument("--resampled", default=None, help="also write the moving image resampled onto "
+                     "the fixed grid (e.g. moved.nii.gz)")
+    reg.add_argument("--grid-spacing", type=_positive_float, default=None,
+                     help="spacing in mm of the matched point grid (default: the registrar's)")
+    reg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _common(reg)
+    reg.set_defaults(func=_cmd_register)
     return p
 
 
@@ -202,16 +456,23 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    prefix = f"samlearn {args.command}: error:"
     try:
         if args.func is _cmd_train:
             return _cmd_train(args, argv)
         return args.func(args)
-    except CLIError as exc:
-        print(f"samlearn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"samlearn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the user, the traceback on request
+        if os.environ.get("SAMLEARN_DEBUG"):
+            raise
+        # bad input (ModelFileError and NotFittedError are ValueErrors) -> 2; a failure -> 1
+        bad_input = isinstance(exc, (CLIError, ValueError, TypeError, OSError))
+        known = bad_input or type(exc).__name__ == "RegistrationError"
+        hint = "" if known else f" ({type(exc).__name__}; set SAMLEARN_DEBUG=1 for the traceback)"
+        print(f"{prefix} {one_line(exc)}{hint}", file=sys.stderr)
+        return 2 if bad_input else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

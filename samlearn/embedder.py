@@ -491,7 +491,9 @@ class SAMEmbedder(BaseEstimator):
         if self.verbose and ctx.is_main:
             try:
                 from tqdm.auto import tqdm
-                total = max_iter if max_iter is not None and max_iter < 10**7 else None
+                # with a time budget the iteration count it ends at is unknown: no misleading ETA
+                total = (max_iter if max_iter is not None and max_iter < 10**7 and max_time is None
+                         else None)
                 progress = tqdm(total=total, initial=state.iteration, desc=f"SAM {preset}", unit="it",
                                 dynamic_ncols=True)
             except ImportError:  # pragma: no cover - tqdm is a dependency

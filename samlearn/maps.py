@@ -7,13 +7,16 @@ every embedding vector has a known world position. An :class:`Embedding` pairs t
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .image import ImageGeometry
 
-__all__ = ["EmbeddingMap", "Embedding", "sample_map"]
+__all__ = ["EmbeddingMap", "Embedding", "sample_map", "save_embedding", "load_embedding"]
 
 
 def sample_map(data: torch.Tensor, array_index, normalize: bool = True) -> torch.Tensor:
@@ -124,3 +127,83 @@ class Embedding:
     def __setstate__(self, state):
         for k, v in state.items():
             setattr(self, k, v)
+
+
+# ---------------------------------------------------------------------- files
+_GEOMETRIES = ("global", "local", "image", "source")
+
+
+def _geometry_fields(prefix: str, g: ImageGeometry) -> dict:
+    return {f"{prefix}_size": np.asarray(g.size, dtype=np.int64),
+            f"{prefix}_spacing": np.asarray(g.spacing, dtype=np.float64),
+            f"{prefix}_origin": np.asarray(g.origin, dtype=np.float64),
+            f"{prefix}_direction": np.asarray(g.direction, dtype=np.float64)}
+
+
+def _geometry_from(fields: dict, prefix: str, path) -> ImageGeometry:
+    try:
+        return ImageGeometry(np.asarray(fields[f"{prefix}_size"]), np.asarray(fields[f"{prefix}_spacing"]),
+                             np.asarray(fields[f"{prefix}_origin"]), np.asarray(fields[f"{prefix}_direction"]))
+    except KeyError as exc:
+        raise ValueError(f"embedding file '{path}' lacks the field {exc.args[0]!r}: not a samlearn "
+                         f"embedding file") from None
+
+
+def save_embedding(embedding: Embedding, path) -> Path:
+    """Write ``embedding`` to ``path``: ``.npz`` (numpy arrays) or ``.pt`` (a dict of torch tensors,
+    readable with ``torch.load(weights_only=True)``). Both hold the global and local maps
+    (``global``, ``local``: float32 (C, *spatial), numpy axis order) and, for the maps, the
+    preprocessed image and the source image, their grids as ``<name>_size`` / ``_spacing`` /
+    ``_origin`` / ``_direction`` (x, y[, z] order, as SimpleITK). Written atomically (temporary file,
+    then rename). Read it back with :func:`load_embedding`."""
+    if not isinstance(embedding, Embedding):
+        raise TypeError(f"embedding must be a samlearn.maps.Embedding, got {type(embedding).__name__}")
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".pt"):
+        raise ValueError(f"path must end in .npz or .pt, got '{path.name}'")
+    fields = {"global": embedding.global_map.numpy().astype(np.float32, copy=False),
+              "local": embedding.local_map.numpy().astype(np.float32, copy=False)}
+    geoms = dict(zip(_GEOMETRIES, (embedding.global_map.geometry, embedding.local_map.geometry,
+                                   embedding.image_geometry, embedding.source_geometry)))
+    for name, g in geoms.items():
+        fields.update(_geometry_fields(name, g))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        if suffix == ".npz":
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **fields)
+        else:
+            torch.save({k: torch.from_numpy(np.array(v, copy=True)) for k, v in fields.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_embedding(path) -> Embedding:
+    """Read an :class:`Embedding` written by :func:`save_embedding` (``.npz`` or ``.pt``; the
+    latter is loaded with ``torch.load(weights_only=True)``, so it never executes code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embedding file does not exist: '{path}'")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            fields = {k: npz[k] for k in npz.files}
+    elif suffix == ".pt":
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(raw, dict):
+            raise ValueError(f"embedding file '{path}' does not hold a dict of tensors")
+        fields = {k: (v.numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in raw.items()}
+    else:
+        raise ValueError(f"path must end in .npz or .pt, got '{path.name}'")
+    geoms = {name: _geometry_from(fields, name, path) for name in _GEOMETRIES}
+    if "global" not in fields or "local" not in fields:
+        raise ValueError(f"embedding file '{path}' lacks the 'global' or 'local' map")
+    return Embedding(EmbeddingMap(torch.from_numpy(np.ascontiguousarray(fields["global"], np.float32)),
+                                  geoms["global"]),
+                     EmbeddingMap(torch.from_numpy(np.ascontiguousarray(fields["local"], np.float32)),
+                                  geoms["local"]),
+                     geoms["image"], geoms["source"])

@@ -350,8 +350,10 @@ def train(net, optimizer, loader, state: TrainState, *, loss_config: LossConfig,
             stop = True
         if progress is not None and state.history:
             last = state.history[-1]
-            progress.set_postfix(loss=f"{last['loss']:.3f}", it_s=f"{1.0 / max(last['step_time'], 1e-9):.2f}",
-                                 refresh=False)
+            post = dict(loss=f"{last['loss']:.3f}", it_s=f"{1.0 / max(last['step_time'], 1e-9):.2f}")
+            if budget_time != float("inf"):  # a time budget: say how much of it is left
+                post["time_left"] = f"{max(0.0, budget_time - synced_time) / 60:.1f}min"
+            progress.set_postfix(refresh=False, **post)
 
     t_start = time.perf_counter() - state.train_time
     data_iter = iter(loader)
