@@ -258,13 +258,14 @@ def samlearn_predictor(embedder, **detector_params) -> Predictor:
     return predict
 
 
-SAMLEARN_VARIANTS = (
-    ("samlearn {preset}{labels} (S^g+S^l, coarse-to-fine window)", {}),
-    ("samlearn {preset}{labels}: S^g+S^l over the whole image (paper rule)", {"search_radius_mm": None}),
-    ("samlearn {preset}{labels}: global only", {"mode": "global"}),
-    ("samlearn {preset}{labels}: local only", {"mode": "local", "search_radius_mm": None}),
+SAMLEARN_VARIANTS = (  # the first row is the detector's defaults (consistency="affine" since 2026-11-26)
+    ("samlearn {preset}{labels} (S^g+S^l, coarse-to-fine window, affine check)", {}),
+    ("samlearn {preset}{labels}: without the affine check", {"consistency": None}),
+    ("samlearn {preset}{labels}: S^g+S^l over the whole image (paper rule)",
+     {"search_radius_mm": None, "consistency": None}),
+    ("samlearn {preset}{labels}: global only", {"mode": "global", "consistency": None}),
+    ("samlearn {preset}{labels}: local only", {"mode": "local", "search_radius_mm": None, "consistency": None}),
 )
-
 
 # ------------------------------------------------------------------------------------ table
 def markdown_table(rows: Sequence[dict]) -> str:

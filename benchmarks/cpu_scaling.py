@@ -141,8 +141,11 @@ def child_samlearn(case: str, model: str, threads: int) -> dict:
     if case == WHOLE_BODY_TILED:
         est.set_params(max_memory_gb=0.5)
     base_mb = _peak_mb()
-    crop = Image.from_array(np.ascontiguousarray(tmpl.array[:48, :96, :96]), spacing=tmpl.spacing,
-                            origin=tmpl.origin, direction=tmpl.direction)
+    # warm-up on a central crop (a corner of the whole-body volume is air only: a blank image)
+    c = [max(0, (n - m) // 2) for n, m in zip(tmpl.array.shape, (48, 96, 96))]
+    crop = Image.from_array(np.ascontiguousarray(tmpl.array[c[0]:c[0] + 48, c[1]:c[1] + 96, c[2]:c[2] + 96]),
+                            spacing=tmpl.spacing, origin=tmpl.geometry.array_index_to_world(
+                                np.array(c, float)[None])[0], direction=tmpl.direction)
     est.transform(crop)  # warm-up (allocator, kernels)
     del crop
     t0, c0 = time.perf_counter(), time.process_time()
@@ -209,7 +212,8 @@ def main():
     p.add_argument("--train-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-ants", action="store_true", help="skip the ANTs rows")
-    p.add_argument("--cases", nargs="*", default=None, help="subset of the cases (names as printed)")
+    p.add_argument("--cases", nargs="*", default=None, help="subset of the cases (names as printed; "
+                   "chest crops and the samlearn-only cases)")
     p.add_argument("--no-whole-body", action="store_true")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)
@@ -241,7 +245,8 @@ def main():
             print(f"trained ct-lite {info['n_iter']} iterations in {info['train_s']:.0f} s on "
                   f"{len(info['images'])} CTs", flush=True)
         results["model"] = args.model or "ct-lite, trained by this script"
-        cases = args.cases or list(CASES)
+        # --cases names any of the printed cases (chest crops and the samlearn-only ones)
+        cases = [c for c in args.cases if c in CASES] if args.cases else list(CASES)
         for case in cases:
             row = run_child(["--threads", str(args.threads), "--child", "samlearn", case, model], timeout=1800)
             print(json.dumps(row), flush=True)
@@ -251,6 +256,8 @@ def main():
                 print(json.dumps(row), flush=True)
                 results["rows"].append(row)
         extra = [AS_STORED] + ([] if args.no_whole_body else [WHOLE_BODY, WHOLE_BODY_TILED])
+        if args.cases:
+            extra = [c for c in extra if c in args.cases]
         for case in extra:
             row = run_child(["--threads", str(args.threads), "--child", "samlearn", case, model], timeout=3600)
             print(json.dumps(row), flush=True)
