@@ -135,7 +135,9 @@ class SAMEmbedder(BaseEstimator):
         preprocessed by ``n_jobs`` threads ahead of the network, which takes same-size images in
         batches. None: 1; -1: all cores.
     warm_start : if True and already fitted, ``fit`` continues training the current network until
-        the total iteration budget is reached instead of starting over.
+        the total budget is reached instead of starting over: ``max_iter`` / ``max_time`` as set
+        now (totals, counting the training done so far), else the fitted ones (an interrupted run
+        then finishes its budget). Every other setting stays the fitted one.
     random_state : int or None. Same seed on the CPU -> identical weights.
     verbose : 0 silent, 1 progress bars (tqdm): training with loss and it/s; ``transform`` of
         several images.
@@ -353,7 +355,13 @@ class SAMEmbedder(BaseEstimator):
             if self.ndim_ != ndim:
                 raise ValueError(f"images are {ndim}D but the model was trained on {self.ndim_}D "
                                  f"images (ndim_={self.ndim_})")
-            device, preset, cfg = self.device_, self.preset_, self.config_
+            device, preset, cfg = self.device_, self.preset_, dict(self.config_)
+            # the network and training settings stay the fitted ones; a budget set since (sklearn's
+            # warm_start: set_params(max_iter=...) then fit) is the new total
+            for key in ("max_iter", "max_time"):
+                if getattr(self, key) is not None:
+                    cfg[key] = getattr(self, key)
+            _validate_config(cfg)
         else:
             device = self._resolve_device()
             preset, cfg = self._resolve_config(ndim, device)

@@ -78,10 +78,20 @@ def test_fit_does_not_touch_global_rngs_or_params(images2d):
 
 def test_warm_start_and_partial_fit_continue(images2d):
     est = tiny_embedder(random_state=0, max_iter=2).fit(images2d)
+    w0 = [p.detach().clone() for p in est.network_.parameters()]
+    # warm start: the budget set now is the new total (sklearn's warm_start), training continues
     est.set_params(warm_start=True, max_iter=4)
-    # warm start keeps the fitted configuration: the budget comes from config_, extend via partial_fit
+    est.fit(images2d)
+    assert est.n_iter_ == 4 and len(est.history_) == 4 and est.config_["max_iter"] == 4
+    assert any(not torch.equal(a, b) for a, b in zip(w0, est.network_.parameters()))
+    est.fit(images2d)  # budget reached: nothing more
+    assert est.n_iter_ == 4
+    est.set_params(max_iter=None, max_time=1e9)  # unset max_iter: the fitted total (4) still holds
+    est.fit(images2d)
+    assert est.n_iter_ == 4
+    # partial_fit adds iterations on top
     est.partial_fit(images2d, n_iter=3)
-    assert est.n_iter_ == 5 and len(est.history_) == 5
+    assert est.n_iter_ == 7 and len(est.history_) == 7
     fresh = tiny_embedder(random_state=0).partial_fit(images2d, n_iter=2)
     assert fresh.n_iter_ == 2
 
