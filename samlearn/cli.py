@@ -69,6 +69,14 @@ def _log(args, text) -> None:
         print(text, file=sys.stderr)
 
 
+def _write_rows(args, header, rows) -> int:
+    """Write the result CSV to ``--out`` (standard output when absent); exit code 0."""
+    write_csv(args.out, header, rows)
+    if args.out not in (None, "-"):
+        _log(args, f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- info
 def _cmd_info(args) -> int:
     import numpy
@@ -229,10 +237,7 @@ def _cmd_detect(args) -> int:
             rows.append(row)
         _log(args, f"{f}: {len(names)} points, median score {float(sorted(scores)[len(scores) // 2]):.3f} "
                    f"({time.perf_counter() - t0:.1f} s)")
-    write_csv(args.out, header, rows)
-    if args.out not in (None, "-"):
-        _log(args, f"wrote {len(rows)} rows to {args.out}")
-    return 0
+    return _write_rows(args, header, rows)
 
 
 # ---------------------------------------------------------------------------- match-lesions
@@ -266,10 +271,7 @@ def _cmd_match_lesions(args) -> int:
                          _fmt(res["scores"][0, j]), _fmt(res["cycle_mm"][0, j])])
         _log(args, f"{f}: {int(res['found'][0].sum())} of {len(names)} lesions found "
                    f"({time.perf_counter() - t0:.1f} s)")
-    write_csv(args.out, header, rows)
-    if args.out not in (None, "-"):
-        _log(args, f"wrote {len(rows)} rows to {args.out}")
-    return 0
+    return _write_rows(args, header, rows)
 
 
 # ---------------------------------------------------------------------------- register
@@ -312,6 +314,14 @@ def _common(p, threads=True):
         p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="CPU threads for torch (default: torch's choice, all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+
+
+def _template_query_args(p, images_help, template_help):
+    """The arguments of the commands that carry marks from a template to query images."""
+    p.add_argument("images", nargs="+", help=images_help)
+    p.add_argument("-m", "--model", required=True, help="trained model file")
+    p.add_argument("-t", "--template", required=True, help=template_help)
+    p.add_argument("-o", "--out", default=None, help="output CSV (default: standard output)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,11 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(CSV with header name,x,y[,z], world mm) and find them in every image. Writes a "
                     "CSV with one row per image and point: image,name,x,y[,z],score (world mm of each "
                     "image; score = peak cosine similarity in [-1, 1]).")
-    det.add_argument("images", nargs="+", help="query image files, folders or quoted glob patterns")
-    det.add_argument("-m", "--model", required=True, help="trained model file")
-    det.add_argument("-t", "--template", required=True, help="template image the points are marked on")
+    _template_query_args(det, "query image files, folders or quoted glob patterns",
+                         "template image the points are marked on")
     det.add_argument("-p", "--points", required=True, help="CSV of template points: name,x,y[,z] (mm)")
-    det.add_argument("-o", "--out", default=None, help="output CSV (default: standard output)")
     det.add_argument("--consistency", choices=("affine", "none"), default="affine",
                      help="re-search points that disagree with a robust affine fit of all points "
                           "(default affine; needs ndim + 2 points)")
@@ -416,11 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "image; a lesion whose match is not trusted (low score, outside the field of "
                     "view, failed cycle check) is reported with found=0. Writes a CSV: "
                     "image,name,found,x,y[,z],score,cycle_mm.")
-    les.add_argument("images", nargs="+", help="follow-up image files, folders or quoted glob patterns")
-    les.add_argument("-m", "--model", required=True, help="trained model file")
-    les.add_argument("-t", "--template", required=True, help="scan the lesions are marked on")
+    _template_query_args(les, "follow-up image files, folders or quoted glob patterns",
+                         "scan the lesions are marked on")
     les.add_argument("-l", "--lesions", required=True, help="CSV of lesion centres or boxes (mm)")
-    les.add_argument("-o", "--out", default=None, help="output CSV (default: standard output)")
     les.add_argument("--score-threshold", type=float, default=None,
                      help="minimum peak score of a found lesion (default: LesionMatcher's)")
     les.add_argument("--cycle-threshold", default=None,
