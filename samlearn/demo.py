@@ -35,8 +35,11 @@ import numpy as np
 __all__ = ["run_demo", "affine_baseline", "DEMO_PARAMS"]
 
 #: SAMEmbedder parameters the demo sets on top of ``preset="ct-lite"``: a time budget (set from
-#: ``minutes``) and sizes that let a 2-core CPU learn enough in a few minutes.
-DEMO_PARAMS = dict(batch_size=2, spacing_mm=4.0)
+#: ``minutes``) and sizes that let a 2-core CPU learn enough in a few minutes. Three network stages
+#: instead of four: at 4 mm the fourth makes global voxels 16 x 128 x 128 mm, too coarse to tell
+#: the phantoms' organs apart (1 thread, 4 minutes: detector MRE 56.5 -> 27.1 mm, SAM-coarse
+#: 11.2 -> 11.1 mm; benchmarks/RESULTS.md "The demo").
+DEMO_PARAMS = dict(batch_size=2, spacing_mm=4.0, n_stages=3)
 
 # phantom landmark used for the similarity-map panel of the figure
 _FIGURE_LANDMARK = "carina"
