@@ -131,8 +131,9 @@ def run_demo(*, minutes=4.0, out="samlearn-demo", seed=0, n_train=20, n_test=6, 
     embedder_params : dict, optional -- more ``SAMEmbedder`` parameters (override :data:`DEMO_PARAMS`).
     """
     from . import OneShotLandmarkDetector, SAMDeformableRegistrar, SAMEmbedder
-    from .registration import RegistrationError
+    from ._cli_io import write_csv
     from .datasets import make_phantoms
+    from .registration import RegistrationError
 
     say = _Say(verbose)
     out = Path(out)
@@ -233,21 +234,24 @@ def run_demo(*, minutes=4.0, out="samlearn-demo", seed=0, n_train=20, n_test=6, 
     results["table"] = table
 
     # predicted points of both samlearn methods
-    with open(out / "landmarks.csv", "w", encoding="utf-8") as fh:
-        fh.write("method,phantom,name,x,y,z,score,true_x,true_y,true_z,error_mm\n")
-        for method, P, E in (("detector", pred, err_sam), ("sam-coarse", reg_pred, err_reg)):
-            for i in range(n_test):
-                for j, n in enumerate(used):
-                    sc = f"{scores[i, j]:.3f}" if method == "detector" else ""
-                    fh.write(f"{method},{i},{n}," + ",".join(f"{v:.2f}" for v in P[i, j]) + f",{sc},"
-                             + ",".join(f"{v:.2f}" for v in truth[i, j]) + f",{E[i, j]:.2f}\n")
+    header = ["method", "phantom", "name", "x", "y", "z", "score", "true_x", "true_y", "true_z", "error_mm"]
+    csv_rows = []
+    for method, P, E in (("detector", pred, err_sam), ("sam-coarse", reg_pred, err_reg)):
+        for i in range(n_test):
+            for j, n in enumerate(used):
+                csv_rows.append([method, i, n, *(f"{v:.2f}" for v in P[i, j]),
+                             f"{scores[i, j]:.3f}" if method == "detector" else "",
+                             *(f"{v:.2f}" for v in truth[i, j]), f"{E[i, j]:.2f}"])
+    write_csv(out / "landmarks.csv", header, csv_rows)  # temporary file, then renamed
 
     if figure:
         fig_path = _figure(out / "demo.png", emb, det, test, truth, pred, reg_pred, used, err_sam, say)
         results["figure"] = None if fig_path is None else str(fig_path)
     results["total_seconds"] = float(time.perf_counter() - t_start)
-    with open(out / "results.json", "w", encoding="utf-8") as fh:
+    tmp = out / ".results.json.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
+    tmp.replace(out / "results.json")
     if verbose:
         print()
         print(f"One-shot landmark detection on {n_test} held-out phantoms, {len(used)} landmarks each "
