@@ -67,6 +67,13 @@ def _single_thread(n):
     torch.set_num_threads(n)
 
 
+def _central_points(image, seed: int) -> np.ndarray:
+    """19 world points drawn uniformly in the central 40% of ``image``'s index range."""
+    rng = np.random.default_rng(seed)
+    idx = rng.uniform(0.3, 0.7, size=(19, 3)) * (np.array(image.geometry.size) - 1)
+    return image.geometry.index_to_world(idx)
+
+
 def make_pair(case: str, seed: int = 0):
     """(template Image, query Image, template points (19, 3), true query points (19, 3))."""
     import SimpleITK as sitk
@@ -78,9 +85,7 @@ def make_pair(case: str, seed: int = 0):
         # the query: the same voxels, origin moved: anatomy at template point p is at p + shift
         g = tmpl.geometry
         query = Image(tmpl.array, ImageGeometry(g.size, g.spacing, np.asarray(g.origin) + shift, g.direction))
-        rng = np.random.default_rng(seed)
-        idx = rng.uniform(0.3, 0.7, size=(19, 3)) * (np.array(tmpl.geometry.size) - 1)
-        pts = tmpl.geometry.index_to_world(idx)
+        pts = _central_points(tmpl, seed)
         return tmpl, query, pts, pts + shift
     full = read_image(CHEST)
     if case != AS_STORED:
@@ -101,9 +106,7 @@ def make_pair(case: str, seed: int = 0):
     tx.SetMatrix([float(v) for v in rot.ravel()])
     tx.SetTranslation([4.0, -3.0, 2.0])
     query = Image.from_sitk(sitk.Resample(s, s, tx, sitk.sitkLinear, -1024.0))
-    rng = np.random.default_rng(seed)
-    idx = rng.uniform(0.3, 0.7, size=(19, 3)) * (np.array(tmpl.geometry.size) - 1)
-    pts = tmpl.geometry.index_to_world(idx)
+    pts = _central_points(tmpl, seed)
     inv = tx.GetInverse()
     truth = np.array([inv.TransformPoint([float(v) for v in p]) for p in pts])
     return tmpl, query, pts, truth

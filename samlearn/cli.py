@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._cli_io import (IMAGE_SUFFIXES, CLIError, collect_images, image_stem,  # noqa: F401 (re-exported)
-                      one_line, read_lesions_csv, read_points_csv, write_csv)
+from ._cli_io import (CLIError, collect_images, image_stem, one_line, read_lesions_csv, read_points_csv,
+                      write_csv)
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -166,10 +166,7 @@ def _cmd_train(args, argv=None) -> int:
         est = SAMEmbedder(**params)
     except TypeError as exc:
         raise CLIError(f"--param: {exc}") from None
-    try:
-        est.fit(files)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        raise CLIError(str(exc)) from None
+    est.fit(files)  # bad images: ValueError / TypeError / OSError, exit 2 in main()
     if getattr(est, "rank_", 0) == 0:
         est.save(out)
         if args.verbose:

@@ -555,16 +555,6 @@ def model_fingerprint(net, config: dict, amp_dtype=None) -> str:
     return h.hexdigest()
 
 
-def _geom_dict(g: ImageGeometry) -> dict:
-    return {"size": [int(v) for v in g.size], "spacing": [float(v) for v in g.spacing],
-            "origin": [float(v) for v in g.origin], "direction": np.asarray(g.direction).ravel().tolist()}
-
-
-def _geom_from(d: dict) -> ImageGeometry:
-    n = len(d["size"])
-    return ImageGeometry(d["size"], d["spacing"], d["origin"], np.asarray(d["direction"]).reshape(n, n))
-
-
 class EmbeddingCache:
     """Embeddings on disk under ``folder/<model fingerprint>/<image key>.pt``: maps in float16
     (half the memory of float32; unit vectors lose about 5e-4 per component), geometry as JSON.
@@ -592,9 +582,9 @@ class EmbeddingCache:
             geo = json.loads(blob["geometry"])
             g = blob["global"].to(device=device, dtype=torch.float32)
             loc = blob["local"].to(device=device, dtype=torch.float32)
-            return Embedding(EmbeddingMap(g, _geom_from(geo["global"])),
-                             EmbeddingMap(loc, _geom_from(geo["local"])),
-                             _geom_from(geo["image"]), _geom_from(geo["source"]))
+            geom = {k: ImageGeometry.from_dict(v) for k, v in geo.items()}
+            return Embedding(EmbeddingMap(g, geom["global"]), EmbeddingMap(loc, geom["local"]),
+                             geom["image"], geom["source"])
         except Exception as exc:  # noqa: BLE001 - a damaged cache entry is recomputed
             warnings.warn(f"ignoring unreadable embedding cache file '{path}' "
                           f"({type(exc).__name__}: {str(exc)[:120]}); recomputing it", UserWarning, stacklevel=3)
@@ -603,8 +593,8 @@ class EmbeddingCache:
     def save(self, key: str, embedding) -> Path:
         path = self._path(key)
         self.folder.mkdir(parents=True, exist_ok=True)
-        geo = {"global": _geom_dict(embedding.global_map.geometry), "local": _geom_dict(embedding.local_map.geometry),
-               "image": _geom_dict(embedding.image_geometry), "source": _geom_dict(embedding.source_geometry)}
+        geo = {"global": embedding.global_map.geometry.to_dict(), "local": embedding.local_map.geometry.to_dict(),
+               "image": embedding.image_geometry.to_dict(), "source": embedding.source_geometry.to_dict()}
         blob = {"format": self.FORMAT, "fingerprint": self.fingerprint, "geometry": json.dumps(geo),
                 "global": embedding.global_map.data.detach().to("cpu", torch.float16).contiguous(),
                 "local": embedding.local_map.data.detach().to("cpu", torch.float16).contiguous()}

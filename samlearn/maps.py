@@ -134,16 +134,13 @@ _GEOMETRIES = ("global", "local", "image", "source")
 
 
 def _geometry_fields(prefix: str, g: ImageGeometry) -> dict:
-    return {f"{prefix}_size": np.asarray(g.size, dtype=np.int64),
-            f"{prefix}_spacing": np.asarray(g.spacing, dtype=np.float64),
-            f"{prefix}_origin": np.asarray(g.origin, dtype=np.float64),
-            f"{prefix}_direction": np.asarray(g.direction, dtype=np.float64)}
+    return {f"{prefix}_{k}": np.asarray(v) for k, v in g.to_dict().items()}
 
 
 def _geometry_from(fields: dict, prefix: str, path) -> ImageGeometry:
     try:
-        return ImageGeometry(np.asarray(fields[f"{prefix}_size"]), np.asarray(fields[f"{prefix}_spacing"]),
-                             np.asarray(fields[f"{prefix}_origin"]), np.asarray(fields[f"{prefix}_direction"]))
+        return ImageGeometry.from_dict({k: fields[f"{prefix}_{k}"]
+                                        for k in ("size", "spacing", "origin", "direction")})
     except KeyError as exc:
         raise ValueError(f"embedding file '{path}' lacks the field {exc.args[0]!r}: not a samlearn "
                          f"embedding file") from None
