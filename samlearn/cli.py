@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output folder for the model, results and figure (default ./samlearn-demo)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--subjects", type=_positive_int, default=20, help="training phantoms (default 20)")
-    demo.add_argument("--test", type=_positive_int, default=6, help="held-out phantoms (default 6)")
+    demo.add_argument("--test", type=_positive_int, default=10, help="held-out phantoms (default 10)")
     demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     demo.add_argument("--no-baseline", action="store_true", help="skip the SimpleITK affine baseline")
     demo.add_argument("--no-figure", action="store_true", help="skip the PNG figure")

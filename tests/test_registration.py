@@ -430,6 +430,25 @@ def test_refinement_pass_and_warped_rematch_on_content_embeddings(ndim=2):
     dfm = SAMDeformableRegistrar(**common, n_refinements=1, rematch="warped", dense_grid_spacing_mm=3.0,
                                  field_spacing_mm=4.0, smoothing_mm=6.0).fit(p.fixed, p.moving)
     assert tre(dfm) < 0.7 * tre(ref), (tre(dfm), tre(ref), tre(one))
+    # a second SAM-coarse pass: one more warped embedding, a correction field in front of the chain
+    n2 = p.embedder.n_transforms_
+    dfm2 = SAMDeformableRegistrar(**common, n_refinements=1, rematch="warped", dense_grid_spacing_mm=3.0,
+                                  field_spacing_mm=4.0, smoothing_mm=6.0,
+                                  n_coarse_passes=2).fit(p.fixed, p.moving)
+    assert p.embedder.n_transforms_ - n2 == 4
+    assert dfm2.n_coarse_passes_done_ == 2 and dfm.n_coarse_passes_done_ == 1
+    assert [type(t) for t in dfm2.transform_.transforms] == [DisplacementField, DisplacementField,
+                                                             AffineTransform]
+    assert tre(dfm2) < 1.1 * tre(dfm) + 0.05, (tre(dfm2), tre(dfm))
+    np.testing.assert_allclose(dfm2.transform_points(probe[:10]),
+                               [dfm2.transform_.to_sitk().TransformPoint(tuple(q)) for q in probe[:10]],
+                               atol=1e-6)
+    # the dense matches reported are those of the last pass, mapped into the moving image's world
+    # coordinates (not the warped copy's): they sit where the true warp puts their fixed points
+    dm = dfm2.dense_matches_
+    assert np.median(np.linalg.norm(p.truth(dm.fixed_points) - dm.moving_points, axis=1)) < 1.5
+    with pytest.raises(ValueError, match="n_coarse_passes"):
+        SAMDeformableRegistrar(**common, n_coarse_passes=0).fit(p.fixed, p.moving)
     n1 = p.embedder.n_transforms_
     SAMDeformableRegistrar(**common, n_refinements=0).fit(p.fixed, p.moving)  # no refinement
     assert p.embedder.n_transforms_ - n1 == 3  # the dense stage warps and embeds once itself
