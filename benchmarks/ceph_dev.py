@@ -79,13 +79,14 @@ def main(argv=None):
         if args.out:
             emb.save(args.out)
     variants = [
-        ("sum, window auto", dict()),
+        ("SAM-coarse prior (default)", dict()),
         ("sum, auto + affine check", dict(consistency="affine")),
-        ("sum, window 40mm", dict(search_radius_mm=40.0)),
-        ("sum, window 80mm", dict(search_radius_mm=80.0)),
-        ("sum, whole image", dict(search_radius_mm=None)),
-        ("global only", dict(mode="global")),
-        ("local only", dict(mode="local", search_radius_mm=None)),
+        ("sum, window auto, no check", dict(consistency=None)),
+        ("sum, window 40mm", dict(search_radius_mm=40.0, consistency=None)),
+        ("sum, window 80mm", dict(search_radius_mm=80.0, consistency=None)),
+        ("sum, whole image", dict(search_radius_mm=None, consistency=None)),
+        ("global only", dict(mode="global", consistency=None)),
+        ("local only", dict(mode="local", search_radius_mm=None, consistency=None)),
     ]
     print(f"template {template_id}; dev eval {DEV_EVAL[0]}-{DEV_EVAL[-1]}; errors in full-res px")
     print(f"{'variant':22s} {'MRE':>7s} {'median':>7s} {'max':>7s} {'SDR20':>6s} {'s/query':>8s}")

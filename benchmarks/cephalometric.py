@@ -258,9 +258,10 @@ def samlearn_predictor(embedder, **detector_params) -> Predictor:
     return predict
 
 
-SAMLEARN_VARIANTS = (  # the first row is the detector's defaults (consistency="affine" since 2026-11-26)
-    ("samlearn {preset}{labels} (S^g+S^l, coarse-to-fine window, affine check)", {}),
-    ("samlearn {preset}{labels}: without the affine check", {"consistency": None}),
+SAMLEARN_VARIANTS = (  # the first row is the detector's defaults (consistency="coarse" since 2026-11-26)
+    ("samlearn {preset}{labels} (S^g+S^l, coarse-to-fine window, SAM-coarse prior)", {}),
+    ("samlearn {preset}{labels}: affine check instead of the SAM-coarse prior", {"consistency": "affine"}),
+    ("samlearn {preset}{labels}: without any check", {"consistency": None}),
     ("samlearn {preset}{labels}: S^g+S^l over the whole image (paper rule)",
      {"search_radius_mm": None, "consistency": None}),
     ("samlearn {preset}{labels}: global only", {"mode": "global", "consistency": None}),

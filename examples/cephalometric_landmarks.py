@@ -50,7 +50,7 @@ def main(argv=None):
         if args.save:
             emb.save(args.save)
 
-    det = samlearn.OneShotLandmarkDetector(embedder=emb, consistency="affine")
+    det = samlearn.OneShotLandmarkDetector(embedder=emb)
     det.fit(data.image_paths[args.template], data.landmarks[args.template])
     t0 = time.perf_counter()
     pred = det.predict([data.image_paths[i] for i in query_idx])

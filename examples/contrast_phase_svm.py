@@ -51,7 +51,7 @@ def main(argv=None):
     # template: a separate phantom with the contrast-sensitive landmarks marked
     tmpl = make_phantoms(1, field_of_view="full", contrast_phase="venous", random_state=args.seed + 999)
     idx = [tmpl.landmark_names.index(n) for n in SENSITIVE]
-    det = samlearn.OneShotLandmarkDetector(embedder=emb, consistency="affine")
+    det = samlearn.OneShotLandmarkDetector(embedder=emb)
     det.fit(tmpl.images[0], tmpl.landmarks[0][idx])
 
     clf = make_pipeline(LandmarkIntensityFeatures(detector=det, radius_mm=5.0, stats=("mean", "median"),

@@ -41,7 +41,7 @@ def main(argv=None):
         emb.save(args.model)
 
     # 3. one template: the landmarks of the first training CT ...
-    det = samlearn.OneShotLandmarkDetector(embedder=emb, consistency="affine")
+    det = samlearn.OneShotLandmarkDetector(embedder=emb)
     det.fit(train.images[0], train.landmarks[0])
     # ... found in the held-out CTs
     points, scores = det.predict(test.images, return_scores=True)

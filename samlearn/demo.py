@@ -184,7 +184,7 @@ def run_demo(*, minutes=4.0, out="samlearn-demo", seed=0, n_train=20, n_test=10,
     tmpl_img, tmpl_pts = train.images[k_t], train.landmarks[k_t]
     ok = np.isfinite(tmpl_pts).all(axis=1)
     used = [n for n, o in zip(names, ok) if o]
-    det = OneShotLandmarkDetector(embedder=emb, consistency="affine")
+    det = OneShotLandmarkDetector(embedder=emb)
     det.fit(tmpl_img, tmpl_pts[ok])
     say(f"template: training phantom {k_t} with {len(used)} landmarks; detecting them in the "
         f"{n_test} held-out phantoms")

@@ -23,6 +23,12 @@ from .matching import (DEFAULT_CHUNK_SIZE, MODES, check_search_radius, combine_t
 
 __all__ = ["OneShotLandmarkDetector"]
 
+#: grid matches of ``consistency="coarse"`` below this peak score are not used (the registrars' default)
+_COARSE_SCORE_THRESHOLD = 0.5
+#: RANSAC trials of its affine step (hundreds of grid matches, most of them inliers)
+_COARSE_RANSAC_TRIALS = 300
+
+
 
 def _predict_task(detector, item, index):
     """A joblib task: ``detector``'s predictions for one image (in a worker process)."""
@@ -33,6 +39,17 @@ def _check_flag(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def _check_auto_mm(value, name):
+    if isinstance(value, str) and value == "auto":
+        return
+    try:
+        ok = not isinstance(value, (bool, np.bool_, str)) and np.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be 'auto' or a positive number of mm, got {value!r}")
 
 
 def _check_positive_int(value, name):
@@ -79,20 +96,38 @@ class OneShotLandmarkDetector(BaseEstimator):
         large: keep this small).
     chunk_size : int, default 2**24
         Memory bound of the search (floats per intermediate), see ``match_points``.
-    consistency : {"affine", None}, default "affine"
-        Joint check of all points of a query: fit an affine from the template points to the matched
-        points robustly (RANSAC), and search every point whose match lies more than
-        ``consistency_tol_mm`` from the affine's prediction again, its coarse peak now restricted to
-        within ``consistency_tol_mm`` of that prediction (the fine search window around it still
-        reaches points that deviate from the affine by more). Repairs the rare global mismatches
-        (a point matched to similar-looking anatomy far away) that one point alone cannot detect.
-        Needs at least ndim + 2 points; anatomy that deforms far beyond an affine (joints in very
-        different poses) may need a larger tolerance. The default since it lowered the mean error
-        on the cephalometric development split (images 051-070: 30.0 -> 27.6 px, maximum 596 ->
-        201 px, median unchanged; benchmarks/RESULTS.md); None searches each point on its own.
+    consistency : {"coarse", "affine", None}, default "coarse"
+        Joint check of all points of a query, against the rare global mismatches (a point matched
+        to similar-looking anatomy far away) that one point alone cannot detect.
+
+        * ``"coarse"`` (SAM-coarse prior): ``fit`` also reads the vectors of a grid of template
+          points in the body (``coarse_grid_mm``, at most ``coarse_max_points``); ``predict``
+          matches them (global map, then local map near a robust affine), smooths their residuals
+          into a displacement field (``coarse_smoothing_mm``) as ``SAMDeformableRegistrar`` does,
+          and searches every landmark again within ``consistency_tol_mm`` of where the affine and
+          the field put it (no second embedding). With several templates the grid comes from the
+          first. Falls back to ``"affine"`` when the grid matches are too few or disagree with most
+          of the landmarks' own matches. Chosen as the default on the cephalometric development
+          split (images 051-070: MRE 27.6 -> 19.2 px, max 201 -> 116 px) and on the demo's
+          validation phantoms (4-minute CT models: 27.5 -> 11.5 and 24.3 -> 15.3 mm); costs about
+          0.1-0.2 s per query more on the CPU (benchmarks/RESULTS.md).
+        * ``"affine"``: fit an affine from the template points to the matched points robustly
+          (RANSAC) and search every point whose match lies more than ``consistency_tol_mm`` from
+          the affine's prediction again, its coarse peak restricted to within
+          ``consistency_tol_mm`` of that prediction. Needs at least ndim + 2 points (dev split:
+          30.0 -> 27.6 px).
+        * None: each point on its own.
     consistency_tol_mm : "auto" or float, default "auto"
-        Residual beyond which a match is searched again; "auto" is one voxel of the query's global
-        grid (its coarsest resolution, where mismatches happen).
+        ``"affine"``: residual beyond which a match is searched again; "auto" is one voxel of the
+        query's global grid. ``"coarse"``: radius of the final search around the prior; "auto" is
+        one voxel of the query's local grid.
+    coarse_grid_mm : "auto" or float, default "auto"
+        Spacing of the template grid of ``"coarse"`` ("auto": two voxels of the template's local
+        map; stratified random positions, seeded).
+    coarse_max_points : int, default 1000
+        At most this many grid points (a seeded random subset).
+    coarse_smoothing_mm : "auto" or float, default "auto"
+        Width of the field's Gaussian smoothing ("auto": twice the grid spacing).
     n_jobs : int or None, default None
         ``predict`` on several images with an embedder on the CPU: images are embedded and matched
         in ``n_jobs`` joblib processes (each returns only its points). None: 1; -1: all cores. On
@@ -109,11 +144,15 @@ class OneShotLandmarkDetector(BaseEstimator):
     n_points_, ndim_, n_templates_ : int
     template_points_ : (n_templates, n_points, ndim) template points in world mm.
     template_embeddings_ : list of Embedding, only with ``cycle_check``.
+    coarse_points_, coarse_global_, coarse_local_, coarse_grid_mm_, coarse_geometry_
+        The grid of ``consistency="coarse"`` (template world mm), its vectors, spacing and the
+        template's geometry; only with ``consistency="coarse"``.
     """
 
     def __init__(self, *, embedder=None, mode="sum", search_radius_mm="auto", refine=True,
-                 cycle_check=False, batch_size=1, chunk_size=DEFAULT_CHUNK_SIZE, consistency="affine",
-                 consistency_tol_mm="auto", n_jobs=None, verbose=0):
+                 cycle_check=False, batch_size=1, chunk_size=DEFAULT_CHUNK_SIZE, consistency="coarse",
+                 consistency_tol_mm="auto", coarse_grid_mm="auto", coarse_max_points=1000,
+                 coarse_smoothing_mm="auto", n_jobs=None, verbose=0):
         self.embedder = embedder
         self.mode = mode
         self.search_radius_mm = search_radius_mm
@@ -123,6 +162,9 @@ class OneShotLandmarkDetector(BaseEstimator):
         self.chunk_size = chunk_size
         self.consistency = consistency
         self.consistency_tol_mm = consistency_tol_mm
+        self.coarse_grid_mm = coarse_grid_mm
+        self.coarse_max_points = coarse_max_points
+        self.coarse_smoothing_mm = coarse_smoothing_mm
         self.n_jobs = n_jobs
         self.verbose = verbose
 
@@ -159,16 +201,11 @@ class OneShotLandmarkDetector(BaseEstimator):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_search_radius(self.search_radius_mm)
-        if self.consistency not in (None, "affine"):
-            raise ValueError(f"consistency must be None or 'affine', got {self.consistency!r}")
-        tol = self.consistency_tol_mm
-        if tol != "auto":
-            try:
-                ok = np.isfinite(float(tol)) and float(tol) > 0
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise ValueError(f"consistency_tol_mm must be 'auto' or a positive number of mm, got {tol!r}")
+        if self.consistency not in (None, "affine", "coarse"):
+            raise ValueError(f"consistency must be None, 'affine' or 'coarse', got {self.consistency!r}")
+        for name in ("consistency_tol_mm", "coarse_grid_mm", "coarse_smoothing_mm"):
+            _check_auto_mm(getattr(self, name), name)
+        _check_positive_int(self.coarse_max_points, "coarse_max_points")
         _check_flag(self.refine, "refine")
         _check_flag(self.cycle_check, "cycle_check")
         _check_positive_int(self.batch_size, "batch_size")
@@ -273,6 +310,13 @@ class OneShotLandmarkDetector(BaseEstimator):
         self.n_points_ = int(point_sets[0].shape[0])
         self.n_templates_ = len(images)
         self.ndim_ = ndim
+        if self.consistency == "coarse":
+            self._fit_coarse_grid(embedder, images[0], embeddings[0])
+        else:
+            for name in ("coarse_points_", "coarse_global_", "coarse_local_", "coarse_grid_mm_",
+                         "coarse_geometry_"):
+                if hasattr(self, name):
+                    delattr(self, name)
         if self.cycle_check:
             self.template_embeddings_ = embeddings
         elif hasattr(self, "template_embeddings_"):
@@ -327,6 +371,8 @@ class OneShotLandmarkDetector(BaseEstimator):
                     scores[i + j] = res.scores
                     if self.consistency == "affine":
                         self._affine_repair(emb, points[i + j], scores[i + j], kwargs)
+                    elif self.consistency == "coarse":
+                        self._coarse_repair(emb, points[i + j], scores[i + j], kwargs)
                     if self.cycle_check:
                         d = [cycle_consistency(t_emb, t_pts, emb, forward=res, **kwargs).distances_mm
                              for t_emb, t_pts in zip(self.template_embeddings_, self.template_points_)]
@@ -384,6 +430,84 @@ class OneShotLandmarkDetector(BaseEstimator):
                            prior_points=expected[bad], prior_radius_mm=tol, **kw)
         pts[bad] = res.points
         scores[bad] = res.scores
+
+    def _fit_coarse_grid(self, embedder, image, embedding):
+        """Template points on a grid in the body of the (first) template, and their vectors, for
+        ``consistency="coarse"``."""
+        from .registration import _grid_points, auto_body_threshold, body_mask
+        spacing = self.coarse_grid_mm
+        if spacing == "auto":
+            spacing = 2.0 * float(np.max(embedding.local_map.geometry.spacing))
+        spacing = float(spacing)
+        rng = np.random.default_rng(0)
+        pts = _grid_points(image.geometry, spacing, rng)
+        _, inside = body_mask(image, auto_body_threshold(embedder, image))
+        pts = pts[inside(pts)]
+        if len(pts) > self.coarse_max_points:
+            pts = pts[np.sort(rng.choice(len(pts), size=self.coarse_max_points, replace=False))]
+        if len(pts) < 3 * (self.ndim_ + 1):
+            # too small a body for a field: predict falls back to the affine check
+            pts = np.zeros((0, self.ndim_))
+            gv = np.zeros((0, self.template_global_.shape[1]), np.float32)
+            lv = np.zeros((0, self.template_local_.shape[1]), np.float32)
+        else:
+            gv, lv = (v.detach().float().cpu().numpy() for v in template_vectors(embedding, pts))
+        self.coarse_points_ = pts
+        self.coarse_global_ = gv
+        self.coarse_local_ = lv
+        self.coarse_grid_mm_ = spacing
+        self.coarse_geometry_ = image.geometry
+
+    def _coarse_repair(self, emb, pts, scores, kwargs):
+        """SAM-coarse prior (in place), SAMDeformableRegistrar's steps without a second embedding:
+        (1) the template's grid points matched on the global map alone, a RANSAC affine fitted to
+        the confident ones (inlier distance one global voxel); (2) each grid point searched again on
+        the local map within half a global voxel of where the affine puts it; (3) the residuals
+        smoothed into a displacement field (outliers dropped, ``coarse_smoothing_mm``); (4) each
+        landmark searched again (``mode``) within ``consistency_tol_mm`` of where the affine and the
+        field put it. Falls back to the affine check when too few grid matches are confident, or
+        when fewer than half of the landmarks' own matches lie within half a global voxel of where the
+        prior puts them (a wrong grid affine)."""
+        from .registration import (AffineTransform, RegistrationError, field_from_matches,
+                                   field_geometry, fit_affine)
+        d = self.ndim_
+        g_sp = float(np.max(emb.global_map.geometry.spacing))
+        l_sp = float(np.max(emb.local_map.geometry.spacing))
+        x = self.coarse_points_
+        if len(x) == 0:
+            return self._affine_repair(emb, pts, scores, kwargs)
+        coarse = match_points(self.coarse_global_, None, emb, mode="global", chunk_size=self.chunk_size)
+        keep = coarse.scores >= _COARSE_SCORE_THRESHOLD
+        if keep.sum() < 3 * (d + 1):
+            return self._affine_repair(emb, pts, scores, kwargs)
+        try:
+            A, _ = fit_affine(x[keep], coarse.points[keep], robust="ransac", residual_threshold_mm=g_sp,
+                              n_trials=_COARSE_RANSAC_TRIALS, rng=0)
+        except RegistrationError:
+            return self._affine_repair(emb, pts, scores, kwargs)
+        affine = AffineTransform(A)
+        fine = match_points(None, self.coarse_local_, emb, mode="local", chunk_size=self.chunk_size,
+                            centers_world=affine.transform_points(x), search_radius_mm=0.5 * g_sp)
+        smoothing = self.coarse_smoothing_mm
+        smoothing = 2.0 * self.coarse_grid_mm_ if smoothing == "auto" else float(smoothing)
+        geom = field_geometry(self.coarse_geometry_, max(smoothing / 4.0, l_sp / 2.0), smoothing)
+        u = affine.inverse().transform_points(fine.points) - x
+        field, _ = field_from_matches(x, u, fine.scores, geom, smoothing_mm=smoothing,
+                                      score_threshold=_COARSE_SCORE_THRESHOLD,
+                                      max_displacement_mm=np.inf, outlier_factor=2.5, floor_mm=0.5 * l_sp)
+        prior = affine.transform_points(field.transform_points(self.template_points_[0]))
+        # a wrong grid affine (repeated anatomy on a coarse global map) disagrees with most of the
+        # landmarks' own matches: keep those, checked by the landmarks' own affine, instead
+        agree = np.linalg.norm(pts - prior, axis=1) <= 0.5 * g_sp
+        if agree.mean() < 0.5:
+            return self._affine_repair(emb, pts, scores, kwargs)
+        tol = self.consistency_tol_mm
+        kw = dict(kwargs, search_radius_mm=l_sp if tol == "auto" else float(tol))
+        if kw["mode"] == "global":
+            kw["mode"] = "sum"
+        out = match_points(self.template_global_, self.template_local_, emb, centers_world=prior, **kw)
+        pts[:] = out.points
+        scores[:] = out.scores
 
     def score(self, images, points):
         """Negative mean radial error (mm) of ``predict(images)`` against ``points``

@@ -72,6 +72,8 @@ AUTO_RADIUS_GLOBAL_VOXELS = 2.0
 # so windows holding more than this fraction of the local grid are searched by a slab scan with a
 # distance mask instead (both give identical results).
 _WINDOW_MAX_FRACTION = 1.0 / 16
+#: boxes of at most this many voxels are read by one vectorised gather instead of a loop over points
+_GATHER_MAX_BOX = 512
 
 
 # ============================================================================ results
@@ -375,6 +377,11 @@ class _Scorer:
         so the interpreter overhead stays negligible next to the arithmetic."""
         k = start.shape[0]
         nb = int(np.prod(box))
+        off = _GridIndex(tuple(box), self.device).rows(0, box[0])
+        if nb <= _GATHER_MAX_BOX and nb * self.n_channels <= self.chunk_size:
+            # small boxes (e.g. many points searched near a prior): one vectorised gather of all
+            # the boxes' voxels beats a Python-level loop over the points
+            return self.at(self.grid.ravel(start[:, None, :] + off[None].long()), p0)
         out = torch.empty((k, nb), dtype=torch.float32, device=self.device)
         if self.mode in ("sum", "local"):
             data = self.fl.reshape(self.n_channels, *self.grid.shape)
@@ -388,7 +395,6 @@ class _Scorer:
                         slice(c, c + b) for c, b in zip(corner[1:], box[1:]))
                     feats = data[sl].reshape(self.n_channels, -1)
                     out[i, r * row:r1 * row] = (self.lv[p0 + i] @ feats).float()
-        off = _GridIndex(tuple(box), self.device).rows(0, box[0])
         if self.mode != "local":
             pos = (start.float()[:, None, :] + off[None]) @ self.m + self.t
             sg = _interp(self.sg[p0:p0 + k].unsqueeze(1), pos)[:, 0]
@@ -398,30 +404,45 @@ class _Scorer:
             out = out.masked_fill(self.outside[flat], -math.inf)
         return out
 
+    def _voxel_rows(self):
+        """The local map as (voxels, channels), made once, for gathers of many voxels; None when
+        the copy would exceed chunk_size floats (whole-body CT maps: gather channel-first)."""
+        if self.fl.numel() > self.chunk_size:
+            return None
+        if getattr(self, "_rows_cache", None) is None:
+            self._rows_cache = self.fl.t().contiguous()
+        return self._rows_cache
+
     # --- per-point voxel sets
-    def at(self, flat: torch.Tensor) -> torch.Tensor:
-        """Values at flat voxel indices ``flat`` (k, n) of each point's own map: (k, n)."""
-        vals = self._at(flat)
+    def at(self, flat: torch.Tensor, p0: int = 0) -> torch.Tensor:
+        """Values at flat voxel indices ``flat`` (k, n) of each point's own map, for points
+        ``p0:p0 + k``: (k, n)."""
+        vals = self._at(flat, p0)
         if self.outside is not None:
             vals = vals.masked_fill(self.outside[flat], -math.inf)
         return vals
 
-    def _at(self, flat: torch.Tensor) -> torch.Tensor:
+    def _at(self, flat: torch.Tensor, p0: int = 0) -> torch.Tensor:
         k, n = flat.shape
         if self.mode == "global":
-            return torch.gather(self.sg.reshape(self.k, -1), 1, flat)
+            return torch.gather(self.sg[p0:p0 + k].reshape(k, -1), 1, flat)
         # gather in sub-chunks of points so at most chunk_size feature floats are copied at once
         step = max(1, self.chunk_size // max(1, n * self.n_channels))
+        rows = self._voxel_rows() if k * n * self.n_channels > self.fl.numel() // 8 else None
         parts = []
         for i in range(0, k, step):
             f = flat[i:i + step]
-            feats = self.fl[:, f.reshape(-1)].reshape(self.n_channels, f.shape[0], n)
-            parts.append(torch.einsum("kc,ckn->kn", self.lv[i:i + step], feats).float())
+            lv = self.lv[p0 + i:p0 + i + f.shape[0]]
+            if rows is not None:  # channel-last copy: each voxel's vector is one contiguous read
+                parts.append(torch.bmm(rows[f], lv.unsqueeze(-1)).squeeze(-1).float())
+            else:
+                feats = self.fl[:, f.reshape(-1)].reshape(self.n_channels, f.shape[0], n)
+                parts.append(torch.einsum("kc,ckn->kn", lv, feats).float())
         sl = torch.cat(parts, 0)
         if self.mode == "local":
             return sl
         pos = self.grid.unravel(flat).float() @ self.m + self.t
-        sg = _interp(self.sg.unsqueeze(1), pos)[:, 0]
+        sg = _interp(self.sg[p0:p0 + k].unsqueeze(1), pos)[:, 0]
         return (sg + sl) * 0.5
 
 

@@ -541,6 +541,15 @@ class Matches:
         return len(self.fixed_points)
 
 
+def auto_body_threshold(embedder, image: Image) -> float:
+    """The "auto" body threshold of an image for :func:`body_mask`: -500 HU when the embedder
+    normalises intensities as CT (``config_["intensity"] == "ct"``; 3D images when it does not
+    say), otherwise the X-ray rule (only the darkest background is dropped)."""
+    preset = (getattr(embedder, "config_", None) or {}).get("intensity")
+    is_ct = preset == "ct" or (preset is None and image.ndim == 3)
+    return CT_BODY_THRESHOLD_HU if is_ct else _xray_body_threshold(image.array)
+
+
 def _grid_points(geometry: ImageGeometry, spacing_mm: float, rng=None) -> np.ndarray:
     """World points of a regular grid over ``geometry`` with about ``spacing_mm`` between points
     along each index axis, centred in the field of view. With ``rng`` each point is moved to a
@@ -699,9 +708,7 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         if bt is None:
             return None
         if isinstance(bt, str):  # "auto"
-            preset = (getattr(embedder, "config_", None) or {}).get("intensity")
-            is_ct = preset == "ct" or (preset is None and image.ndim == 3)
-            return CT_BODY_THRESHOLD_HU if is_ct else _xray_body_threshold(image.array)
+            return auto_body_threshold(embedder, image)
         return float(bt)
 
     def _sample_points(self, embedder, fixed: Image, spacing_mm, max_points, rng):
@@ -997,61 +1004,77 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
         timings["coarse"] = time.perf_counter() - t0
 
     def _field_from_matches(self, pts, u, scores, geom, ref_emb):
-        """The smooth field of residuals ``u`` at fixed points ``pts`` (confident, at most
-        ``max_displacement_mm``), re-estimated without the matches that disagree with it by more
-        than ``outlier_factor`` robust standard deviations. Returns (field, indices of the matches
-        used)."""
-        d = pts.shape[1]
-        keep = (scores >= float(self.score_threshold)) & \
-            (np.linalg.norm(u, axis=1) <= float(self.max_displacement_mm))
-        x, uu = pts[keep], u[keep]
-        if len(x) < 3 * (d + 1):
-            return DisplacementField(np.zeros(geom.shape + (d,)), geom), np.zeros(0, int)
-        field_u = self._smooth_field(x, uu, geom)
-        dev = np.linalg.norm(uu - DisplacementField(field_u, geom).displacement_at(x), axis=1)
-        scale = 1.4826 * float(np.median(dev))
-        floor = 0.5 * float(np.max(ref_emb.local_map.geometry.spacing))
-        sel = dev <= float(self.outlier_factor) * max(scale, floor)
-        if sel.sum() >= 3 * (d + 1):
-            field_u = self._smooth_field(x[sel], uu[sel], geom)
-        else:
-            sel = np.ones(len(x), bool)
-        return DisplacementField(field_u, geom), np.flatnonzero(keep)[sel]
+        return field_from_matches(pts, u, scores, geom, smoothing_mm=float(self.smoothing_mm),
+                                  score_threshold=float(self.score_threshold),
+                                  max_displacement_mm=float(self.max_displacement_mm),
+                                  outlier_factor=float(self.outlier_factor),
+                                  floor_mm=0.5 * float(np.max(ref_emb.local_map.geometry.spacing)))
 
     def _field_geometry(self, fixed: ImageGeometry) -> ImageGeometry:
-        """Identity-direction grid over the fixed image's bounding box at ``field_spacing_mm``,
-        grown by two smoothing widths so the field decays inside it."""
-        sp = float(self.field_spacing_mm)
-        margin = 2.0 * float(self.smoothing_mm)
-        corners = fixed.corners_world()
-        lo, hi = corners.min(0) - margin, corners.max(0) + margin
-        n = np.maximum(2, np.ceil((hi - lo) / sp).astype(int) + 1)
-        origin = (lo + hi) / 2 - (n - 1) * sp / 2
-        return ImageGeometry(tuple(int(v) for v in n), sp, origin, np.eye(fixed.ndim))
+        return field_geometry(fixed, float(self.field_spacing_mm), float(self.smoothing_mm))
 
-    def _smooth_field(self, x, u, geom: ImageGeometry) -> np.ndarray:
-        """Normalised Gaussian convolution: splat each residual onto the grid (multilinear
-        weights), blur values and weights with sigma = ``smoothing_mm``, divide. A prior weight
-        (10% of the typical weight where matches are) pulls the field to zero where there are none."""
-        d = geom.ndim
-        shape = geom.shape
-        idx = geom.world_to_array_index(x)
-        base = np.floor(idx).astype(int)
-        frac = idx - base
-        num = np.zeros(shape + (d,))
-        den = np.zeros(shape)
-        for corner in np.ndindex(*([2] * d)):
-            c = np.asarray(corner)
-            pos = base + c
-            w = np.prod(np.where(c == 1, frac, 1 - frac), axis=1)
-            ok = np.all((pos >= 0) & (pos < np.asarray(shape)), axis=1)
-            tgt = tuple(pos[ok].T)
-            np.add.at(den, tgt, w[ok])
-            for k in range(d):
-                np.add.at(num[..., k], tgt, w[ok] * u[ok, k])
-        sigma = float(self.smoothing_mm) / geom.spacing[::-1]
-        den_s = ndimage.gaussian_filter(den, sigma, mode="constant")
-        num_s = np.stack([ndimage.gaussian_filter(num[..., k], sigma, mode="constant") for k in range(d)], -1)
-        occupied = den_s[den_s > 1e-6 * den_s.max()] if den_s.max() > 0 else np.ones(1)
-        prior = 0.1 * float(np.median(occupied))
-        return num_s / (den_s + prior)[..., None]
+
+def field_geometry(fixed: ImageGeometry, spacing_mm: float, smoothing_mm: float) -> ImageGeometry:
+    """Identity-direction grid over ``fixed``'s bounding box at ``spacing_mm``, grown by two
+    smoothing widths so a smoothed field decays inside it."""
+    sp = float(spacing_mm)
+    margin = 2.0 * float(smoothing_mm)
+    corners = fixed.corners_world()
+    lo, hi = corners.min(0) - margin, corners.max(0) + margin
+    n = np.maximum(2, np.ceil((hi - lo) / sp).astype(int) + 1)
+    origin = (lo + hi) / 2 - (n - 1) * sp / 2
+    return ImageGeometry(tuple(int(v) for v in n), sp, origin, np.eye(fixed.ndim))
+
+
+def smooth_field(x, u, geom: ImageGeometry, smoothing_mm: float) -> np.ndarray:
+    """Normalised Gaussian convolution of residuals ``u`` (n, ndim) at world points ``x`` onto the
+    grid ``geom``: splat each residual (multilinear weights), blur values and weights with sigma =
+    ``smoothing_mm``, divide. A prior weight (10% of the typical weight where matches are) pulls
+    the field to zero where there are none. Returns (*geom.shape, ndim)."""
+    d = geom.ndim
+    shape = geom.shape
+    idx = geom.world_to_array_index(x)
+    base = np.floor(idx).astype(int)
+    frac = idx - base
+    num = np.zeros(shape + (d,))
+    den = np.zeros(shape)
+    for corner in np.ndindex(*([2] * d)):
+        c = np.asarray(corner)
+        pos = base + c
+        w = np.prod(np.where(c == 1, frac, 1 - frac), axis=1)
+        ok = np.all((pos >= 0) & (pos < np.asarray(shape)), axis=1)
+        tgt = tuple(pos[ok].T)
+        np.add.at(den, tgt, w[ok])
+        for k in range(d):
+            np.add.at(num[..., k], tgt, w[ok] * u[ok, k])
+    sigma = float(smoothing_mm) / geom.spacing[::-1]
+    den_s = ndimage.gaussian_filter(den, sigma, mode="constant")
+    num_s = np.stack([ndimage.gaussian_filter(num[..., k], sigma, mode="constant") for k in range(d)], -1)
+    occupied = den_s[den_s > 1e-6 * den_s.max()] if den_s.max() > 0 else np.ones(1)
+    prior = 0.1 * float(np.median(occupied))
+    return num_s / (den_s + prior)[..., None]
+
+
+def field_from_matches(pts, u, scores, geom: ImageGeometry, *, smoothing_mm: float,
+                       score_threshold: float, max_displacement_mm: float, outlier_factor: float,
+                       floor_mm: float):
+    """The smooth field (SAM-coarse) of residuals ``u`` at points ``pts``: matches with a score of
+    at least ``score_threshold`` and a residual of at most ``max_displacement_mm`` are smoothed
+    (:func:`smooth_field`), those that disagree with the result by more than ``outlier_factor``
+    robust standard deviations (at least ``floor_mm``) are dropped and the field is estimated
+    again. Returns ``(DisplacementField, indices of the matches used)``; a zero field and no
+    indices when fewer than 3 (ndim + 1) matches are usable."""
+    d = pts.shape[1]
+    keep = (scores >= score_threshold) & (np.linalg.norm(u, axis=1) <= max_displacement_mm)
+    x, uu = pts[keep], u[keep]
+    if len(x) < 3 * (d + 1):
+        return DisplacementField(np.zeros(geom.shape + (d,)), geom), np.zeros(0, int)
+    field_u = smooth_field(x, uu, geom, smoothing_mm)
+    dev = np.linalg.norm(uu - DisplacementField(field_u, geom).displacement_at(x), axis=1)
+    scale = 1.4826 * float(np.median(dev))
+    sel = dev <= outlier_factor * max(scale, floor_mm)
+    if sel.sum() >= 3 * (d + 1):
+        field_u = smooth_field(x[sel], uu[sel], geom, smoothing_mm)
+    else:
+        sel = np.ones(len(x), bool)
+    return DisplacementField(field_u, geom), np.flatnonzero(keep)[sel]

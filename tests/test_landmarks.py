@@ -354,3 +354,79 @@ def test_consistency_parameters_are_checked(scene2d):
     with pytest.raises(ValueError, match="consistency_tol_mm"):
         OneShotLandmarkDetector(embedder=scene2d.embedder, consistency="affine",
                                 consistency_tol_mm=-1).fit(scene2d.template, scene2d.points)
+
+
+def _coarse_scene():
+    """A 2D pair under an affine plus a smooth 4 mm deformation (analytic embedder: exact matches),
+    and 10 landmarks inside the anatomy."""
+    from samlearn.registration import body_mask
+    from test_registration import Pair
+    p = Pair(2, seed=8, deform_mm=4.0)
+    _, inside = body_mask(p.fixed, float(np.percentile(p.fixed.array, 50)))
+    pts = p.probe(400, seed=5)
+    return p, pts[inside(pts)][:10]
+
+
+def test_coarse_consistency_prior_follows_a_smooth_deformation():
+    """consistency='coarse' searches each landmark only within consistency_tol_mm of where the grid
+    matches' affine + smooth field put it: with a tight window the result is only right if that
+    prior is (the field applied, in the right direction, on the right side of the affine)."""
+    p, pts = _coarse_scene()
+    truth = p.truth(pts)
+    common = dict(embedder=p.embedder, consistency="coarse", coarse_grid_mm=4.0, coarse_max_points=3000,
+                  consistency_tol_mm=1.0)
+    det = OneShotLandmarkDetector(**common, coarse_smoothing_mm=6.0).fit(p.fixed, pts)
+    assert det.coarse_points_.shape[1] == 2 and len(det.coarse_points_) > 100
+    assert det.coarse_global_.shape == (len(det.coarse_points_), 64) and det.coarse_grid_mm_ == 4.0
+    err = np.linalg.norm(det.predict([p.moving])[0] - truth, axis=1)
+    # the same with a field so smooth it is a constant: the prior is then (nearly) affine
+    flat = OneShotLandmarkDetector(**common, coarse_smoothing_mm=600.0).fit(p.fixed, pts)
+    err_flat = np.linalg.norm(flat.predict([p.moving])[0] - truth, axis=1)
+    assert err.max() < 0.25 * p.local_voxel(), err
+    assert err.mean() < 0.7 * err_flat.mean(), (err.mean(), err_flat.mean())
+    # refitting without it drops the grid; clone keeps the parameters
+    det2 = clone(det).set_params(consistency=None).fit(p.fixed, pts)
+    assert not hasattr(det2, "coarse_points_") and det2.get_params()["coarse_smoothing_mm"] == 6.0
+
+
+def test_coarse_consistency_repairs_a_global_mismatch():
+    p, pts = _coarse_scene()
+    truth = p.truth(pts)
+    i = 0
+    emb_t = p.embedder.transform(p.fixed)[0]
+    tol = float(np.max(emb_t.global_map.geometry.spacing))
+    corners = p.fixed.geometry.index_to_world(
+        np.stack(np.meshgrid(*[[0.05, 0.95]] * 2, indexing="ij"), -1).reshape(-1, 2) * (np.array(p.fixed.size) - 1))
+    far = corners[np.argmax(np.linalg.norm(corners - pts[i], axis=1))]
+    assert np.linalg.norm(far - pts[i]) > 3 * tol
+    g_far, l_far = template_vectors(emb_t, far[None])
+    preds = {}
+    for mode in (None, "coarse"):
+        det = OneShotLandmarkDetector(embedder=p.embedder, consistency=mode, coarse_grid_mm=4.0,
+                                      coarse_smoothing_mm=6.0).fit(p.fixed, pts)
+        det.template_global_[i] = g_far[0].numpy()  # similar-looking anatomy far away
+        preds[mode] = det.predict([p.moving])[0]
+    assert np.linalg.norm(preds[None][i] - truth[i]) > 2 * tol
+    assert np.linalg.norm(preds["coarse"][i] - truth[i]) < 0.5 * p.local_voxel()
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(coarse_grid_mm=-1.0), "coarse_grid_mm"),
+    (dict(coarse_grid_mm="fine"), "coarse_grid_mm"),
+    (dict(coarse_smoothing_mm=0), "coarse_smoothing_mm"),
+    (dict(coarse_max_points=0), "coarse_max_points"),
+])
+def test_coarse_consistency_parameters_are_checked(params, match):
+    p, pts = _coarse_scene()
+    with pytest.raises(ValueError, match=match):
+        OneShotLandmarkDetector(embedder=p.embedder, consistency="coarse", **params).fit(p.fixed, pts)
+
+
+def test_coarse_consistency_falls_back_to_the_affine_check_without_a_grid():
+    """A grid too coarse for the template's body (fewer than 3 (ndim + 1) points) leaves no field
+    to fit: predictions are then exactly those of consistency='affine'."""
+    p, pts = _coarse_scene()
+    det = OneShotLandmarkDetector(embedder=p.embedder, consistency="coarse", coarse_grid_mm=1e4).fit(p.fixed, pts)
+    assert det.coarse_points_.shape == (0, 2)
+    aff = OneShotLandmarkDetector(embedder=p.embedder, consistency="affine").fit(p.fixed, pts)
+    np.testing.assert_array_equal(det.predict([p.moving]), aff.predict([p.moving]))

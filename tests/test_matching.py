@@ -184,9 +184,11 @@ def test_window_search_equals_full_search_when_it_covers_the_peak(ndim):
     assert auto == pytest.approx(matching.AUTO_RADIUS_GLOBAL_VOXELS * eq.global_map.geometry.spacing.max())
 
 
+@pytest.mark.parametrize("gather_max", [0, 10**9])  # boxes read point by point / by one gather
 @pytest.mark.parametrize("top_k", [1, 3])
 @pytest.mark.parametrize("mode", ["sum", "local"])
-def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode):
+def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, gather_max):
+    monkeypatch.setattr(matching, "_GATHER_MAX_BOX", gather_max)
     emb, tmpl, query, pts, truth = _fake_query(3, 50)
     et, eq = emb.transform([tmpl, query])
     gv, lv = template_vectors(et, pts)
@@ -209,10 +211,13 @@ def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode):
     assert np.all(d[ok] <= 9.0 + 0.5 * eq.local_map.geometry.spacing.max() * np.sqrt(3))
 
 
+@pytest.mark.parametrize("gather_max", [0, 10**9])
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_window_boxes_hold_the_whole_ball_on_noise(monkeypatch, ndim):
+def test_window_boxes_hold_the_whole_ball_on_noise(monkeypatch, ndim, gather_max):
     """On noise maps the maximum over a window is decided by every single voxel of the ball, so
-    both window strategies must evaluate exactly the same voxels (including the ball's rim)."""
+    both window strategies (and both ways of reading the boxes) must evaluate exactly the same
+    voxels (including the ball's rim)."""
+    monkeypatch.setattr(matching, "_GATHER_MAX_BOX", gather_max)
     rng = np.random.default_rng(55 + ndim)
     geom = make_geometry(rng, ndim, size=(40, 36) if ndim == 2 else (20, 18, 12))
     gen = torch.Generator().manual_seed(ndim)
