@@ -66,6 +66,8 @@ SAM_ROWS = (
     ("SAM-affine 1 pass", SAMAffineRegistrar, {"n_refinements": 0}),
     ("SAM-affine", SAMAffineRegistrar, {}),
     ("SAM-coarse", SAMDeformableRegistrar, {}),
+    ("SAM-coarse 16 mm", SAMDeformableRegistrar, {"smoothing_mm": 16.0}),
+    ("SAM-coarse 16 mm, 2 passes", SAMDeformableRegistrar, {"smoothing_mm": 16.0, "n_coarse_passes": 2}),
 )
 AIR = -1024.0
 ELASTIC_SIGMA_MM = 20.0
@@ -154,7 +156,7 @@ def get_model(path: Path, data: Path, train: bool, max_time: float):
 
 
 # ----------------------------------------------------------------------------- registration
-def run_registration(cases, embedder, methods, seed, elastic_mm, threads):
+def run_registration(cases, embedder, methods, seed, elastic_mm, threads, sam_rows=None):
     import peers
     rows = []
     for ci, (name, img) in enumerate(cases):
@@ -172,6 +174,8 @@ def run_registration(cases, embedder, methods, seed, elastic_mm, threads):
         row["methods"]["best affine"] = {"tre": tre_summary(AffineTransform(m_best).transform_points(pts), truth),
                                          "seconds": 0.0}
         for label, cls, kw in SAM_ROWS:
+            if sam_rows is not None and label not in sam_rows:
+                continue
             t0 = time.perf_counter()
             reg = cls(embedder=embedder, random_state=0, **kw).fit(fixed, moving)
             mapped = reg.transform_points(pts)
@@ -305,6 +309,8 @@ def main(argv=None):
     ap.add_argument("--train-seconds", type=float, default=900.0)
     ap.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     ap.add_argument("--methods", default="ants-affine,elastix-affine")
+    ap.add_argument("--sam-rows", default=None,
+                    help="';'-separated labels of SAM_ROWS to run (default: all)")
     ap.add_argument("--elastic-mm", type=float, default=6.0)
     ap.add_argument("--lesion-warps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -334,8 +340,9 @@ def main(argv=None):
         result["peer_warm_up_s"] = time.perf_counter() - t0
     if not args.skip_registration:
         cases = [(n, ct.images[n]) for n in ct.names]
-        result["registration"] = run_registration(cases, embedder, methods, args.seed, args.elastic_mm,
-                                                  args.threads)
+        result["registration"] = run_registration(
+            cases, embedder, methods, args.seed, args.elastic_mm, args.threads,
+            sam_rows=None if args.sam_rows is None else set(args.sam_rows.split(";")))
     if not args.skip_lesions:
         recs = run_lesions(ct, embedder, args.seed, args.elastic_mm, args.lesion_warps)
         result["lesions"] = recs

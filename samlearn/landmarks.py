@@ -107,8 +107,9 @@ class OneShotLandmarkDetector(BaseEstimator):
           and searches every landmark again within ``consistency_tol_mm`` of where the affine and
           the field put it (no second embedding). With several templates the grid comes from the
           first. Falls back to ``"affine"`` when the grid matches are too few or disagree with most
-          of the landmarks' own matches. Chosen as the default on the cephalometric development
-          split (images 051-070: MRE 27.6 -> 19.2 px, max 201 -> 116 px) and on the demo's
+          of the landmarks' own matches, and with ``mode="global"``. Chosen as the default on the
+          cephalometric development split (images 051-070: MRE 27.6 -> 19.2 px, max 201 -> 116
+          px; test split 071-100, evaluated once: 26.9 -> 22.4 px) and checked on the demo's
           validation phantoms (4-minute CT models: 27.5 -> 11.5 and 24.3 -> 15.3 mm); costs about
           0.1-0.2 s per query more on the CPU (benchmarks/RESULTS.md).
         * ``"affine"``: fit an affine from the template points to the matched points robustly
@@ -474,7 +475,7 @@ class OneShotLandmarkDetector(BaseEstimator):
         g_sp = float(np.max(emb.global_map.geometry.spacing))
         l_sp = float(np.max(emb.local_map.geometry.spacing))
         x = self.coarse_points_
-        if len(x) == 0:
+        if len(x) == 0 or kwargs["mode"] == "global":  # no field, or no fine search to restrict
             return self._affine_repair(emb, pts, scores, kwargs)
         coarse = match_points(self.coarse_global_, None, emb, mode="global", chunk_size=self.chunk_size)
         keep = coarse.scores >= _COARSE_SCORE_THRESHOLD
@@ -503,8 +504,6 @@ class OneShotLandmarkDetector(BaseEstimator):
             return self._affine_repair(emb, pts, scores, kwargs)
         tol = self.consistency_tol_mm
         kw = dict(kwargs, search_radius_mm=l_sp if tol == "auto" else float(tol))
-        if kw["mode"] == "global":
-            kw["mode"] = "sum"
         out = match_points(self.template_global_, self.template_local_, emb, centers_world=prior, **kw)
         pts[:] = out.points
         scores[:] = out.scores

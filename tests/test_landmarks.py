@@ -430,3 +430,8 @@ def test_coarse_consistency_falls_back_to_the_affine_check_without_a_grid():
     assert det.coarse_points_.shape == (0, 2)
     aff = OneShotLandmarkDetector(embedder=p.embedder, consistency="affine").fit(p.fixed, pts)
     np.testing.assert_array_equal(det.predict([p.moving]), aff.predict([p.moving]))
+    # mode="global" has no fine search to restrict: the affine check as well
+    glob = dict(embedder=p.embedder, mode="global")
+    np.testing.assert_array_equal(
+        OneShotLandmarkDetector(**glob).fit(p.fixed, pts).predict([p.moving]),
+        OneShotLandmarkDetector(**glob, consistency="affine").fit(p.fixed, pts).predict([p.moving]))
