@@ -214,7 +214,7 @@ def _cmd_detect(args) -> int:
                        f"the model works on {model.ndim_}D images")
     from .landmarks import OneShotLandmarkDetector
 
-    det = OneShotLandmarkDetector(embedder=model, consistency=None if args.consistency == "none" else "affine",
+    det = OneShotLandmarkDetector(embedder=model, consistency=None if args.consistency == "none" else args.consistency,
                                   search_radius_mm=None if args.search_radius == "none" else
                                   ("auto" if args.search_radius == "auto" else float(args.search_radius)),
                                   cycle_check=args.cycle_check)
@@ -403,9 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     _template_query_args(det, "query image files, folders or quoted glob patterns",
                          "template image the points are marked on")
     det.add_argument("-p", "--points", required=True, help="CSV of template points: name,x,y[,z] (mm)")
-    det.add_argument("--consistency", choices=("affine", "none"), default="affine",
-                     help="re-search points that disagree with a robust affine fit of all points "
-                          "(default affine; needs ndim + 2 points)")
+    det.add_argument("--consistency", choices=("coarse", "affine", "none"), default="coarse",
+                     help="joint check of the points: 'coarse' (default) searches each point near "
+                          "where a grid of template points' affine + smooth field puts it; 'affine' "
+                          "re-searches points that disagree with a robust affine fit of all points "
+                          "(faster; needs ndim + 2 points); 'none' searches each point on its own")
     det.add_argument("--search-radius", default="auto",
                      help="coarse-to-fine window in mm around the global peak, 'auto' (default) or "
                           "'none' (whole image)")

@@ -88,6 +88,7 @@ def test_no_command_prints_help_and_fails(capsys):
     ["register", "--model", "m", "--out", "t.tfm", "fixed.nii.gz"],  # moving missing
     ["embed", "--model", "m", "--out", "o", "--format", "png", "x.nii.gz"],
     ["detect", "--threads", "0", "-m", "m", "-t", "t", "-p", "p", "q"],
+    ["detect", "--consistency", "rigid", "-m", "m", "-t", "t", "-p", "p", "q"],
 ])
 def test_bad_arguments_exit_2_with_a_reason(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -192,6 +193,11 @@ def test_detect_writes_points_and_scores(files, phantoms, capsys, tmp_path):
     code, stdout, _ = run(["detect", "-m", m, "-t", scans / "ph0.nii.gz", "-p", files / "points.csv",
                            "-q", scans / "ph1.nii.gz"], capsys)
     assert code == 0 and stdout.splitlines()[0] == "image,name,x,y,z,score" and len(stdout.splitlines()) == 7
+    # the other joint checks run too
+    for mode in ("affine", "none"):
+        code, out_mode, err = run(["detect", "-m", m, "-t", scans / "ph0.nii.gz", "-p", files / "points.csv",
+                                   "-q", "--consistency", mode, scans / "ph1.nii.gz"], capsys)
+        assert code == 0 and len(out_mode.splitlines()) == 7, err
 
 
 def test_match_lesions(files, capsys, tmp_path):
