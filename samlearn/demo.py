@@ -247,8 +247,8 @@ def run_demo(*, minutes=4.0, out="samlearn-demo", seed=0, n_train=20, n_test=10,
         for i in range(n_test):
             for j, n in enumerate(used):
                 csv_rows.append([method, i, n, *(f"{v:.2f}" for v in P[i, j]),
-                             f"{scores[i, j]:.3f}" if method == "detector" else "",
-                             *(f"{v:.2f}" for v in truth[i, j]), f"{E[i, j]:.2f}"])
+                                 f"{scores[i, j]:.3f}" if method == "detector" else "",
+                                 *(f"{v:.2f}" for v in truth[i, j]), f"{E[i, j]:.2f}"])
     write_csv(out / "landmarks.csv", header, csv_rows)  # temporary file, then renamed
 
     if figure:

@@ -29,7 +29,6 @@ _COARSE_SCORE_THRESHOLD = 0.5
 _COARSE_RANSAC_TRIALS = 300
 
 
-
 def _predict_task(detector, item, index):
     """A joblib task: ``detector``'s predictions for one image (in a worker process)."""
     return detector._predict_items([item], index)
@@ -435,17 +434,13 @@ class OneShotLandmarkDetector(BaseEstimator):
     def _fit_coarse_grid(self, embedder, image, embedding):
         """Template points on a grid in the body of the (first) template, and their vectors, for
         ``consistency="coarse"``."""
-        from .registration import _grid_points, auto_body_threshold, body_mask
+        from .registration import auto_body_threshold, body_grid_points
         spacing = self.coarse_grid_mm
         if spacing == "auto":
             spacing = 2.0 * float(np.max(embedding.local_map.geometry.spacing))
         spacing = float(spacing)
-        rng = np.random.default_rng(0)
-        pts = _grid_points(image.geometry, spacing, rng)
-        _, inside = body_mask(image, auto_body_threshold(embedder, image))
-        pts = pts[inside(pts)]
-        if len(pts) > self.coarse_max_points:
-            pts = pts[np.sort(rng.choice(len(pts), size=self.coarse_max_points, replace=False))]
+        pts, _, _ = body_grid_points(image, spacing, self.coarse_max_points, np.random.default_rng(0),
+                                     auto_body_threshold(embedder, image))
         if len(pts) < 3 * (self.ndim_ + 1):
             # too small a body for a field: predict falls back to the affine check
             pts = np.zeros((0, self.ndim_))

@@ -323,6 +323,7 @@ class _Scorer:
         else:
             self.n_channels = 1
         self.sg_planes = None
+        self._rows_cache = None  # channel-last copy of the local map, made on first need
         if mode == "sum":
             m, t = _index_affine(gmap.geometry, lmap.geometry)
             self.m = torch.as_tensor(m.T, dtype=torch.float32, device=self.device)
@@ -409,7 +410,7 @@ class _Scorer:
         the copy would exceed chunk_size floats (whole-body CT maps: gather channel-first)."""
         if self.fl.numel() > self.chunk_size:
             return None
-        if getattr(self, "_rows_cache", None) is None:
+        if self._rows_cache is None:
             self._rows_cache = self.fl.t().contiguous()
         return self._rows_cache
 

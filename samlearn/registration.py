@@ -570,6 +570,21 @@ def _grid_points(geometry: ImageGeometry, spacing_mm: float, rng=None) -> np.nda
     return geometry.index_to_world(idx)
 
 
+def body_grid_points(image: Image, spacing_mm: float, max_points: int, rng, threshold=None):
+    """Stratified grid points of ``image`` (:func:`_grid_points`, spacing ``spacing_mm``) inside the
+    body (:func:`body_mask` at ``threshold``; None keeps every point), at most ``max_points`` of them
+    (a random subset drawn with ``rng``). Returns ``(points, n_grid, n_body)``."""
+    pts = _grid_points(image.geometry, spacing_mm, rng)
+    n_grid = len(pts)
+    if threshold is not None:
+        _, inside = body_mask(image, threshold)
+        pts = pts[inside(pts)]
+    n_body = len(pts)
+    if len(pts) > max_points:
+        pts = pts[np.sort(rng.choice(len(pts), size=max_points, replace=False))]
+    return pts, n_grid, n_body
+
+
 class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
     """SAM-affine registration (§III-E): affine transform from SAM matches of a point grid.
 
@@ -712,16 +727,7 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         return float(bt)
 
     def _sample_points(self, embedder, fixed: Image, spacing_mm, max_points, rng):
-        pts = _grid_points(fixed.geometry, spacing_mm, rng)
-        n_grid = len(pts)
-        thr = self._body_threshold(embedder, fixed)
-        if thr is not None:
-            _, inside = body_mask(fixed, thr)
-            pts = pts[inside(pts)]
-        n_body = len(pts)
-        if len(pts) > max_points:
-            pts = pts[np.sort(rng.choice(len(pts), size=max_points, replace=False))]
-        return pts, n_grid, n_body
+        return body_grid_points(fixed, spacing_mm, max_points, rng, self._body_threshold(embedder, fixed))
 
     def _match_kwargs(self):
         return dict(mode=self.mode, search_radius_mm=self.search_radius_mm, refine=True,
