@@ -80,6 +80,7 @@ def main(argv=None):
             emb.save(args.out)
     variants = [
         ("SAM-coarse prior (default)", dict()),
+        ("+ NCC refinement 32", dict(ncc_radius_mm=32.0)),
         ("sum, auto + affine check", dict(consistency="affine")),
         ("sum, window auto, no check", dict(consistency=None)),
         ("sum, window 40mm", dict(search_radius_mm=40.0, consistency=None)),

@@ -260,6 +260,8 @@ def samlearn_predictor(embedder, **detector_params) -> Predictor:
 
 SAMLEARN_VARIANTS = (  # the first row is the detector's defaults (consistency="coarse" since 2026-11-26)
     ("samlearn {preset}{labels} (S^g+S^l, coarse-to-fine window, SAM-coarse prior)", {}),
+    # world unit = one half-resolution pixel (the loader's PNGs): a 32-unit patch is 64 full-res px
+    ("samlearn {preset}{labels}: + NCC refinement (patch radius 32 half-res px)", {"ncc_radius_mm": 32.0}),
     ("samlearn {preset}{labels}: affine check instead of the SAM-coarse prior", {"consistency": "affine"}),
     ("samlearn {preset}{labels}: without any check", {"consistency": None}),
     ("samlearn {preset}{labels}: S^g+S^l over the whole image (paper rule)",

@@ -68,6 +68,10 @@ SAM_ROWS = (
     ("SAM-coarse", SAMDeformableRegistrar, {}),
     ("SAM-coarse 16 mm", SAMDeformableRegistrar, {"smoothing_mm": 16.0}),
     ("SAM-coarse 16 mm, 2 passes", SAMDeformableRegistrar, {"smoothing_mm": 16.0, "n_coarse_passes": 2}),
+    # hybrids: SAM's matches on the affinely resampled moving image refined by NCC of 10 mm patches
+    ("SAM-affine + NCC", SAMAffineRegistrar, {"ncc_radius_mm": 10.0}),
+    ("SAM-coarse + NCC", SAMDeformableRegistrar, {"ncc_radius_mm": 10.0}),
+    ("SAM-coarse 16 mm + NCC", SAMDeformableRegistrar, {"smoothing_mm": 16.0, "ncc_radius_mm": 10.0}),
 )
 AIR = -1024.0
 ELASTIC_SIGMA_MM = 20.0

@@ -217,7 +217,7 @@ def _cmd_detect(args) -> int:
     det = OneShotLandmarkDetector(embedder=model, consistency=None if args.consistency == "none" else args.consistency,
                                   search_radius_mm=None if args.search_radius == "none" else
                                   ("auto" if args.search_radius == "auto" else float(args.search_radius)),
-                                  cycle_check=args.cycle_check)
+                                  cycle_check=args.cycle_check, ncc_radius_mm=args.ncc_radius)
     det.fit(args.template, points)
     axes = ["x", "y", "z"][: model.ndim_]
     header = ["image", "name", *axes, "score"] + (["cycle_mm"] if args.cycle_check else [])
@@ -408,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "where a grid of template points' affine + smooth field puts it; 'affine' "
                           "re-searches points that disagree with a robust affine fit of all points "
                           "(faster; needs ndim + 2 points); 'none' searches each point on its own")
+    det.add_argument("--ncc-radius", type=_positive_float, default=None, metavar="MM",
+                     help="refine each match by normalised cross-correlation of the template's "
+                          "intensity patch of this half-width (mm) within one local voxel (off by default)")
     det.add_argument("--search-radius", default="auto",
                      help="coarse-to-fine window in mm around the global peak, 'auto' (default) or "
                           "'none' (whole image)")

@@ -44,6 +44,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._frozen import (FrozenComponentMixin, check_flag, check_positive_float, check_positive_int,
                       check_probability, embed_images, resolve_embedder)
 from .image import Image, ImageGeometry, check_images, check_points
+from .ncc import NCCRefiner, check_ncc_params
 from .matching import (DEFAULT_CHUNK_SIZE, check_search_radius, cycle_consistency, match_points,
                        template_vectors)
 
@@ -634,6 +635,21 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         mean TRE of the 15-minute ct-lite model from 3.8 to 2.4 mm; a second pass did not help
         consistently.
     refine_radius_mm : float, default 12
+    ncc_radius_mm : None or float, default None
+        Intensity refinement of the matches made on aligned images (:mod:`samlearn.ncc`; off when
+        None): in every refinement pass (and in ``SAMDeformableRegistrar``'s warped dense passes),
+        each SAM match in the resampled moving image is moved to the shift of best normalised
+        cross-correlation between the fixed image's intensity patch of this half-width (mm) and
+        the resampled image, within ``ncc_search_mm``. The images are compared only after the
+        affine has aligned them, so rotation and scale do not disturb the correlation; it needs
+        ``n_refinements >= 1`` and images of one modality (block matching, as in NiftyReg's
+        aladin). Not in the paper: a hybrid that adds intensity precision to SAM's robust
+        correspondences (benchmarks/RESULTS.md, "CT registration").
+    ncc_search_mm : "auto" or float, default "auto"
+        Largest shift searched per world axis ("auto": one voxel of the moving embedding's local
+        grid, its largest spacing).
+    ncc_penalty : float, default 0.05
+        NCC units subtracted at the edge of the search (in proportion to the squared shift).
     random_state : int, None
         Seeds the subsampling of grid points and RANSAC (a ``numpy.random.Generator`` per fit).
     chunk_size : int
@@ -656,7 +672,7 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
                  cycle_threshold_mm=None, robust="ransac", residual_threshold_mm="auto",
                  ransac_trials=1000, body_threshold="auto", search_radius_mm="auto", mode="sum",
                  n_refinements=1, refine_radius_mm=12.0, random_state=None, batch_size=1,
-                 chunk_size=DEFAULT_CHUNK_SIZE):
+                 chunk_size=DEFAULT_CHUNK_SIZE, ncc_radius_mm=None, ncc_search_mm="auto", ncc_penalty=0.05):
         self.embedder = embedder
         self.grid_spacing_mm = grid_spacing_mm
         self.max_points = max_points
@@ -670,6 +686,9 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         self.mode = mode
         self.n_refinements = n_refinements
         self.refine_radius_mm = refine_radius_mm
+        self.ncc_radius_mm = ncc_radius_mm
+        self.ncc_search_mm = ncc_search_mm
+        self.ncc_penalty = ncc_penalty
         self.random_state = random_state
         self.batch_size = batch_size
         self.chunk_size = chunk_size
@@ -699,6 +718,10 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
                 or self.n_refinements < 0:
             raise ValueError(f"n_refinements must be a non-negative integer, got {self.n_refinements!r}")
         check_positive_float(self.refine_radius_mm, "refine_radius_mm")
+        check_ncc_params(self.ncc_radius_mm, self.ncc_search_mm, self.ncc_penalty)
+        if self.ncc_radius_mm is not None and not self.n_refinements:
+            raise ValueError("ncc_radius_mm needs n_refinements >= 1: the intensity refinement compares "
+                             "the fixed image with the moving image resampled through the affine")
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.chunk_size, "chunk_size")
         rs = self.random_state
@@ -758,7 +781,7 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         pts, gv, lv = self._fit_affine(embedder, fixed_im, fixed_emb, moving_emb, rng, timings)
         # the embedding the latest matches were made in, and the transform that maps its world
         # points to the moving image's (identity for the moving image itself)
-        ref = (moving_emb, AffineTransform.identity(ndim))
+        ref = (moving_emb, AffineTransform.identity(ndim), moving_im)
         if self.n_refinements:
             ref = self._refine_affine(embedder, fixed_im, moving_im, fixed_emb, pts, gv, lv, ref, rng,
                                       timings)
@@ -813,10 +836,24 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
 
     def _warp_and_embed(self, embedder, fixed_im, moving_im, transform):
         """The moving image resampled through ``transform`` onto the fixed image's working grid,
-        and its embedding."""
+        and its embedding: ``(image, embedding)``."""
         warped = transform.resample(moving_im, reference=self._working_geometry(embedder, fixed_im))
         warped.source = None if moving_im.source is None else f"{moving_im.source} (affine-resampled)"
-        return embed_images(embedder, [warped], 1)[0]
+        return warped, embed_images(embedder, [warped], 1)[0]
+
+    def _ncc(self, fixed_im, pts):
+        """An NCCRefiner of the fixed points (None when ``ncc_radius_mm`` is None)."""
+        if self.ncc_radius_mm is None:
+            return None
+        return NCCRefiner(fixed_im, pts, float(self.ncc_radius_mm), float(self.ncc_penalty))
+
+    def _ncc_points(self, refiner, image, emb, points):
+        """``points`` matched in ``image`` (embedding ``emb``), refined by ``refiner`` when there is one."""
+        if refiner is None:
+            return points
+        search = self.ncc_search_mm
+        search = float(np.max(emb.local_map.geometry.spacing)) if search == "auto" else float(search)
+        return refiner(image, points, search)[0]
 
     def _refine_affine(self, embedder, fixed_im, moving_im, fixed_emb, pts, gv, lv, ref, rng, timings):
         """Refinement passes: resample the moving image through the current affine onto the fixed
@@ -828,10 +865,12 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         need = 3 * (fixed_im.ndim + 1)
         kwargs = dict(mode="local", search_radius_mm=float(self.refine_radius_mm), refine=True,
                       chunk_size=self.chunk_size)
+        refiner = self._ncc(fixed_im, pts)
         for _ in range(int(self.n_refinements)):
             current = self.transform_
-            w_emb = self._warp_and_embed(embedder, fixed_im, moving_im, current)
+            w_im, w_emb = self._warp_and_embed(embedder, fixed_im, moving_im, current)
             res = match_points(gv, lv, w_emb, centers_world=pts, **kwargs)
+            matched = self._ncc_points(refiner, w_im, w_emb, res.points)
             keep = res.scores >= float(self.score_threshold)
             cyc = None
             if self.cycle_threshold_mm is not None:
@@ -840,7 +879,7 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
                 keep &= cyc <= float(self.cycle_threshold_mm)
             if keep.sum() < need:
                 break  # keep the current affine: too few confident matches to correct it
-            x, y = pts[keep], res.points[keep]
+            x, y = pts[keep], matched[keep]
             corr, inl = fit_affine(x, y, robust=self.robust,
                                    residual_threshold_mm=self._residual_threshold(w_emb),
                                    n_trials=int(self.ransac_trials), rng=rng)
@@ -850,7 +889,7 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
             self.inlier_mask_ = inl
             self.residuals_mm_ = np.linalg.norm(self.transform_.transform_points(x) - y_moving, axis=1)
             self.n_refinements_done_ += 1
-            ref = (w_emb, current)
+            ref = (w_emb, current, w_im)
         timings["refine"] = time.perf_counter() - t0
         return ref
 
@@ -930,14 +969,16 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
                  n_refinements=1, refine_radius_mm=12.0, random_state=None, batch_size=1,
                  chunk_size=DEFAULT_CHUNK_SIZE, dense_grid_spacing_mm=6.0, dense_max_points=6000,
                  dense_search_radius_mm=16.0, field_spacing_mm=8.0, smoothing_mm=32.0,
-                 max_displacement_mm=30.0, outlier_factor=2.5, rematch="warped", n_coarse_passes=1):
+                 max_displacement_mm=30.0, outlier_factor=2.5, rematch="warped", n_coarse_passes=1,
+                 ncc_radius_mm=None, ncc_search_mm="auto", ncc_penalty=0.05):
         super().__init__(embedder=embedder, grid_spacing_mm=grid_spacing_mm, max_points=max_points,
                          score_threshold=score_threshold, cycle_threshold_mm=cycle_threshold_mm,
                          robust=robust, residual_threshold_mm=residual_threshold_mm,
                          ransac_trials=ransac_trials, body_threshold=body_threshold,
                          search_radius_mm=search_radius_mm, mode=mode, n_refinements=n_refinements,
                          refine_radius_mm=refine_radius_mm, random_state=random_state,
-                         batch_size=batch_size, chunk_size=chunk_size)
+                         batch_size=batch_size, chunk_size=chunk_size, ncc_radius_mm=ncc_radius_mm,
+                         ncc_search_mm=ncc_search_mm, ncc_penalty=ncc_penalty)
         self.dense_grid_spacing_mm = dense_grid_spacing_mm
         self.dense_max_points = dense_max_points
         self.dense_search_radius_mm = dense_search_radius_mm
@@ -970,20 +1011,23 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
         pts, _, _ = self._sample_points(embedder, fixed_im, float(self.dense_grid_spacing_mm),
                                         int(self.dense_max_points), rng)
         gv, lv = template_vectors(fixed_emb, pts)
-        ref_emb, ref_tx = ref
+        ref_emb, ref_tx, ref_im = ref
         if self.rematch == "warped" and ref_emb is moving_emb:
             # no refinement pass left a warped embedding behind: make one with the final affine
-            ref_emb = self._warp_and_embed(embedder, fixed_im, moving_im, affine)
+            ref_im, ref_emb = self._warp_and_embed(embedder, fixed_im, moving_im, affine)
             ref_tx = affine
         elif self.rematch == "original":
-            ref_emb, ref_tx = moving_emb, AffineTransform.identity(fixed_im.ndim)
+            ref_emb, ref_tx, ref_im = moving_emb, AffineTransform.identity(fixed_im.ndim), moving_im
+        # the intensity refinement compares aligned images only: not with rematch="original"
+        refiner = self._ncc(fixed_im, pts) if self.rematch == "warped" else None
         # prior: where the affine puts each fixed point in the reference embedding's space
         prior = AffineTransform(np.linalg.inv(ref_tx.matrix) @ affine.matrix)
         kwargs = dict(mode="local", search_radius_mm=float(self.dense_search_radius_mm),
                       refine=True, chunk_size=self.chunk_size)
         res = match_points(gv, lv, ref_emb, centers_world=prior.transform_points(pts), **kwargs)
-        u = prior.inverse().transform_points(res.points) - pts
-        moving_pts = ref_tx.transform_points(res.points)
+        matched = self._ncc_points(refiner, ref_im, ref_emb, res.points)
+        u = prior.inverse().transform_points(matched) - pts
+        moving_pts = ref_tx.transform_points(matched)
         geom = self._field_geometry(fixed_im.geometry)
         field, kept = self._field_from_matches(pts, u, res.scores, geom, ref_emb)
         fields = [field]
@@ -995,14 +1039,15 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
         kwargs["search_radius_mm"] = 0.5 * float(self.dense_search_radius_mm)
         for _ in range(int(self.n_coarse_passes) - 1):
             current = self.transform_
-            w_emb = self._warp_and_embed(embedder, fixed_im, moving_im, current)
+            w_im, w_emb = self._warp_and_embed(embedder, fixed_im, moving_im, current)
             res = match_points(gv, lv, w_emb, centers_world=pts, **kwargs)
-            corr, kept_k = self._field_from_matches(pts, res.points - pts, res.scores, geom, w_emb)
+            matched = self._ncc_points(refiner, w_im, w_emb, res.points)
+            corr, kept_k = self._field_from_matches(pts, matched - pts, res.scores, geom, w_emb)
             if len(kept_k) < 3 * (fixed_im.ndim + 1):
                 break
             fields.insert(0, corr)
             kept, scores = kept_k, res.scores
-            moving_pts = current.transform_points(res.points)
+            moving_pts = current.transform_points(matched)
             self.transform_ = CompositeTransform([corr, *current.transforms], reference=fixed_im.geometry)
         self.field_ = fields[-1] if len(fields) == 1 else CompositeTransform(fields)
         self.n_coarse_passes_done_ = len(fields)

@@ -89,6 +89,7 @@ def test_no_command_prints_help_and_fails(capsys):
     ["embed", "--model", "m", "--out", "o", "--format", "png", "x.nii.gz"],
     ["detect", "--threads", "0", "-m", "m", "-t", "t", "-p", "p", "q"],
     ["detect", "--consistency", "rigid", "-m", "m", "-t", "t", "-p", "p", "q"],
+    ["detect", "--ncc-radius", "-3", "-m", "m", "-t", "t", "-p", "p", "q"],
 ])
 def test_bad_arguments_exit_2_with_a_reason(argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -198,6 +199,14 @@ def test_detect_writes_points_and_scores(files, phantoms, capsys, tmp_path):
         code, out_mode, err = run(["detect", "-m", m, "-t", scans / "ph0.nii.gz", "-p", files / "points.csv",
                                    "-q", "--consistency", mode, scans / "ph1.nii.gz"], capsys)
         assert code == 0 and len(out_mode.splitlines()) == 7, err
+    # the intensity refinement moves points by at most one local voxel (plus half a step) per axis
+    code, out_ncc, err = run(["detect", "-m", m, "-t", scans / "ph0.nii.gz", "-p", files / "points.csv",
+                              "-q", "--ncc-radius", "12", scans / "ph1.nii.gz"], capsys)
+    assert code == 0, err
+    plain = np.array([[float(v) for v in line.split(",")[2:5]] for line in stdout.splitlines()[1:]])
+    refined = np.array([[float(v) for v in line.split(",")[2:5]] for line in out_ncc.splitlines()[1:]])
+    assert refined.shape == plain.shape == (6, 3) and np.all(np.isfinite(refined))
+    assert np.abs(refined - plain).max() <= 2.0 * 4 * phantoms.images[1].spacing.max()
 
 
 def test_match_lesions(files, capsys, tmp_path):

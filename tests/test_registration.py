@@ -454,6 +454,34 @@ def test_refinement_pass_and_warped_rematch_on_content_embeddings(ndim=2):
     assert p.embedder.n_transforms_ - n1 == 3  # the dense stage warps and embeds once itself
 
 
+def test_ncc_refinement_sharpens_coarse_matches(ndim=2):
+    """With a coarse local map (stride 4: its matches carry voxel-sized errors), the intensity
+    refinement of the matches made on the affinely resampled moving image brings the affine close
+    to the best affine, and SAM-coarse's error down to about that floor (measured: 0.39 -> 0.16 mm)."""
+    p = TexturedPair(ndim, seed=30 + ndim, deform_mm=4.0)
+    p.embedder = PatchEmbedder(local_stride=4).fit([p.fixed])
+    common = dict(embedder=p.embedder, grid_spacing_mm=6.0, body_threshold=None, random_state=0)
+    probe = p.probe()
+    # the floor of any affine: the least-squares affine of the true map on the probe points
+    design = np.c_[probe, np.ones(len(probe))]
+    coef = np.linalg.lstsq(design, p.truth(probe), rcond=None)[0]
+    floor = np.linalg.norm(design @ coef - p.truth(probe), axis=1).mean()
+
+    def tre(reg):
+        return np.linalg.norm(reg.transform_points(probe) - p.truth(probe), axis=1).mean()
+    plain = SAMAffineRegistrar(**common).fit(p.fixed, p.moving)
+    ncc = SAMAffineRegistrar(**common, ncc_radius_mm=8.0).fit(p.fixed, p.moving)
+    assert tre(ncc) < tre(plain) and tre(ncc) < floor + 0.25, (tre(ncc), tre(plain), floor)
+    dense = dict(dense_grid_spacing_mm=3.0, field_spacing_mm=4.0, smoothing_mm=6.0)
+    coarse = SAMDeformableRegistrar(**common, **dense).fit(p.fixed, p.moving)
+    coarse_ncc = SAMDeformableRegistrar(**common, **dense, ncc_radius_mm=8.0).fit(p.fixed, p.moving)
+    assert tre(coarse_ncc) < 0.6 * tre(coarse) and tre(coarse_ncc) < floor + 0.1, (tre(coarse_ncc), tre(coarse), floor)
+    with pytest.raises(ValueError, match="ncc_radius_mm needs n_refinements"):
+        SAMAffineRegistrar(**common, ncc_radius_mm=8.0, n_refinements=0).fit(p.fixed, p.moving)
+    with pytest.raises(ValueError, match="ncc_search_mm"):
+        SAMAffineRegistrar(**common, ncc_radius_mm=8.0, ncc_search_mm=0).fit(p.fixed, p.moving)
+
+
 # ----------------------------------------------------------------------------- sklearn plumbing / errors
 
 def test_clone_shares_embedder_and_unfitted_errors(pair2d, tmp_path):

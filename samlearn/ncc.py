@@ -1,0 +1,214 @@
+"""Intensity refinement of matched points by normalised cross-correlation (NCC).
+
+SAM's local map has one vector per few pixels (xray-lite: one per 5-6 half-resolution pixels of a
+cephalogram), and its peak, even refined to sub-voxel precision, carries that coarseness. Around a
+match that is already right to about a voxel, the images themselves are more precise: the template's
+intensity patch around the landmark is compared, by NCC, with the query's intensities at every shift
+within a small search radius of the match, and the point moves to the best shift (with a parabola fit
+for sub-step precision). It never searches farther than the radius, so it cannot undo SAM's choice of
+the anatomical structure, only its precision.
+
+Patches are sampled on grids aligned with the **world** axes (x, y[, z]) around world points, by
+linear interpolation, whatever each image's spacing, origin and direction: the same anatomy is
+compared in the same physical frame.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .image import Image
+
+__all__ = ["check_ncc_params", "ncc_step_mm", "sample_patches", "ncc_refine", "NCCRefiner"]
+
+#: most samples along one axis of a patch (2 * half + 1), 2D and 3D: bounds the cost
+_MAX_HALF = {2: 32, 3: 12}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) \
+        and bool(np.isfinite(value))
+
+
+def check_ncc_params(radius_mm, search_mm, penalty) -> None:
+    """Validate the ``ncc_radius_mm`` / ``ncc_search_mm`` / ``ncc_penalty`` estimator parameters."""
+    if radius_mm is not None and not (_finite(radius_mm) and radius_mm > 0):
+        raise ValueError(f"ncc_radius_mm must be None or a positive number of mm, got {radius_mm!r}")
+    if not ((isinstance(search_mm, str) and search_mm == "auto") or (_finite(search_mm) and search_mm > 0)):
+        raise ValueError(f"ncc_search_mm must be 'auto' or a positive number of mm, got {search_mm!r}")
+    if not (_finite(penalty) and penalty >= 0):
+        raise ValueError(f"ncc_penalty must be a finite number >= 0, got {penalty!r}")
+
+
+def ncc_step_mm(radius_mm: float, spacing, ndim: int) -> float:
+    """Sampling step (mm) of a patch of half-width ``radius_mm``: the finest voxel spacing of the
+    image, coarsened when the patch would need more than ``_MAX_HALF`` steps per half-axis."""
+    return float(max(float(np.min(spacing)), float(radius_mm) / _MAX_HALF[ndim]))
+
+
+def _offsets(half: int, step: float, ndim: int) -> Tuple[np.ndarray, tuple]:
+    """World offsets (n, ndim), (x, y[, z]) order, of a (2 half + 1)^ndim grid whose array axes are
+    in numpy order (z, y, x): array axis j runs along world axis ndim - 1 - j."""
+    r = np.arange(-half, half + 1) * step
+    mesh = np.meshgrid(*([r] * ndim), indexing="ij")
+    offsets = np.stack([mesh[ndim - 1 - k] for k in range(ndim)], axis=-1)
+    return offsets.reshape(-1, ndim), mesh[0].shape
+
+
+def sample_patches(image: Image, points_world, half: int, step: float) -> np.ndarray:
+    """Intensities of ``image`` on world-axis-aligned grids of (2 half + 1)^ndim samples, ``step`` mm
+    apart, centred on each world point: array (n_points, *grid) with grid axes in (z, y, x) order.
+    Linear interpolation; samples beyond the image take the nearest border value."""
+    pts = np.asarray(points_world, dtype=np.float64)
+    ndim = image.ndim
+    offsets, shape = _offsets(int(half), float(step), ndim)
+    world = (pts[:, None, :] + offsets[None]).reshape(-1, ndim)
+    idx = image.geometry.world_to_array_index(world)
+    vals = ndimage.map_coordinates(np.asarray(image.array, np.float32), idx.T, order=1, mode="nearest")
+    return vals.reshape((len(pts),) + shape)
+
+
+#: points per block of the vectorised search (bounds memory: block x region samples)
+_BLOCK_SAMPLES = 2 ** 22
+
+
+def _box_sums(x: np.ndarray, win) -> np.ndarray:
+    """Sums of ``x`` (B, *R) over every window of shape ``win`` that fits inside R ('valid')."""
+    out = x
+    for ax, w in enumerate(win, start=1):
+        c = np.cumsum(out, axis=ax)
+        pad = [(0, 0)] * out.ndim
+        pad[ax] = (1, 0)
+        c = np.pad(c, pad)
+        n = c.shape[ax] - w
+        out = np.take(c, np.arange(w, w + n), axis=ax) - np.take(c, np.arange(n), axis=ax)
+    return out
+
+
+def _ncc_block(region: np.ndarray, centred: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """NCC of each point's template patches (T, B, *P, zero-mean, L2 norms ``norms`` (T, B)) at every
+    shift within its region (B, *R): (B, *S) with S = R - P + 1, averaged over the templates whose
+    patch has contrast (-1 where none has, or where the region is flat)."""
+    ndim = region.ndim - 1
+    rshape, pshape = region.shape[1:], centred.shape[2:]
+    axes = tuple(range(1, ndim + 1))
+    n = float(np.prod(pshape))
+    s1 = _box_sums(region, pshape)
+    s2 = _box_sums(region * region, pshape)
+    sd = np.sqrt(np.maximum(s2 - s1 * s1 / n, 0.0))
+    fr = np.fft.rfftn(region, s=rshape, axes=axes)
+    total = np.zeros(sd.shape)
+    count = np.zeros(sd.shape[:1])
+    crop = (slice(None),) + tuple(slice(0, r - p + 1) for r, p in zip(rshape, pshape))
+    for t in range(centred.shape[0]):
+        ok = norms[t] > 1e-6 * n
+        if not ok.any():
+            continue
+        fp = np.fft.rfftn(centred[t], s=rshape, axes=axes)
+        num = np.fft.irfftn(fr * np.conj(fp), s=rshape, axes=axes)[crop]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ncc = np.where(sd > 1e-6 * np.sqrt(n), num / (sd * norms[t].reshape((-1,) + (1,) * ndim)), -1.0)
+        total[ok] += ncc[ok]
+        count[ok] += 1
+    out = np.full(sd.shape, -1.0)
+    has = count > 0
+    out[has] = total[has] / count[has].reshape((-1,) + (1,) * ndim)
+    return out
+
+
+def ncc_refine(template_patches, image: Image, points_world, *, step: float, search_mm: float,
+               penalty: float = 0.05):
+    """Move each point to the shift of best NCC between its template patch(es) and ``image``.
+
+    Parameters
+    ----------
+    template_patches : (n_templates, n_points, *grid) array
+        From :func:`sample_patches` on each template (same ``step``); with several templates the
+        NCC maps are averaged.
+    image : Image
+        The query image.
+    points_world : (n_points, ndim)
+        The matched points (world mm) around which to search.
+    step : float
+        Sampling step (mm) of the patches, also the step of the searched shifts.
+    search_mm : float
+        Shifts up to this far along each world axis (a box of (2 m + 1)^ndim shifts, m = search_mm /
+        step rounded, at least 1).
+    penalty : float
+        Subtracted from the NCC in proportion to the squared shift: ``penalty * (|shift| / search)^2``
+        (NCC units at the edge of the search); ties and flat NCC surfaces stay near the match.
+
+    Returns
+    -------
+    points : (n_points, ndim) refined world points; a point whose patches are flat (no contrast)
+        or whose best NCC is not positive is returned unchanged.
+    peak_ncc : (n_points,) the NCC at the chosen shift (NaN where the point was left unchanged).
+
+    The correlations of all points are computed together by FFT, in blocks of bounded memory.
+    """
+    tp = np.asarray(template_patches, dtype=np.float64)
+    pts = np.asarray(points_world, dtype=np.float64)
+    ndim = image.ndim
+    if tp.ndim != ndim + 2 or tp.shape[1] != len(pts) or len(set(tp.shape[2:])) != 1 or tp.shape[2] % 2 == 0:
+        raise ValueError(f"template_patches must have shape (n_templates, {len(pts)}, *({ndim} equal odd "
+                         f"sizes)), got {tp.shape}")
+    n_t, n_p = tp.shape[:2]
+    half = (tp.shape[2] - 1) // 2
+    m = max(1, int(round(float(search_mm) / float(step))))
+    flat = tp.reshape(n_t, n_p, -1)
+    centred = (flat - flat.mean(axis=-1, keepdims=True)).reshape(tp.shape)
+    norms = np.sqrt((centred.reshape(n_t, n_p, -1) ** 2).sum(axis=-1))
+    grid = np.meshgrid(*([np.arange(-m, m + 1)] * ndim), indexing="ij")
+    shifts = np.stack([g.ravel() for g in grid], axis=1).astype(np.float64)   # array order
+    cost = float(penalty) * (shifts ** 2).sum(axis=1) / float(m * m)
+    out = pts.copy()
+    peak = np.full(n_p, np.nan)
+    block = max(1, _BLOCK_SAMPLES // (2 * (half + m) + 1) ** ndim)
+    side = 2 * m + 1
+    for b0 in range(0, n_p, block):
+        sl = slice(b0, min(n_p, b0 + block))
+        region = sample_patches(image, pts[sl], half + m, step).astype(np.float64)
+        ncc = _ncc_block(region, centred[:, sl], norms[:, sl]).reshape(region.shape[0], -1)
+        score = ncc - cost
+        best = np.argmax(score, axis=1)
+        rows = np.arange(len(best))
+        best_ncc = ncc[rows, best]
+        shift = shifts[best].copy()
+        pos = np.stack(np.unravel_index(best, (side,) * ndim), axis=1)
+        sc = score.reshape((len(best),) + (side,) * ndim)
+        for ax in range(ndim):   # parabola through the neighbours along each axis, inside the box
+            inner = (pos[:, ax] > 0) & (pos[:, ax] < side - 1)
+            lo, hi = pos.copy(), pos.copy()
+            lo[:, ax] = np.clip(lo[:, ax] - 1, 0, side - 1)
+            hi[:, ax] = np.clip(hi[:, ax] + 1, 0, side - 1)
+            a = sc[(rows, *lo.T)]
+            c = sc[(rows, *hi.T)]
+            bmid = score[rows, best]
+            den = a - 2.0 * bmid + c
+            with np.errstate(invalid="ignore", divide="ignore"):
+                d = np.where(inner & (den < 0), np.clip(0.5 * (a - c) / den, -0.5, 0.5), 0.0)
+            shift[:, ax] += d
+        ok = best_ncc > 0
+        idx = np.arange(sl.start, sl.stop)[ok]
+        out[idx] = pts[idx] + shift[ok][:, ::-1] * float(step)
+        peak[idx] = best_ncc[ok]
+    return out, peak
+
+
+class NCCRefiner:
+    """Template patches of fixed points, kept to refine their matches in one or more images:
+    ``NCCRefiner(template_image, points, radius_mm)(image, matched_points, search_mm)``."""
+
+    def __init__(self, template_image: Image, points_world, radius_mm: float, penalty: float = 0.05):
+        self.step = ncc_step_mm(radius_mm, template_image.spacing, template_image.ndim)
+        half = max(1, int(round(float(radius_mm) / self.step)))
+        self.patches = sample_patches(template_image, points_world, half, self.step)[None]
+        self.penalty = float(penalty)
+
+    def __call__(self, image: Image, points_world, search_mm: float, subset=None):
+        patches = self.patches if subset is None else self.patches[:, subset]
+        return ncc_refine(patches, image, points_world, step=self.step, search_mm=search_mm,
+                          penalty=self.penalty)
