@@ -18,6 +18,7 @@ import numbers
 from typing import Tuple
 
 import numpy as np
+from scipy import fft as sp_fft
 from scipy import ndimage
 
 from .image import Image
@@ -65,8 +66,11 @@ def sample_patches(image: Image, points_world, half: int, step: float) -> np.nda
     pts = np.asarray(points_world, dtype=np.float64)
     ndim = image.ndim
     offsets, shape = _offsets(int(half), float(step), ndim)
-    world = (pts[:, None, :] + offsets[None]).reshape(-1, ndim)
-    idx = image.geometry.world_to_array_index(world)
+    geom = image.geometry
+    # world -> array index is affine: index(p + o) = index(p) + L o, with L the linear part
+    lin = geom.world_to_array_index(np.eye(ndim)) - geom.world_to_array_index(np.zeros((1, ndim)))
+    base = geom.world_to_array_index(pts)
+    idx = (base[:, None, :] + (offsets @ lin)[None]).reshape(-1, ndim)
     vals = ndimage.map_coordinates(np.asarray(image.array, np.float32), idx.T, order=1, mode="nearest")
     return vals.reshape((len(pts),) + shape)
 
@@ -79,12 +83,14 @@ def _box_sums(x: np.ndarray, win) -> np.ndarray:
     """Sums of ``x`` (B, *R) over every window of shape ``win`` that fits inside R ('valid')."""
     out = x
     for ax, w in enumerate(win, start=1):
-        c = np.cumsum(out, axis=ax)
         pad = [(0, 0)] * out.ndim
         pad[ax] = (1, 0)
-        c = np.pad(c, pad)
-        n = c.shape[ax] - w
-        out = np.take(c, np.arange(w, w + n), axis=ax) - np.take(c, np.arange(n), axis=ax)
+        c = np.pad(np.cumsum(out, axis=ax), pad)
+        hi = [slice(None)] * out.ndim
+        lo = [slice(None)] * out.ndim
+        hi[ax] = slice(w, None)
+        lo[ax] = slice(0, c.shape[ax] - w)
+        out = c[tuple(hi)] - c[tuple(lo)]
     return out
 
 
@@ -99,7 +105,8 @@ def _ncc_block(region: np.ndarray, centred: np.ndarray, norms: np.ndarray) -> np
     s1 = _box_sums(region, pshape)
     s2 = _box_sums(region * region, pshape)
     sd = np.sqrt(np.maximum(s2 - s1 * s1 / n, 0.0))
-    fr = np.fft.rfftn(region, s=rshape, axes=axes)
+    fshape = [sp_fft.next_fast_len(int(r), real=True) for r in rshape]   # no wrap-around: >= R
+    fr = sp_fft.rfftn(region, s=fshape, axes=axes)
     total = np.zeros(sd.shape)
     count = np.zeros(sd.shape[:1])
     crop = (slice(None),) + tuple(slice(0, r - p + 1) for r, p in zip(rshape, pshape))
@@ -107,8 +114,8 @@ def _ncc_block(region: np.ndarray, centred: np.ndarray, norms: np.ndarray) -> np
         ok = norms[t] > 1e-6 * n
         if not ok.any():
             continue
-        fp = np.fft.rfftn(centred[t], s=rshape, axes=axes)
-        num = np.fft.irfftn(fr * np.conj(fp), s=rshape, axes=axes)[crop]
+        fp = sp_fft.rfftn(centred[t], s=fshape, axes=axes)
+        num = sp_fft.irfftn(fr * np.conj(fp), s=fshape, axes=axes)[crop]
         with np.errstate(invalid="ignore", divide="ignore"):
             ncc = np.where(sd > 1e-6 * np.sqrt(n), num / (sd * norms[t].reshape((-1,) + (1,) * ndim)), -1.0)
         total[ok] += ncc[ok]
