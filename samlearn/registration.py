@@ -644,7 +644,10 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         affine has aligned them, so rotation and scale do not disturb the correlation; it needs
         ``n_refinements >= 1`` and images of one modality (block matching, as in NiftyReg's
         aladin). Not in the paper: a hybrid that adds intensity precision to SAM's robust
-        correspondences (benchmarks/RESULTS.md, "CT registration").
+        correspondences. On five real CTs under known warps (benchmarks/RESULTS.md, "CT
+        registration"), 10 mm: SAM-affine 2.40 -> 1.70 mm, SAM-coarse 2.80 -> 1.50 mm (elastix
+        affine 1.31 mm); about 1 s per pair for 500 matches, 8-10 s for SAM-coarse's ~6,000
+        (one thread).
     ncc_search_mm : "auto" or float, default "auto"
         Largest shift searched per world axis ("auto": one voxel of the moving embedding's local
         grid, its largest spacing).
