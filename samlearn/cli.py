@@ -290,6 +290,8 @@ def _cmd_register(args) -> int:
     kw = {"random_state": args.seed}
     if args.grid_spacing is not None:
         kw["grid_spacing_mm"] = args.grid_spacing
+    if args.ncc_radius is not None:
+        kw["ncc_radius_mm"] = args.ncc_radius
     reg = SAMAffineRegistrar(embedder=model, **kw).fit(fixed, moving)
     out.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteTransform(reg.transform_.to_sitk(), str(out))
@@ -451,6 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "the fixed grid (e.g. moved.nii.gz)")
     reg.add_argument("--grid-spacing", type=_positive_float, default=None,
                      help="spacing in mm of the matched point grid (default: the registrar's)")
+    reg.add_argument("--ncc-radius", type=_positive_float, default=None, metavar="MM",
+                     help="refine the matches made on the affinely resampled moving image by normalised "
+                          "cross-correlation of fixed-image patches of this half-width in mm (same "
+                          "modality only; off by default; 10 on 2 mm CT)")
     reg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _common(reg)
     reg.set_defaults(func=_cmd_register)

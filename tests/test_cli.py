@@ -235,6 +235,12 @@ def test_register_writes_a_transform(files, phantoms, capsys, tmp_path):
     assert np.all(np.isfinite(tx.TransformPoint((0.0, 0.0, 0.0))))
     out = sitk.ReadImage(str(moved))
     assert out.GetSize() == sitk.ReadImage(str(scans / "ph0.nii.gz")).GetSize()
+    # with the intensity refinement of the refinement pass's matches
+    tfm2 = tmp_path / "t2.tfm"
+    code, _, err = run(["register", "-m", m, "-o", tfm2, "--grid-spacing", "20", "--ncc-radius", "8",
+                        scans / "ph0.nii.gz", scans / "ph1.nii.gz"], capsys)
+    assert code == 0, err
+    assert np.all(np.isfinite(sitk.ReadTransform(str(tfm2)).TransformPoint((0.0, 0.0, 0.0))))
 
 
 def test_register_rejects_a_bad_transform_suffix(files, capsys, tmp_path):
