@@ -25,6 +25,8 @@ from .image import Image
 
 __all__ = ["check_ncc_params", "ncc_step_mm", "sample_patches", "ncc_refine", "NCCRefiner"]
 
+#: samples per block of points in the sampling and the search (bounds memory)
+_BLOCK_SAMPLES = 2 ** 22
 #: most samples along one axis of a patch (2 * half + 1), 2D and 3D: bounds the cost
 _MAX_HALF = {2: 32, 3: 12}
 
@@ -69,14 +71,15 @@ def sample_patches(image: Image, points_world, half: int, step: float) -> np.nda
     geom = image.geometry
     # world -> array index is affine: index(p + o) = index(p) + L o, with L the linear part
     lin = geom.world_to_array_index(np.eye(ndim)) - geom.world_to_array_index(np.zeros((1, ndim)))
-    base = geom.world_to_array_index(pts)
-    idx = (base[:, None, :] + (offsets @ lin)[None]).reshape(-1, ndim)
-    vals = ndimage.map_coordinates(np.asarray(image.array, np.float32), idx.T, order=1, mode="nearest")
-    return vals.reshape((len(pts),) + shape)
-
-
-#: points per block of the vectorised search (bounds memory: block x region samples)
-_BLOCK_SAMPLES = 2 ** 22
+    step_idx = offsets @ lin
+    base = geom.world_to_array_index(pts).reshape(-1, ndim)
+    arr = np.asarray(image.array, np.float32)
+    out = np.empty((len(pts), len(offsets)), np.float32)
+    block = max(1, _BLOCK_SAMPLES // len(offsets))   # bounded index arrays for many points
+    for b0 in range(0, len(pts), block):
+        idx = (base[b0:b0 + block, None, :] + step_idx[None]).reshape(-1, ndim)
+        out[b0:b0 + block] = ndimage.map_coordinates(arr, idx.T, order=1, mode="nearest").reshape(-1, len(offsets))
+    return out.reshape((len(pts),) + shape)
 
 
 def _box_sums(x: np.ndarray, win) -> np.ndarray:
