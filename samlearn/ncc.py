@@ -97,35 +97,50 @@ def _box_sums(x: np.ndarray, win) -> np.ndarray:
     return out
 
 
-def _ncc_block(region: np.ndarray, centred: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """NCC of each point's template patches (T, B, *P, zero-mean, L2 norms ``norms`` (T, B)) at every
-    shift within its region (B, *R): (B, *S) with S = R - P + 1, averaged over the templates whose
-    patch has contrast (-1 where none has, or where the region is flat)."""
+def _ncc_block(region: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """NCC of each point's template patches (T, B, *P) at every shift within its region (B, *R):
+    (B, *S) with S = R - P + 1, averaged over the templates whose patch has contrast; -1 where no
+    patch has contrast or where the region's window is flat (relative to the region's own
+    variation, so exact background next to tissue never correlates)."""
     ndim = region.ndim - 1
-    rshape, pshape = region.shape[1:], centred.shape[2:]
+    rshape, pshape = region.shape[1:], patches.shape[2:]
     axes = tuple(range(1, ndim + 1))
     n = float(np.prod(pshape))
+    per_point = (-1,) + (1,) * ndim
+    # the region's mean removed first: the sums lose less to rounding, and the patches are
+    # zero-mean, so the correlation is unchanged
+    region = region - region.reshape(region.shape[0], -1).mean(axis=1).reshape(per_point)
     s1 = _box_sums(region, pshape)
     s2 = _box_sums(region * region, pshape)
-    sd = np.sqrt(np.maximum(s2 - s1 * s1 / n, 0.0))
+    var = np.maximum(s2 - s1 * s1 / n, 0.0)
+    # a window is flat when its variance is a tiny fraction of the region's mean square
+    scale = (region * region).reshape(region.shape[0], -1).mean(axis=1).reshape(per_point) * n
+    textured = var > 1e-6 * scale
+    sd = np.sqrt(var)
+    flat_t = patches.reshape(patches.shape[0], patches.shape[1], -1)
+    centred = (flat_t - flat_t.mean(axis=-1, keepdims=True)).reshape(patches.shape)
+    norms = np.sqrt((flat_t.var(axis=-1)) * n)
+    scale_t = np.sqrt((flat_t * flat_t).mean(axis=-1) * n)
     fshape = [sp_fft.next_fast_len(int(r), real=True) for r in rshape]   # no wrap-around: >= R
-    fr = sp_fft.rfftn(region, s=fshape, axes=axes)
+    # single precision for the correlations (only their peak is used), double for the sums
+    fr = sp_fft.rfftn(region.astype(np.float32), s=fshape, axes=axes)
     total = np.zeros(sd.shape)
     count = np.zeros(sd.shape[:1])
     crop = (slice(None),) + tuple(slice(0, r - p + 1) for r, p in zip(rshape, pshape))
-    for t in range(centred.shape[0]):
-        ok = norms[t] > 1e-6 * n
+    for t in range(patches.shape[0]):
+        ok = norms[t] > 1e-3 * scale_t[t]
         if not ok.any():
             continue
-        fp = sp_fft.rfftn(centred[t], s=fshape, axes=axes)
+        fp = sp_fft.rfftn(centred[t].astype(np.float32), s=fshape, axes=axes)
         num = sp_fft.irfftn(fr * np.conj(fp), s=fshape, axes=axes)[crop]
         with np.errstate(invalid="ignore", divide="ignore"):
-            ncc = np.where(sd > 1e-6 * np.sqrt(n), num / (sd * norms[t].reshape((-1,) + (1,) * ndim)), -1.0)
+            ncc = np.where(textured, num / (sd * norms[t].reshape(per_point)), -1.0)
+        ncc = np.clip(ncc, -1.0, 1.0)
         total[ok] += ncc[ok]
         count[ok] += 1
     out = np.full(sd.shape, -1.0)
     has = count > 0
-    out[has] = total[has] / count[has].reshape((-1,) + (1,) * ndim)
+    out[has] = total[has] / count[has].reshape(per_point)
     return out
 
 
@@ -153,13 +168,14 @@ def ncc_refine(template_patches, image: Image, points_world, *, step: float, sea
 
     Returns
     -------
-    points : (n_points, ndim) refined world points; a point whose patches are flat (no contrast)
-        or whose best NCC is not positive is returned unchanged.
+    points : (n_points, ndim) refined world points; a point whose patches are flat (no contrast:
+        their standard deviation below 0.1% of their RMS) or whose best NCC is not positive is
+        returned unchanged.
     peak_ncc : (n_points,) the NCC at the chosen shift (NaN where the point was left unchanged).
 
     The correlations of all points are computed together by FFT, in blocks of bounded memory.
     """
-    tp = np.asarray(template_patches, dtype=np.float64)
+    tp = np.asarray(template_patches, dtype=np.float32)
     pts = np.asarray(points_world, dtype=np.float64)
     ndim = image.ndim
     if tp.ndim != ndim + 2 or tp.shape[1] != len(pts) or len(set(tp.shape[2:])) != 1 or tp.shape[2] % 2 == 0:
@@ -168,9 +184,6 @@ def ncc_refine(template_patches, image: Image, points_world, *, step: float, sea
     n_t, n_p = tp.shape[:2]
     half = (tp.shape[2] - 1) // 2
     m = max(1, int(round(float(search_mm) / float(step))))
-    flat = tp.reshape(n_t, n_p, -1)
-    centred = (flat - flat.mean(axis=-1, keepdims=True)).reshape(tp.shape)
-    norms = np.sqrt((centred.reshape(n_t, n_p, -1) ** 2).sum(axis=-1))
     grid = np.meshgrid(*([np.arange(-m, m + 1)] * ndim), indexing="ij")
     shifts = np.stack([g.ravel() for g in grid], axis=1).astype(np.float64)   # array order
     cost = float(penalty) * (shifts ** 2).sum(axis=1) / float(m * m)
@@ -181,7 +194,7 @@ def ncc_refine(template_patches, image: Image, points_world, *, step: float, sea
     for b0 in range(0, n_p, block):
         sl = slice(b0, min(n_p, b0 + block))
         region = sample_patches(image, pts[sl], half + m, step).astype(np.float64)
-        ncc = _ncc_block(region, centred[:, sl], norms[:, sl]).reshape(region.shape[0], -1)
+        ncc = _ncc_block(region, tp[:, sl].astype(np.float64)).reshape(region.shape[0], -1)
         score = ncc - cost
         best = np.argmax(score, axis=1)
         rows = np.arange(len(best))

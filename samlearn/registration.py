@@ -642,7 +642,8 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         cross-correlation between the fixed image's intensity patch of this half-width (mm) and
         the resampled image, within ``ncc_search_mm``. The images are compared only after the
         affine has aligned them, so rotation and scale do not disturb the correlation; it needs
-        ``n_refinements >= 1`` and images of one modality (block matching, as in NiftyReg's
+        ``n_refinements >= 1`` (``SAMDeformableRegistrar``: or a warped dense pass) and images of
+        one modality (block matching, as in NiftyReg's
         aladin). Not in the paper: a hybrid that adds intensity precision to SAM's robust
         correspondences. On five real CTs under known warps (benchmarks/RESULTS.md, "CT
         registration"), 10 mm: SAM-affine 2.40 -> 1.70 mm, SAM-coarse 2.80 -> 1.50 mm (elastix
@@ -722,9 +723,10 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
             raise ValueError(f"n_refinements must be a non-negative integer, got {self.n_refinements!r}")
         check_positive_float(self.refine_radius_mm, "refine_radius_mm")
         check_ncc_params(self.ncc_radius_mm, self.ncc_search_mm, self.ncc_penalty)
-        if self.ncc_radius_mm is not None and not self.n_refinements:
-            raise ValueError("ncc_radius_mm needs n_refinements >= 1: the intensity refinement compares "
-                             "the fixed image with the moving image resampled through the affine")
+        if self.ncc_radius_mm is not None and not self._has_aligned_pass():
+            raise ValueError("ncc_radius_mm needs a match on the moving image resampled through the "
+                             "affine (the intensity refinement compares aligned images): n_refinements "
+                             ">= 1 (SAMDeformableRegistrar: or rematch='warped', or n_coarse_passes > 1)")
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.chunk_size, "chunk_size")
         rs = self.random_state
@@ -843,6 +845,10 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         warped = transform.resample(moving_im, reference=self._working_geometry(embedder, fixed_im))
         warped.source = None if moving_im.source is None else f"{moving_im.source} (affine-resampled)"
         return warped, embed_images(embedder, [warped], 1)[0]
+
+    def _has_aligned_pass(self) -> bool:
+        """Whether any matching is done on the affinely resampled moving image (where NCC applies)."""
+        return bool(self.n_refinements)
 
     def _ncc(self, fixed_im, pts):
         """An NCCRefiner of the fixed points (None when ``ncc_radius_mm`` is None)."""
@@ -1008,6 +1014,11 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
             raise ValueError("SAMDeformableRegistrar needs mode 'sum' or 'local' (its dense matches "
                              "are searched in windows of the local map)")
 
+    def _has_aligned_pass(self) -> bool:
+        passes = self.n_coarse_passes
+        more = isinstance(passes, (int, np.integer)) and not isinstance(passes, bool) and passes > 1
+        return bool(self.n_refinements) or self.rematch == "warped" or more
+
     def _after_affine(self, embedder, fixed_im, moving_im, fixed_emb, moving_emb, ref, rng, timings):
         t0 = time.perf_counter()
         affine = self.affine_transform_ = self.transform_
@@ -1021,14 +1032,16 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
             ref_tx = affine
         elif self.rematch == "original":
             ref_emb, ref_tx, ref_im = moving_emb, AffineTransform.identity(fixed_im.ndim), moving_im
-        # the intensity refinement compares aligned images only: not with rematch="original"
-        refiner = self._ncc(fixed_im, pts) if self.rematch == "warped" else None
+        # the intensity refinement compares aligned images only: not the first dense match with
+        # rematch="original" (later passes match on warped images)
+        refiner = self._ncc(fixed_im, pts)
         # prior: where the affine puts each fixed point in the reference embedding's space
         prior = AffineTransform(np.linalg.inv(ref_tx.matrix) @ affine.matrix)
         kwargs = dict(mode="local", search_radius_mm=float(self.dense_search_radius_mm),
                       refine=True, chunk_size=self.chunk_size)
         res = match_points(gv, lv, ref_emb, centers_world=prior.transform_points(pts), **kwargs)
-        matched = self._ncc_points(refiner, ref_im, ref_emb, res.points)
+        matched = self._ncc_points(refiner if self.rematch == "warped" else None, ref_im, ref_emb,
+                                   res.points)
         u = prior.inverse().transform_points(matched) - pts
         moving_pts = ref_tx.transform_points(matched)
         geom = self._field_geometry(fixed_im.geometry)

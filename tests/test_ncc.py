@@ -116,6 +116,28 @@ def test_flat_patches_and_shift_limits():
     assert np.abs(out - far).max() <= 2.5 + 1e-9
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_flat_background_next_to_tissue_never_wins(ndim):
+    # CT-like: texture for world x < 0, exact air (-1024) beyond; rounding in the window sums of
+    # the flat part must not turn into spurious correlations (a regression: they reached NCC 6)
+    tex = Texture(ndim, 30.0, seed=3)
+    geom = ImageGeometry((60,) * ndim if ndim == 2 else (40, 40, 30), 1.0, (-30.0,) * ndim)
+    textured = image_of(lambda w: 300.0 * tex(w) - 1024.0 + 40.0, geom)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in geom.shape], indexing="ij"), -1)
+    world_x = geom.array_index_to_world(idx.reshape(-1, ndim))[:, 0].reshape(geom.shape)
+    img = Image(np.where(world_x < 0, textured.array, -1024.0).astype(np.float32), geom)
+    truth = np.array([[-4.0] + [0.0] * (ndim - 1)])
+    patches = sample_patches(img, truth, 8, 1.0)[None]
+    out, peak = ncc_refine(patches, img, truth + [[3.0] + [0.0] * (ndim - 1)], step=1.0, search_mm=8.0)
+    np.testing.assert_allclose(out, truth, atol=0.2)
+    assert 0.95 < peak[0] <= 1.0
+    # a start deep in the air: every window flat, the point stays
+    deep = np.array([[14.0] + [0.0] * (ndim - 1)])
+    out, peak = ncc_refine(patches, img, deep, step=1.0, search_mm=4.0)
+    np.testing.assert_array_equal(out, deep)
+    assert np.isnan(peak).all()
+
+
 def _shifted_scene(ndim, offset):
     """Template and query images of one texture (query anatomy = template anatomy moved by
     ``shift``), and an analytic embedder whose query frame is off by ``offset``: SAM's matches

@@ -476,8 +476,14 @@ def test_ncc_refinement_sharpens_coarse_matches(ndim=2):
     coarse = SAMDeformableRegistrar(**common, **dense).fit(p.fixed, p.moving)
     coarse_ncc = SAMDeformableRegistrar(**common, **dense, ncc_radius_mm=8.0).fit(p.fixed, p.moving)
     assert tre(coarse_ncc) < 0.6 * tre(coarse) and tre(coarse_ncc) < floor + 0.1, (tre(coarse_ncc), tre(coarse), floor)
-    with pytest.raises(ValueError, match="ncc_radius_mm needs n_refinements"):
+    with pytest.raises(ValueError, match="ncc_radius_mm needs a match on the moving image resampled"):
         SAMAffineRegistrar(**common, ncc_radius_mm=8.0, n_refinements=0).fit(p.fixed, p.moving)
+    with pytest.raises(ValueError, match="ncc_radius_mm needs"):
+        SAMDeformableRegistrar(**common, ncc_radius_mm=8.0, n_refinements=0, rematch="original").fit(
+            p.fixed, p.moving)
+    # the dense stage's own warped pass is enough for SAM-coarse (the paper's one-pass affine)
+    one_pass = SAMDeformableRegistrar(**common, **dense, ncc_radius_mm=8.0, n_refinements=0).fit(p.fixed, p.moving)
+    assert tre(one_pass) < tre(coarse), (tre(one_pass), tre(coarse))
     with pytest.raises(ValueError, match="ncc_search_mm"):
         SAMAffineRegistrar(**common, ncc_radius_mm=8.0, ncc_search_mm=0).fit(p.fixed, p.moving)
 
