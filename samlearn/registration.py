@@ -1034,7 +1034,8 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
             ref_emb, ref_tx, ref_im = moving_emb, AffineTransform.identity(fixed_im.ndim), moving_im
         # the intensity refinement compares aligned images only: not the first dense match with
         # rematch="original" (later passes match on warped images)
-        refiner = self._ncc(fixed_im, pts)
+        aligned_later = int(self.n_coarse_passes) > 1
+        refiner = self._ncc(fixed_im, pts) if self.rematch == "warped" or aligned_later else None
         # prior: where the affine puts each fixed point in the reference embedding's space
         prior = AffineTransform(np.linalg.inv(ref_tx.matrix) @ affine.matrix)
         kwargs = dict(mode="local", search_radius_mm=float(self.dense_search_radius_mm),
