@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from .image import Image, check_images, check_points
 from .inference import effective_n_jobs, image_items, load_item, progress_bar
 from .maps import Embedding
-from .ncc import check_ncc_params, ncc_refine, ncc_step_mm, sample_patches
+from .ncc import check_ncc_params, ncc_refine, resolve_search_mm, template_patches
 from .matching import (DEFAULT_CHUNK_SIZE, MODES, check_search_radius, combine_templates,
                        cycle_consistency, match_points, template_vectors)
 
@@ -342,11 +342,7 @@ class OneShotLandmarkDetector(BaseEstimator):
                 if hasattr(self, name):
                     delattr(self, name)
         if self.ncc_radius_mm is not None:
-            step = ncc_step_mm(self.ncc_radius_mm, images[0].spacing, ndim)
-            half = max(1, int(round(float(self.ncc_radius_mm) / step)))
-            self.ncc_step_mm_ = step
-            self.ncc_patches_ = np.stack([sample_patches(im, p, half, step)
-                                          for im, p in zip(images, point_sets)]).astype(np.float32)
+            self.ncc_patches_, self.ncc_step_mm_ = template_patches(images, point_sets, self.ncc_radius_mm)
         else:
             for name in ("ncc_step_mm_", "ncc_patches_"):
                 if hasattr(self, name):
@@ -409,12 +405,10 @@ class OneShotLandmarkDetector(BaseEstimator):
                     elif self.consistency == "coarse":
                         self._coarse_repair(emb, points[i + j], scores[i + j], kwargs)
                     if self.ncc_radius_mm is not None:
-                        search = self.ncc_search_mm
-                        if search == "auto":
-                            search = float(np.max(emb.local_map.geometry.spacing))
-                        points[i + j] = ncc_refine(self.ncc_patches_, ims[j], points[i + j],
-                                                   step=self.ncc_step_mm_, search_mm=float(search),
-                                                   penalty=float(self.ncc_penalty))[0]
+                        points[i + j] = ncc_refine(
+                            self.ncc_patches_, ims[j], points[i + j], step=self.ncc_step_mm_,
+                            search_mm=resolve_search_mm(self.ncc_search_mm, emb),
+                            penalty=float(self.ncc_penalty))[0]
                     if self.cycle_check:
                         d = [cycle_consistency(t_emb, t_pts, emb, forward=res, **kwargs).distances_mm
                              for t_emb, t_pts in zip(self.template_embeddings_, self.template_points_)]

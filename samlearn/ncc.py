@@ -23,7 +23,8 @@ from scipy import ndimage
 
 from .image import Image
 
-__all__ = ["check_ncc_params", "ncc_step_mm", "sample_patches", "ncc_refine", "NCCRefiner"]
+__all__ = ["check_ncc_params", "ncc_step_mm", "sample_patches", "template_patches", "resolve_search_mm",
+           "ncc_refine", "NCCRefiner"]
 
 #: samples per block of points in the sampling and the search (bounds memory)
 _BLOCK_SAMPLES = 2 ** 22
@@ -80,6 +81,23 @@ def sample_patches(image: Image, points_world, half: int, step: float) -> np.nda
         idx = (base[b0:b0 + block, None, :] + step_idx[None]).reshape(-1, ndim)
         out[b0:b0 + block] = ndimage.map_coordinates(arr, idx.T, order=1, mode="nearest").reshape(-1, len(offsets))
     return out.reshape((len(pts),) + shape)
+
+
+def template_patches(images, point_sets, radius_mm: float):
+    """The patches of radius ``radius_mm`` around each template's points, all sampled at the step
+    of the first template (:func:`ncc_step_mm`): ``(patches (n_templates, n_points, *grid) float32,
+    step)``."""
+    step = ncc_step_mm(radius_mm, images[0].spacing, images[0].ndim)
+    half = max(1, int(round(float(radius_mm) / step)))
+    patches = np.stack([sample_patches(im, p, half, step) for im, p in zip(images, point_sets)])
+    return patches.astype(np.float32), step
+
+
+def resolve_search_mm(search_mm, embedding) -> float:
+    """``ncc_search_mm`` in mm: "auto" is one voxel (the largest spacing) of the embedding's local grid."""
+    if isinstance(search_mm, str) and search_mm == "auto":
+        return float(np.max(embedding.local_map.geometry.spacing))
+    return float(search_mm)
 
 
 def _box_sums(x: np.ndarray, win) -> np.ndarray:
@@ -202,6 +220,7 @@ def ncc_refine(template_patches, image: Image, points_world, *, step: float, sea
         shift = shifts[best].copy()
         pos = np.stack(np.unravel_index(best, (side,) * ndim), axis=1)
         sc = score.reshape((len(best),) + (side,) * ndim)
+        bmid = score[rows, best]
         for ax in range(ndim):   # parabola through the neighbours along each axis, inside the box
             inner = (pos[:, ax] > 0) & (pos[:, ax] < side - 1)
             lo, hi = pos.copy(), pos.copy()
@@ -209,7 +228,6 @@ def ncc_refine(template_patches, image: Image, points_world, *, step: float, sea
             hi[:, ax] = np.clip(hi[:, ax] + 1, 0, side - 1)
             a = sc[(rows, *lo.T)]
             c = sc[(rows, *hi.T)]
-            bmid = score[rows, best]
             den = a - 2.0 * bmid + c
             with np.errstate(invalid="ignore", divide="ignore"):
                 d = np.where(inner & (den < 0), np.clip(0.5 * (a - c) / den, -0.5, 0.5), 0.0)
@@ -226,12 +244,9 @@ class NCCRefiner:
     ``NCCRefiner(template_image, points, radius_mm)(image, matched_points, search_mm)``."""
 
     def __init__(self, template_image: Image, points_world, radius_mm: float, penalty: float = 0.05):
-        self.step = ncc_step_mm(radius_mm, template_image.spacing, template_image.ndim)
-        half = max(1, int(round(float(radius_mm) / self.step)))
-        self.patches = sample_patches(template_image, points_world, half, self.step)[None]
+        self.patches, self.step = template_patches([template_image], [points_world], radius_mm)
         self.penalty = float(penalty)
 
-    def __call__(self, image: Image, points_world, search_mm: float, subset=None):
-        patches = self.patches if subset is None else self.patches[:, subset]
-        return ncc_refine(patches, image, points_world, step=self.step, search_mm=search_mm,
+    def __call__(self, image: Image, points_world, search_mm: float):
+        return ncc_refine(self.patches, image, points_world, step=self.step, search_mm=search_mm,
                           penalty=self.penalty)

@@ -44,7 +44,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._frozen import (FrozenComponentMixin, check_flag, check_positive_float, check_positive_int,
                       check_probability, embed_images, resolve_embedder)
 from .image import Image, ImageGeometry, check_images, check_points
-from .ncc import NCCRefiner, check_ncc_params
+from .ncc import NCCRefiner, check_ncc_params, resolve_search_mm
 from .matching import (DEFAULT_CHUNK_SIZE, check_search_radius, cycle_consistency, match_points,
                        template_vectors)
 
@@ -860,9 +860,7 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         """``points`` matched in ``image`` (embedding ``emb``), refined by ``refiner`` when there is one."""
         if refiner is None:
             return points
-        search = self.ncc_search_mm
-        search = float(np.max(emb.local_map.geometry.spacing)) if search == "auto" else float(search)
-        return refiner(image, points, search)[0]
+        return refiner(image, points, resolve_search_mm(self.ncc_search_mm, emb))[0]
 
     def _refine_affine(self, embedder, fixed_im, moving_im, fixed_emb, pts, gv, lv, ref, rng, timings):
         """Refinement passes: resample the moving image through the current affine onto the fixed
