@@ -28,6 +28,8 @@ __all__ = ["OneShotLandmarkDetector"]
 _COARSE_SCORE_THRESHOLD = 0.5
 #: RANSAC trials of its affine step (hundreds of grid matches, most of them inliers)
 _COARSE_RANSAC_TRIALS = 300
+#: the grid points' local search around the affine's prediction, in global voxels
+_COARSE_FINE_RADIUS = 0.5
 
 
 def _predict_task(detector, item, index):
@@ -519,7 +521,8 @@ class OneShotLandmarkDetector(BaseEstimator):
             return self._affine_repair(emb, pts, scores, kwargs)
         affine = AffineTransform(A)
         fine = match_points(None, self.coarse_local_, emb, mode="local", chunk_size=self.chunk_size,
-                            centers_world=affine.transform_points(x), search_radius_mm=0.5 * g_sp)
+                            centers_world=affine.transform_points(x),
+                            search_radius_mm=_COARSE_FINE_RADIUS * g_sp)
         smoothing = self.coarse_smoothing_mm
         smoothing = 2.0 * self.coarse_grid_mm_ if smoothing == "auto" else float(smoothing)
         geom = field_geometry(self.coarse_geometry_, max(smoothing / 4.0, l_sp / 2.0), smoothing)

@@ -428,7 +428,7 @@ def fit_affine(fixed_points, moving_points, *, robust=None, residual_threshold_m
         if not np.any(ok):
             raise RegistrationError("every RANSAC sample was degenerate (points collinear / coplanar)")
         sol = np.linalg.solve(xs[ok], ys[ok])  # (T', k, d): [x 1] @ sol = y
-        pred = np.einsum("nk,tkd->tnd", np.hstack([x, np.ones((n, 1))]), sol)
+        pred = np.hstack([x, np.ones((n, 1))]) @ sol  # (T', n, d); a batched BLAS product, not einsum
         res = np.linalg.norm(pred - y[None], axis=2)  # (T', n)
         inside = res <= thr
         count = inside.sum(1)
