@@ -74,6 +74,17 @@ AUTO_RADIUS_GLOBAL_VOXELS = 2.0
 _WINDOW_MAX_FRACTION = 1.0 / 16
 #: boxes of at most this many voxels are read by one vectorised gather instead of a loop over points
 _GATHER_MAX_BOX = 512
+# Many overlapping boxes (e.g. a grid of points searched near an affine prior) are scored on the
+# CPU tile by tile: the points whose box corners fall in one tile (_TILE_FACTOR boxes wide) get one
+# matrix product over the union of their boxes. That computes more voxels than the boxes hold (up
+# to _TILED_MAX_WORK times), but a GEMM costs about 1/100 of copying a voxel's feature vector, the
+# price of the gather (one core of a 2-core EPYC, 128 channels: 961 points with 9 x 9 boxes on a
+# 96 x 96 map, 20-22 ms tiled against 62-70 ms gathered; 2,025 points with 5 x 5 x 5 boxes on a
+# 64 x 64 x 40 map, 230-270 ms against 400-430 ms; tiles 1, 1.5, 2, 4 and 6 boxes wide were slower).
+_TILED_MIN_POINTS = 32
+_TILED_MIN_POINTS_PER_TILE = 2
+_TILED_MAX_WORK = 80.0
+_TILE_FACTOR = 3.0
 
 
 # ============================================================================ results
@@ -379,12 +390,13 @@ class _Scorer:
         k = start.shape[0]
         nb = int(np.prod(box))
         off = _GridIndex(tuple(box), self.device).rows(0, box[0])
-        if nb <= _GATHER_MAX_BOX and nb * self.n_channels <= self.chunk_size:
+        out = self._box_tiled(start, box, p0)
+        if out is None and nb <= _GATHER_MAX_BOX and nb * self.n_channels <= self.chunk_size:
             # small boxes (e.g. many points searched near a prior): one vectorised gather of all
             # the boxes' voxels beats a Python-level loop over the points
             return self.at(self.grid.ravel(start[:, None, :] + off[None].long()), p0)
-        out = torch.empty((k, nb), dtype=torch.float32, device=self.device)
-        if self.mode in ("sum", "local"):
+        if out is None and self.mode in ("sum", "local"):
+            out = torch.empty((k, nb), dtype=torch.float32, device=self.device)
             data = self.fl.reshape(self.n_channels, *self.grid.shape)
             row = int(np.prod(box[1:]))
             # split a box along its first axis if one point's features would exceed chunk_size
@@ -399,10 +411,43 @@ class _Scorer:
         if self.mode != "local":
             pos = (start.float()[:, None, :] + off[None]) @ self.m + self.t
             sg = _interp(self.sg[p0:p0 + k].unsqueeze(1), pos)[:, 0]
-            out = (sg + out) * 0.5
+            out = sg if self.mode == "global" else (sg + out) * 0.5
         if self.outside is not None:
             flat = self.grid.ravel(start[:, None, :] + off[None].long())
             out = out.masked_fill(self.outside[flat], -math.inf)
+        return out
+
+    def _box_tiled(self, start: torch.Tensor, box: Sequence[int], p0: int) -> Optional[torch.Tensor]:
+        """Local similarities (k, prod(box)) of the boxes at ``start`` computed tile by tile (see
+        ``_TILED_MAX_WORK``), or None where that does not pay: on a GPU (the gather is fast
+        there), for the global mode, for few points, or for boxes that hardly overlap."""
+        k = start.shape[0]
+        if self.device.type != "cpu" or self.mode == "global" or k < _TILED_MIN_POINTS:
+            return None
+        st = start.numpy()
+        b = np.asarray(box, dtype=np.int64)
+        nb = int(np.prod(b))
+        key = st // np.maximum(1, np.round(b * _TILE_FACTOR).astype(np.int64))
+        order = np.lexsort(key.T[::-1])
+        cuts = np.flatnonzero(np.any(np.diff(key[order], axis=0) != 0, axis=1)) + 1
+        groups = np.split(order, cuts)
+        if len(groups) * _TILED_MIN_POINTS_PER_TILE > k:
+            return None
+        lo = [st[g].min(0) for g in groups]
+        hi = [st[g].max(0) + b for g in groups]
+        work = sum(len(g) * int(np.prod(h - l)) for g, l, h in zip(groups, lo, hi))
+        if work > _TILED_MAX_WORK * k * nb:
+            return None
+        data = self.fl.reshape(self.n_channels, *self.grid.shape)
+        off = np.stack(np.meshgrid(*[np.arange(n) for n in box], indexing="ij"), -1).reshape(1, nb, -1)
+        out = torch.empty((k, nb), dtype=torch.float32)
+        for g, l, h in zip(groups, lo, hi):
+            feats = data[(slice(None),) + tuple(slice(a, c) for a, c in zip(l, h))].reshape(self.n_channels, -1)
+            idx = torch.from_numpy(g)
+            vals = (self.lv[p0 + idx] @ feats).float()
+            rel = (st[g][:, None, :] - l) + off
+            flat = np.ravel_multi_index(tuple(rel.reshape(-1, rel.shape[-1]).T), tuple(h - l))
+            out[idx] = torch.gather(vals, 1, torch.from_numpy(flat.reshape(len(g), nb)))
         return out
 
     def _voxel_rows(self):

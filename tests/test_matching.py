@@ -184,11 +184,28 @@ def test_window_search_equals_full_search_when_it_covers_the_peak(ndim):
     assert auto == pytest.approx(matching.AUTO_RADIUS_GLOBAL_VOXELS * eq.global_map.geometry.spacing.max())
 
 
-@pytest.mark.parametrize("gather_max", [0, 10**9])  # boxes read point by point / by one gather
+def _box_strategy(monkeypatch, strategy):
+    """Force one way of reading the windows' boxes: point by point ("loop"), one vectorised
+    gather ("gather") or tile by tile ("tiled", one matrix product per tile of box corners)."""
+    monkeypatch.setattr(matching, "_GATHER_MAX_BOX", 10**9 if strategy == "gather" else 0)
+    tiled = strategy == "tiled"
+    monkeypatch.setattr(matching, "_TILED_MIN_POINTS", 1 if tiled else 10**9)
+    monkeypatch.setattr(matching, "_TILED_MIN_POINTS_PER_TILE", 0)
+    monkeypatch.setattr(matching, "_TILED_MAX_WORK", 1e9)
+
+
+BOX_STRATEGIES = ["loop", "gather", "tiled"]
+
+
+@pytest.mark.parametrize("strategy", BOX_STRATEGIES)
 @pytest.mark.parametrize("top_k", [1, 3])
 @pytest.mark.parametrize("mode", ["sum", "local"])
-def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, gather_max):
-    monkeypatch.setattr(matching, "_GATHER_MAX_BOX", gather_max)
+def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, strategy):
+    _box_strategy(monkeypatch, strategy)
+    tiled = []
+    orig_tiled = matching._Scorer._box_tiled
+    monkeypatch.setattr(matching._Scorer, "_box_tiled",
+                        lambda self, *a: tiled.append(orig_tiled(self, *a)) or tiled[-1])
     emb, tmpl, query, pts, truth = _fake_query(3, 50)
     et, eq = emb.transform([tmpl, query])
     gv, lv = template_vectors(et, pts)
@@ -199,6 +216,7 @@ def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, gather_ma
     monkeypatch.setattr(matching, "_WINDOW_MAX_FRACTION", 1e9)
     gathered = match_points(gv, lv, eq, **kw)
     assert calls
+    assert any(t is not None for t in tiled) == (strategy == "tiled")
     calls.clear()
     monkeypatch.setattr(matching, "_WINDOW_MAX_FRACTION", 0.0)
     masked = match_points(gv, lv, eq, **kw)
@@ -211,13 +229,49 @@ def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, gather_ma
     assert np.all(d[ok] <= 9.0 + 0.5 * eq.local_map.geometry.spacing.max() * np.sqrt(3))
 
 
-@pytest.mark.parametrize("gather_max", [0, 10**9])
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_window_boxes_hold_the_whole_ball_on_noise(monkeypatch, ndim, gather_max):
+def test_dense_grid_of_windows_is_scored_tile_by_tile(monkeypatch, ndim):
+    """A dense grid of points searched near a prior (SAM-coarse) takes the tiled path with the
+    default thresholds and finds exactly what one gather of every box finds; a handful of points
+    does not take it."""
+    rng = np.random.default_rng(70 + ndim)
+    geom = make_geometry(rng, ndim, size=(60, 52) if ndim == 2 else (24, 22, 16))
+    gen = torch.Generator().manual_seed(ndim)
+    maps = [EmbeddingMap(torch.nn.functional.normalize(torch.randn(32, *g.shape, generator=gen), dim=0), g)
+            for g in (geom.strided(4), geom)]
+    emb = Embedding(maps[0], maps[1], geom)
+    axes = [np.arange(1.0, n - 1, 2.0 if ndim == 2 else 3.0) for n in geom.size]
+    idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, ndim)
+    pts = geom.index_to_world(idx + rng.uniform(-0.4, 0.4, idx.shape))
+    gv, lv = template_vectors(emb, pts)
+    centres = pts + rng.normal(0, 1.0, pts.shape)
+    kw = dict(mode="local", search_radius_mm=4.0, centers_world=centres, top_k=2, min_distance_mm=1.0)
+    used = []
+    orig = matching._Scorer._box_tiled
+    monkeypatch.setattr(matching._Scorer, "_box_tiled", lambda self, *a: used.append(orig(self, *a)) or used[-1])
+    tiled = match_points(gv, lv, emb, **kw)
+    assert len(pts) >= matching._TILED_MIN_POINTS and used and all(u is not None for u in used)
+    monkeypatch.setattr(matching, "_TILED_MIN_POINTS", 10**9)
+    monkeypatch.setattr(matching, "_GATHER_MAX_BOX", 10**9)
+    gathered = match_points(gv, lv, emb, **kw)
+    np.testing.assert_array_equal(tiled.index, gathered.index)
+    np.testing.assert_allclose(tiled.hypothesis_scores, gathered.hypothesis_scores, atol=1e-5)
+    np.testing.assert_allclose(tiled.points, gathered.points, atol=1e-6)
+    monkeypatch.undo()
+    used.clear()
+    monkeypatch.setattr(matching._Scorer, "_box_tiled", lambda self, *a: used.append(orig(self, *a)) or used[-1])
+    few = match_points(gv[:8], lv[:8], emb, **dict(kw, centers_world=centres[:8]))
+    assert used and all(u is None for u in used)
+    np.testing.assert_allclose(few.points, tiled.points[:8], atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", BOX_STRATEGIES)
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_window_boxes_hold_the_whole_ball_on_noise(monkeypatch, ndim, strategy):
     """On noise maps the maximum over a window is decided by every single voxel of the ball, so
-    both window strategies (and both ways of reading the boxes) must evaluate exactly the same
+    both window strategies (and every way of reading the boxes) must evaluate exactly the same
     voxels (including the ball's rim)."""
-    monkeypatch.setattr(matching, "_GATHER_MAX_BOX", gather_max)
+    _box_strategy(monkeypatch, strategy)
     rng = np.random.default_rng(55 + ndim)
     geom = make_geometry(rng, ndim, size=(40, 36) if ndim == 2 else (20, 18, 12))
     gen = torch.Generator().manual_seed(ndim)
