@@ -60,7 +60,7 @@ _PRESET_KEYS = (
     "stem_stride", "stem_kernel", "stage_strides", "n_stages", "local_level", "fpn_channels",
     "embed_dim", "head", "lr", "warmup_iter", "lr_schedule", "weight_decay", "max_iter", "max_time",
     "n_pos", "n_hard", "n_random", "n_candidates", "n_local", "tau", "delta_mm", "overlap",
-    "scale", "rotation_deg", "elastic", "intensity_jitter",
+    "scale", "rotation_deg", "elastic", "intensity_jitter", "transform_scale",
 )
 
 
@@ -83,6 +83,15 @@ class SAMEmbedder(BaseEstimator):
     n_pos, n_hard, n_random, n_candidates, n_local, tau, delta_mm : loss and negative sampling
         (:class:`samlearn.nn.LossConfig`).
     overlap, scale, rotation_deg, elastic, intensity_jitter : patch-pair augmentation.
+    transform_scale : positive float or None (preset: 0.75 for "xray-lite", 1.0 otherwise)
+        Resolution of ``transform`` relative to the training resolution: 2D images are embedded at
+        ``image_size`` x ``transform_scale`` pixels (rounded), 3D volumes at ``spacing_mm`` /
+        ``transform_scale`` mm. It is read when ``transform`` runs, so ``set_params`` changes it on
+        a fitted model (the resolved value is ``config_["transform_scale"]``; models saved before
+        it existed use 1.0). Below 1 is faster (fewer pixels) and, for the "xray-lite" network
+        trained at 512 x 512, also more accurate: 0.75 (384 x 384) cut the cephalometric dev MRE
+        by 0.6-0.9 px on two models and the time per query by a quarter
+        (benchmarks/RESULTS.md, chosen on images 001-070 only).
     label_positive_prob : float in [0, 1], default 0.5 (the paper's value)
         Only used when ``fit`` gets landmark labels ``y``: the probability that a training pair drawn
         from a labelled image is a labelled pair (patch 1 around landmark ``k`` of this image, patch
@@ -157,7 +166,8 @@ class SAMEmbedder(BaseEstimator):
                  weight_decay=None, max_iter=None, max_time=None, n_pos=None, n_hard=None,
                  n_random=None, n_candidates=None, n_local=None, tau=None, delta_mm=None,
                  overlap=None, scale=None, rotation_deg=None, elastic=None, intensity_jitter=None,
-                 label_positive_prob=0.5, pretrained=None, device="auto", amp="auto", num_workers=None,
+                 transform_scale=None, label_positive_prob=0.5, pretrained=None, device="auto", amp="auto",
+                 num_workers=None,
                  n_threads=None, channels_last="auto", compile=False, checkpoint_path=None,
                  checkpoint_every=None, resume=False, warm_start=False, random_state=None, verbose=0,
                  distributed="auto", tile_shape="auto", max_memory_gb=None, memory=None, n_jobs=None):
@@ -195,6 +205,7 @@ class SAMEmbedder(BaseEstimator):
         self.rotation_deg = rotation_deg
         self.elastic = elastic
         self.intensity_jitter = intensity_jitter
+        self.transform_scale = transform_scale
         self.label_positive_prob = label_positive_prob
         self.pretrained = pretrained
         self.device = device
@@ -274,13 +285,40 @@ class SAMEmbedder(BaseEstimator):
                           n_local=cfg["n_local"])
 
     # ------------------------------------------------------------------ preprocessing
+    def _inference_config(self) -> dict:
+        """``config_`` with the working grid of ``transform``: ``image_size`` x scale (2D) or
+        ``spacing_mm`` / scale (3D), scale = ``transform_scale`` when set, else the fitted
+        ``config_["transform_scale"]`` (1.0 for models saved before it existed)."""
+        cfg = self.config_
+        scale = self.transform_scale
+        if scale is None:
+            scale = cfg.get("transform_scale", 1.0)
+        if (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (scale > 0)
+                or not math.isfinite(scale)):
+            raise ValueError(f"transform_scale must be a positive number or None, got {scale!r}")
+        scale = float(scale)
+        if scale == 1.0:
+            return cfg
+        cfg = dict(cfg, transform_scale=scale)
+        if cfg.get("spacing_mm") is not None:
+            cfg["spacing_mm"] = float(cfg["spacing_mm"]) / scale
+        else:
+            size = tuple(int(round(int(v) * scale)) for v in cfg["image_size"])
+            if min(size) < 8:
+                raise ValueError(f"transform_scale={scale:g} makes the working size {size} from "
+                                 f"image_size {tuple(cfg['image_size'])}: below 8 pixels; use a larger "
+                                 f"transform_scale")
+            cfg["image_size"] = size
+        return cfg
+
     def _preprocess(self, image: Image, cfg: dict | None = None, device=None, where: str = "image") -> Image:
-        """Resample onto the canonical working grid and normalise intensities. On a CUDA
+        """Resample onto the canonical working grid (``cfg``; default: that of ``transform``,
+        :meth:`_inference_config`) and normalise intensities. On a CUDA
         ``device`` (default: the fitted model's) axis-aligned images are resampled there
         (:func:`samlearn.inference.resample_canonical`, the same values as the SimpleITK path,
         which the CPU keeps: it is as fast there). ``where`` names the image in error messages
         (e.g. ``"images[3]"``)."""
-        cfg = cfg or self.config_
+        cfg = cfg or self._inference_config()
         device = device if device is not None else getattr(self, "device_", None)
         geom = image.geometry
         src = f" ('{image.source}')" if image.source else ""
@@ -570,9 +608,9 @@ class SAMEmbedder(BaseEstimator):
         return self.fit(images, y).transform(images)
 
     def preprocess(self, image) -> Image:
-        """The image as the fitted network sees it: resampled onto the canonical working grid
-        (identity direction, ``spacing_mm`` or ``image_size`` of the configuration) and intensity
-        normalised. Its geometry maps the working grid to the input's world mm. Use it to feed
+        """The image as the fitted network sees it in ``transform``: resampled onto the canonical
+        working grid (identity direction, ``spacing_mm`` or ``image_size`` of the configuration
+        scaled by ``transform_scale``) and intensity normalised. Its geometry maps the working grid to the input's world mm. Use it to feed
         other networks initialised from :meth:`backbone_state_dict` with the same inputs."""
         check_is_fitted(self, "network_")
         image = check_images(image, name="image")
@@ -681,10 +719,11 @@ class SAMEmbedder(BaseEstimator):
             return None
         fp = getattr(self, "_fingerprint", None)
         amp = self._amp_dtype(self.device_)
-        if fp is None or fp[0] != id(self.network_) or fp[1] != str(amp):
-            fp = (id(self.network_), str(amp), model_fingerprint(self.network_, _jsonable(self.config_), amp))
+        cfg = _jsonable(self._inference_config())   # the working grid of transform is part of the key
+        if fp is None or fp[0] != id(self.network_) or fp[1] != str(amp) or fp[2] != cfg:
+            fp = (id(self.network_), str(amp), cfg, model_fingerprint(self.network_, cfg, amp))
             self._fingerprint = fp
-        return EmbeddingCache(folder, fp[2])
+        return EmbeddingCache(folder, fp[3])
 
     def _transform_parallel(self, items, n_jobs):
         """CPU: one image per task in ``n_jobs`` joblib (loky) processes, results in order."""
@@ -1179,7 +1218,7 @@ def _validate_config(cfg: dict) -> None:
     pos_float("max_time", allow_none=True)
     if cfg["max_iter"] is None and cfg["max_time"] is None:
         raise ValueError("max_iter and max_time are both None: set a training budget")
-    for name in ("lr", "tau", "delta_mm", "width"):
+    for name in ("lr", "tau", "delta_mm", "width", "transform_scale"):
         pos_float(name)
     if not isinstance(cfg["warmup_iter"], (numbers.Integral, np.integer)) or cfg["warmup_iter"] < 0:
         raise ValueError(f"warmup_iter must be a non-negative integer, got {cfg['warmup_iter']!r}")

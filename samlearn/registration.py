@@ -905,7 +905,9 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         """Resample warped images straight onto the embedder's working grid for the fixed image
         when it is known (the embedder then skips its own resampling and both embeddings share
         one grid), else onto the fixed grid."""
-        cfg = getattr(embedder, "config_", None) or {}
+        working = getattr(embedder, "_inference_config", None)
+        cfg = (working() if getattr(embedder, "config_", None) and working is not None
+               else getattr(embedder, "config_", None) or {})
         sp = cfg.get("spacing_mm")
         if sp is not None:
             return fixed_im.geometry.canonical(spacing=sp)

@@ -38,8 +38,10 @@ def test_fit_records_history_and_transform_geometry(fitted2d, images2d):
     assert len(emb) == 1
     e = emb[0]
     assert e.global_map.n_channels == 16 and e.local_map.n_channels == 16
-    # the working grid is the canonical (identity-direction) 64 x 64 grid over the image's bounding box
-    assert e.image_geometry.size == (64, 64)
+    # the working grid is the canonical (identity-direction) grid over the image's bounding box, at
+    # the preset's transform_scale (xray-lite: 0.75) of the 64 x 64 training size
+    assert est.config_["transform_scale"] == 0.75
+    assert e.image_geometry.size == (48, 48)
     np.testing.assert_allclose(e.image_geometry.direction, np.eye(2))
     assert e.source_geometry == images2d[0].geometry
     cs = np.sort(images2d[0].geometry.corners_world(), 0)
@@ -47,9 +49,61 @@ def test_fit_records_history_and_transform_geometry(fitted2d, images2d):
     np.testing.assert_allclose(wc.min(0), cs.min(0), atol=1e-6)
     np.testing.assert_allclose(wc.max(0), cs.max(0), atol=1e-6)
     gs, ls = est.network_.config.global_stride, est.network_.config.local_stride
-    assert e.global_map.geometry.size == tuple(int(np.ceil(64 / s)) for s in gs[::-1])
+    assert e.global_map.geometry.size == tuple(int(np.ceil(48 / s)) for s in gs[::-1])
     np.testing.assert_allclose(e.local_map.geometry.spacing, e.image_geometry.spacing * np.array(ls[::-1]))
     torch.testing.assert_close(e.local_map.data.norm(dim=0), torch.ones(e.local_map.data.shape[1:]), atol=1e-4, rtol=0)
+
+
+def test_transform_scale_sets_the_working_grid_of_transform(fitted2d, images2d, tmp_path):
+    """transform_scale is read at transform time: the working grid is image_size x scale over the
+    image's bounding box (world extent unchanged), None falls back to the fitted value, a model
+    without the key (saved before it existed) embeds at the training size, bad values are named."""
+    est = fitted2d
+    im = images2d[0]
+    corners = np.sort(im.geometry.corners_world(), 0)
+    try:
+        for scale, size in ((1.0, 64), (0.5, 32), (0.75, 48), (1.25, 80)):
+            e = est.set_params(transform_scale=scale).embed(im)
+            assert e.image_geometry.size == (size, size), scale
+            assert est.preprocess(im).array.shape == (size, size)
+            wc = e.image_geometry.corners_world()   # same field of view, finer or coarser pixels
+            np.testing.assert_allclose(wc.min(0), corners.min(0), atol=1e-6)
+            np.testing.assert_allclose(wc.max(0), corners.max(0), atol=1e-6)
+            gs = est.network_.config.global_stride
+            assert e.global_map.geometry.size == tuple(int(np.ceil(size / s)) for s in gs[::-1])
+        est.set_params(transform_scale=None)
+        assert est.embed(im).image_geometry.size == (48, 48)   # config_["transform_scale"]
+        for bad in (0, -1.0, float("nan"), float("inf"), "0.5", True):
+            with pytest.raises(ValueError, match="transform_scale"):
+                est.set_params(transform_scale=bad).embed(im)
+        with pytest.raises(ValueError, match="transform_scale.*below 8 pixels"):
+            est.set_params(transform_scale=0.1).embed(im)
+        # a model saved before transform_scale existed: no config key, no param -> 1.0
+        est.set_params(transform_scale=None)
+        est.save(tmp_path / "m.samlearn")
+        old = samlearn.load(tmp_path / "m.samlearn")
+        old.config_.pop("transform_scale")
+        assert old.embed(im).image_geometry.size == (64, 64)
+    finally:
+        est.set_params(transform_scale=None)
+
+
+def test_transform_scale_3d_divides_the_spacing_and_keys_the_cache(tmp_path):
+    imgs = smooth_images(2, ndim=3, seed=4)
+    est = tiny_embedder(ndim=3, random_state=0, max_iter=1).fit(imgs)
+    assert est.config_["transform_scale"] == 1.0          # ct-lite: the training resolution
+    sp = est.config_["spacing_mm"]
+    base = est.embed(imgs[0])
+    np.testing.assert_allclose(base.image_geometry.spacing, sp)
+    est.set_params(transform_scale=0.5, memory=str(tmp_path))
+    coarse = est.embed(imgs[0])
+    np.testing.assert_allclose(coarse.image_geometry.spacing, 2 * sp)
+    # the cache keys the working grid: the 1.0 embedding is not served for 0.5 and vice versa
+    est.set_params(transform_scale=1.0)
+    again = est.embed(imgs[0])
+    np.testing.assert_allclose(again.image_geometry.spacing, sp)
+    assert len({p.parent for p in tmp_path.rglob("*.pt")}) == 2
+    torch.testing.assert_close(again.local_map.data, base.local_map.data, atol=1e-3, rtol=0)
 
 
 def test_same_seed_same_weights_different_seed_differs(images2d):

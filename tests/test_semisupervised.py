@@ -308,7 +308,9 @@ def test_labels_follow_world_geometry_of_each_image(monkeypatch):
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(training.PairStream, "__init__", spy)
-    est = tiny_embedder(random_state=0, image_size=(96, 96), intensity="none", max_iter=1).fit(imgs, ys)
+    # transform_scale=1: preprocess then shows the training grid the labels were mapped onto
+    est = tiny_embedder(random_state=0, image_size=(96, 96), intensity="none", max_iter=1,
+                        transform_scale=1.0).fit(imgs, ys)
     for im, idx in zip(imgs, seen["labels"]):
         work = est.preprocess(im).array
         for j, u in enumerate(idx):
