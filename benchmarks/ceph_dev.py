@@ -59,14 +59,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     data = load_cephalograms(args.data, load_images=True)
     template_id = choose_template(data, DEV_TRAIN)[0]
+    extra = {}
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        extra[k] = ast.literal_eval(v)
     if args.model:
         emb = load(args.model)
+        # inference settings apply to the loaded model (its saved n_threads would otherwise win)
+        emb.set_params(**({"n_threads": args.threads} if args.threads else {}), **extra)
     else:
         params = dict(preset=args.preset, max_time=args.max_time, max_iter=args.max_iter or 10**9,
                       random_state=args.seed, verbose=1, n_threads=args.threads, num_workers=args.workers)
-        for kv in args.set:
-            k, v = kv.split("=", 1)
-            params[k] = ast.literal_eval(v)
+        params.update(extra)
         emb = SAMEmbedder(**params)
         idx = {k: i for i, k in enumerate(data.ids)}
         t0 = time.perf_counter()

@@ -216,19 +216,27 @@ def training_labels(data, labelled_ids: Sequence[str], train_ids: Sequence[str] 
     return [data.landmarks[data.ids.index(i)].copy() if i in wanted else None for i in train_ids]
 
 
+def extra_params(pairs: Sequence[str]) -> dict:
+    """``--samlearn-set key=value`` pairs as a dict (values read as Python literals)."""
+    import ast
+    out = {}
+    for kv in pairs:
+        key, sep, val = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--samlearn-set wants key=value, got {kv!r}")
+        out[key] = ast.literal_eval(val)
+    return out
+
+
 def train_samlearn(data, args, labelled_ids: Sequence[str] = ()):
     """Train ``SAMEmbedder(preset=args.samlearn_preset)`` on images 001-070 only for at most
     ``args.samlearn_minutes`` minutes of training on this machine; save it to
     ``args.samlearn_out``. Unlabelled unless ``labelled_ids`` (training ids whose ground-truth
     landmarks ``fit`` gets as ``y``). Returns the fitted embedder and the wall time."""
-    import ast
-
     from samlearn import SAMEmbedder
     params = dict(preset=args.samlearn_preset, max_time=60.0 * args.samlearn_minutes, max_iter=10**9,
                   random_state=args.samlearn_seed, verbose=1, n_threads=args.samlearn_threads)
-    for kv in args.samlearn_set:
-        key, val = kv.split("=", 1)
-        params[key] = ast.literal_eval(val)
+    params.update(extra_params(args.samlearn_set))
     emb = SAMEmbedder(**params)
     train = [read_image(data.image_paths[data.ids.index(i)]) for i in TRAIN_IDS]
     y = training_labels(data, labelled_ids) if labelled_ids else None
@@ -331,6 +339,9 @@ def main(argv=None) -> dict:
     if args.samlearn_model is not None:  # trained earlier (its training record travels in the file)
         from samlearn import load
         embedder = load(args.samlearn_model)
+        # inference settings apply to the loaded model; its saved n_threads (that of its training)
+        # would otherwise override --samlearn-threads during transform
+        embedder.set_params(n_threads=args.samlearn_threads, **extra_params(args.samlearn_set))
     elif args.samlearn_minutes:  # train first, while nothing else runs
         embedder, wall = train_samlearn(data, args, labelled_ids)
         train_info = {"wall_seconds": wall}
