@@ -106,9 +106,10 @@ class SAMEmbedder(BaseEstimator):
     num_workers : DataLoader worker processes (``None``: 1 on the CPU, 4 on a GPU).
     n_threads : torch CPU threads during fit / transform (``None``: leave torch's setting).
     channels_last : "auto" (default), True or False
-        Channels-last memory format (``channels_last_3d`` for 3D). "auto": for 3D inference on the
-        CPU (1.5x faster on a 2-core AVX2 CPU, benchmarks/RESULTS.md), the default format
-        otherwise; True: for training and inference (GPUs with tensor cores usually gain:
+        Channels-last memory format (``channels_last_3d`` for 3D). "auto": for inference on the CPU
+        (1.5-1.6x faster for xray-lite and ct-lite on a 2-core AVX2 CPU, identical maps up to
+        float rounding: ``benchmarks/memory_format.py``, benchmarks/RESULTS.md), the default
+        format otherwise; True: for training and inference (GPUs with tensor cores usually gain:
         ``benchmarks/gpu.py`` measures both); False: never.
     compile : wrap the network with ``torch.compile`` for training.
     checkpoint_path, checkpoint_every : write an atomic checkpoint every N iterations (and at the
@@ -692,7 +693,7 @@ class SAMEmbedder(BaseEstimator):
     def _channels_last_inference(self) -> bool:
         cl = check_channels_last(self.channels_last)
         if cl == "auto":
-            return self.ndim_ == 3 and self.device_.type == "cpu"
+            return self.device_.type == "cpu"
         return bool(cl)
 
     def _network_for_inference(self):

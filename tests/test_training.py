@@ -239,3 +239,17 @@ def test_fit_threads_and_channels_last():
                                atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="channels_last must be"):
         tiny_embedder(channels_last="yes").fit(imgs)
+    # "auto": the CPU inference copy is channels-last in 2D and 3D (measured faster,
+    # benchmarks/memory_format.py) and gives the maps of the default format
+    im3 = smooth_images(1, ndim=3, seed=9)[0]
+    est3 = tiny_embedder(ndim=3, random_state=3, max_iter=1).fit([im3, im3])
+    for est, im, mf in ((a, imgs[0], torch.channels_last), (est3, im3, torch.channels_last_3d)):
+        assert est.channels_last == "auto" and est._channels_last_inference()
+        convs = [m for m in est._network_for_inference()[0].modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+        assert convs and any(c.weight.is_contiguous(memory_format=mf) and not c.weight.is_contiguous()
+                             for c in convs)
+        auto = est.transform(im)[0].local_map.data
+        plain = est.set_params(channels_last=False).transform(im)[0].local_map.data
+        assert not est._channels_last_inference()
+        est.set_params(channels_last="auto")
+        torch.testing.assert_close(auto, plain, atol=1e-4, rtol=0)
