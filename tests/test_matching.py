@@ -30,6 +30,15 @@ def analytic_embedding(image_geom, rng, *, c=96, g_stride=4, l_stride=1, g_scale
     return emb, g_feat, l_feat
 
 
+def noise_embedding(image_geom, channels, seed, g_stride=4):
+    """Unit-norm Gaussian noise maps (global stride ``g_stride``, local stride 1): every voxel of a
+    window can decide its maximum."""
+    gen = torch.Generator().manual_seed(seed)
+    maps = [EmbeddingMap(torch.nn.functional.normalize(torch.randn(channels, *g.shape, generator=gen), dim=0), g)
+            for g in (image_geom.strided(g_stride), image_geom)]
+    return Embedding(maps[0], maps[1], image_geom)
+
+
 def inner_points(geom, rng, n, lo=0.3, hi=0.7):
     idx = rng.uniform(lo, hi, size=(n, geom.ndim)) * (np.asarray(geom.size) - 1)
     return geom.index_to_world(idx)
@@ -236,10 +245,7 @@ def test_dense_grid_of_windows_is_scored_tile_by_tile(monkeypatch, ndim):
     does not take it."""
     rng = np.random.default_rng(70 + ndim)
     geom = make_geometry(rng, ndim, size=(60, 52) if ndim == 2 else (24, 22, 16))
-    gen = torch.Generator().manual_seed(ndim)
-    maps = [EmbeddingMap(torch.nn.functional.normalize(torch.randn(32, *g.shape, generator=gen), dim=0), g)
-            for g in (geom.strided(4), geom)]
-    emb = Embedding(maps[0], maps[1], geom)
+    emb = noise_embedding(geom, 32, seed=ndim)
     axes = [np.arange(1.0, n - 1, 2.0 if ndim == 2 else 3.0) for n in geom.size]
     idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, ndim)
     pts = geom.index_to_world(idx + rng.uniform(-0.4, 0.4, idx.shape))
@@ -274,10 +280,7 @@ def test_window_boxes_hold_the_whole_ball_on_noise(monkeypatch, ndim, strategy):
     _box_strategy(monkeypatch, strategy)
     rng = np.random.default_rng(55 + ndim)
     geom = make_geometry(rng, ndim, size=(40, 36) if ndim == 2 else (20, 18, 12))
-    gen = torch.Generator().manual_seed(ndim)
-    maps = [EmbeddingMap(torch.nn.functional.normalize(torch.randn(16, *g.shape, generator=gen), dim=0), g)
-            for g in (geom.strided(4), geom)]
-    emb = Embedding(maps[0], maps[1], geom)
+    emb = noise_embedding(geom, 16, seed=ndim)
     pts = inner_points(geom, rng, 30, lo=0.0, hi=1.0)  # borders included
     gv, lv = template_vectors(emb, pts)
     for radius in (2.9, 3.7, 5.05):
