@@ -395,6 +395,7 @@ class SAMEmbedder(BaseEstimator):
                 raise ValueError(f"images are {ndim}D but the model was trained on {self.ndim_}D "
                                  f"images (ndim_={self.ndim_})")
             device, preset, cfg = self.device_, self.preset_, dict(self.config_)
+            cfg.setdefault("transform_scale", 1.0)  # a model from before transform_scale existed
             # the network and training settings stay the fitted ones; a budget set since (sklearn's
             # warm_start: set_params(max_iter=...) then fit) is the new total
             for key in ("max_iter", "max_time"):
@@ -611,8 +612,9 @@ class SAMEmbedder(BaseEstimator):
     def preprocess(self, image) -> Image:
         """The image as the fitted network sees it in ``transform``: resampled onto the canonical
         working grid (identity direction, ``spacing_mm`` or ``image_size`` of the configuration
-        scaled by ``transform_scale``) and intensity normalised. Its geometry maps the working grid to the input's world mm. Use it to feed
-        other networks initialised from :meth:`backbone_state_dict` with the same inputs."""
+        scaled by ``transform_scale``) and intensity normalised. Its geometry maps the working
+        grid to the input's world mm. Use it to feed other networks initialised from
+        :meth:`backbone_state_dict` with the same inputs."""
         check_is_fitted(self, "network_")
         image = check_images(image, name="image")
         if len(image) != 1:
@@ -869,6 +871,7 @@ class SAMEmbedder(BaseEstimator):
         try:
             params = {k: _untuple(v) for k, v in dict(meta["params"]).items() if k in cls._get_param_names()}
             cfg = dict(meta["config"])
+            cfg.setdefault("transform_scale", 1.0)  # saved before transform_scale existed
             preset = str(meta["preset"])
             ndim = int(meta["ndim"])
             n_iter = int(meta["n_iter"])

@@ -78,12 +78,18 @@ def test_transform_scale_sets_the_working_grid_of_transform(fitted2d, images2d, 
                 est.set_params(transform_scale=bad).embed(im)
         with pytest.raises(ValueError, match="transform_scale.*below 8 pixels"):
             est.set_params(transform_scale=0.1).embed(im)
-        # a model saved before transform_scale existed: no config key, no param -> 1.0
+        # a model saved before transform_scale existed (no config key, no param): 1.0, and it
+        # still continues training (warm_start validates its configuration)
         est.set_params(transform_scale=None)
-        est.save(tmp_path / "m.samlearn")
-        old = samlearn.load(tmp_path / "m.samlearn")
+        old = pickle.loads(pickle.dumps(est))
         old.config_.pop("transform_scale")
         assert old.embed(im).image_geometry.size == (64, 64)
+        old.save(tmp_path / "m.samlearn")
+        loaded = samlearn.load(tmp_path / "m.samlearn")
+        assert loaded.config_["transform_scale"] == 1.0
+        assert loaded.embed(im).image_geometry.size == (64, 64)
+        old.set_params(warm_start=True, max_iter=old.n_iter_ + 1).fit(images2d)
+        assert old.config_["transform_scale"] == 1.0 and old.n_iter_ == est.n_iter_ + 1
     finally:
         est.set_params(transform_scale=None)
 
