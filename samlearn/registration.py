@@ -386,6 +386,23 @@ def _residuals(p, x, y):
     return np.linalg.norm(x @ p[:, :-1].T + p[:, -1] - y, axis=1)
 
 
+def _ransac_samples(rng, n: int, k: int, n_trials: int) -> np.ndarray:
+    """``n_trials`` rows of ``k`` distinct indices in ``range(n)`` (each row sorted): batches of
+    independent draws with the rows that repeat an index dropped (``rng.choice`` without replacement,
+    one call per trial, cost more than the whole RANSAC scoring)."""
+    rows, have = [], 0
+    for _ in range(64):
+        s = np.sort(rng.integers(0, n, size=(2 * (n_trials - have) + 16, k)), axis=1)
+        s = s[(np.diff(s, axis=1) > 0).all(1)][: n_trials - have]
+        rows.append(s)
+        have += len(s)
+        if have == n_trials:
+            break
+    else:  # only for n barely above k and unlucky draws: finish one trial at a time
+        rows += [np.sort(rng.choice(n, size=k, replace=False))[None] for _ in range(n_trials - have)]
+    return np.concatenate(rows)
+
+
 def fit_affine(fixed_points, moving_points, *, robust=None, residual_threshold_mm=None,
                n_trials: int = 1000, rng=None, weights=None):
     """Fit ``moving ~ A fixed + t`` to point pairs. Returns ``(matrix (ndim+1, ndim+1), inliers)``.
@@ -418,8 +435,10 @@ def fit_affine(fixed_points, moving_points, *, robust=None, residual_threshold_m
         if residual_threshold_mm is None:
             raise ValueError("robust='ransac' needs residual_threshold_mm")
         thr = float(residual_threshold_mm)
+        if int(n_trials) < 1:
+            raise ValueError(f"n_trials must be at least 1, got {n_trials}")
         k = d + 1
-        idx = np.stack([rng.choice(n, size=k, replace=False) for _ in range(int(n_trials))])
+        idx = _ransac_samples(rng, n, k, int(n_trials))
         xs = np.concatenate([x[idx], np.ones((len(idx), k, 1))], 2)  # (T, k, k)
         ys = y[idx]  # (T, k, d)
         scale = max(1.0, float(np.abs(x - x.mean(0)).max()))
@@ -428,13 +447,19 @@ def fit_affine(fixed_points, moving_points, *, robust=None, residual_threshold_m
         if not np.any(ok):
             raise RegistrationError("every RANSAC sample was degenerate (points collinear / coplanar)")
         sol = np.linalg.solve(xs[ok], ys[ok])  # (T', k, d): [x 1] @ sol = y
-        pred = np.hstack([x, np.ones((n, 1))]) @ sol  # (T', n, d); a batched BLAS product, not einsum
-        res = np.linalg.norm(pred - y[None], axis=2)  # (T', n)
-        inside = res <= thr
-        count = inside.sum(1)
-        cost = np.where(inside, res, 0.0).sum(1)
+        t = len(sol)
+        # every trial's predictions in one GEMM, laid out (n, d, T') so that the element-wise steps
+        # run over long contiguous rows (a trailing axis of length d makes numpy loop per pair)
+        r2 = np.hstack([x, np.ones((n, 1))]) @ sol.transpose(1, 2, 0).reshape(k, d * t)
+        r2 = r2.reshape(n, d, t)
+        r2 -= y[:, :, None]
+        np.square(r2, out=r2)
+        r2 = r2.sum(1)  # (n, T') squared residuals
+        inside = r2 <= thr * thr
+        count = inside.sum(0)
+        cost = np.sqrt(r2, where=inside, out=np.zeros_like(r2)).sum(0)
         best = np.lexsort((cost, -count))[0]
-        inl = inside[best]
+        inl = inside[:, best]
         if inl.sum() < k:
             raise RegistrationError(f"RANSAC found no model with {k} or more matches within "
                                     f"{thr:.3g} mm; raise residual_threshold_mm")

@@ -230,6 +230,22 @@ def test_robust_fits_survive_30_percent_outliers(ndim):
         fit_affine(x[:2], y[:2])
     with pytest.raises(ValueError, match="robust must be"):
         fit_affine(x, y, robust="lmeds")
+    with pytest.raises(ValueError, match="n_trials"):
+        fit_affine(x, y, robust="ransac", residual_threshold_mm=3.0, n_trials=0)
+
+
+@pytest.mark.parametrize("n,k", [(3, 3), (4, 3), (5, 4), (1000, 3)])
+def test_ransac_samples_are_distinct_index_sets(n, k):
+    """RANSAC's minimal samples: k distinct indices each, in range, all index sets reachable (even
+    when n is barely above k), reproducible for a seed."""
+    from samlearn.registration import _ransac_samples
+    s = _ransac_samples(np.random.default_rng(0), n, k, 500)
+    assert s.shape == (500, k) and s.min() >= 0 and s.max() < n
+    assert (np.diff(s, axis=1) > 0).all()
+    if n <= 5:
+        from math import comb
+        assert len({tuple(r) for r in s}) == comb(n, k)
+    np.testing.assert_array_equal(s, _ransac_samples(np.random.default_rng(0), n, k, 500))
 
 
 def test_body_mask_keeps_lungs_and_drops_table():
