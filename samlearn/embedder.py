@@ -316,8 +316,9 @@ class SAMEmbedder(BaseEstimator):
         """Resample onto the canonical working grid (``cfg``; default: that of ``transform``,
         :meth:`_inference_config`) and normalise intensities. On a CUDA
         ``device`` (default: the fitted model's) axis-aligned images are resampled there
-        (:func:`samlearn.inference.resample_canonical`, the same values as the SimpleITK path,
-        which the CPU keeps: it is as fast there). ``where`` names the image in error messages
+        (:func:`samlearn.inference.resample_canonical`, the same values as the SimpleITK path)
+        and on the CPU too (its scipy.sparse form); rotated images take the SimpleITK path.
+        ``where`` names the image in error messages
         (e.g. ``"images[3]"``)."""
         cfg = cfg or self._inference_config()
         device = device if device is not None else getattr(self, "device_", None)
@@ -344,9 +345,8 @@ class SAMEmbedder(BaseEstimator):
         if target.allclose(geom, atol=1e-6):
             work = image
         else:
-            work = None
-            if device is not None and torch.device(device).type == "cuda":
-                work = resample_canonical(image, target, device=device)
+            dev = torch.device(device) if device is not None else torch.device("cpu")
+            work = resample_canonical(image, target, device=dev if dev.type == "cuda" else "cpu")
             if work is None:
                 work = image.resample_to_geometry(target, interpolator="linear")
         try:
@@ -817,7 +817,9 @@ class SAMEmbedder(BaseEstimator):
             x = x.pin_memory().to(device, non_blocking=True)
         g, l = run_network(net, x, spatial, amp_dtype=self._amp_dtype(device),
                            tile_core=self._tile_core(spatial, budget), channels_last=channels_last)
-        if not (torch.isfinite(g).all() and torch.isfinite(l).all()):
+        # a NaN or infinity anywhere makes the sum non-finite: one read of each map, no mask (the
+        # maps are L2-normalised, so finite values cannot overflow the float32 sums)
+        if not (torch.isfinite(g.sum()) and torch.isfinite(l.sum())):
             raise FloatingPointError("an embedding holds NaN or infinite values (numeric overflow, e.g. "
                                      "with amp='fp16', or damaged weights)")
         out = []

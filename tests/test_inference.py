@@ -248,12 +248,16 @@ def test_depth_folded_conv3d_matches_conv3d():
             torch.testing.assert_close(_DepthFoldedConv3d(conv)(x), conv(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("sparse", [True, False], ids=["scipy-sparse", "torch"])
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_resample_canonical_equals_the_simpleitk_path(ndim):
-    """The separable torch resampler (used on CUDA devices) against Image.resample_to_geometry:
-    anti-aliasing Gaussian, edge clamping and the outside-the-image test, with flipped and permuted
-    axes, anisotropic spacing and an offset origin."""
+def test_resample_canonical_equals_the_simpleitk_path(ndim, sparse, monkeypatch):
+    """The separable resampler (scipy.sparse on the CPU, torch taps on CUDA devices; both forced
+    here) against Image.resample_to_geometry: anti-aliasing Gaussian, edge clamping and the
+    outside-the-image test, with flipped and permuted axes, anisotropic spacing and an offset
+    origin, shrinking and enlarging."""
+    import samlearn.inference as inference
     from samlearn.inference import resample_canonical
+    monkeypatch.setattr(inference, "_sparse_on", lambda device: sparse)
     rng = np.random.default_rng(ndim)
     shape = (23, 31, 37)[:ndim] if ndim == 3 else (41, 29)
     arr = (rng.normal(size=shape) * 100).astype(np.float32)
