@@ -439,12 +439,20 @@ class _Scorer:
         if work > _TILED_MAX_WORK * k * nb:
             return None
         data = self.fl.reshape(self.n_channels, *self.grid.shape)
+        # a channels-last map (the CPU network's output) is sliced as (*tile, C): each tile row is
+        # one contiguous run; slicing it channel-first would copy it voxel by voxel
+        channels_last = data.stride(0) == 1 and self.n_channels > 1
+        if channels_last:
+            data = data.movedim(0, -1)
         off = np.stack(np.meshgrid(*[np.arange(n) for n in box], indexing="ij"), -1).reshape(1, nb, -1)
         out = torch.empty((k, nb), dtype=torch.float32)
         for g, l, h in zip(groups, lo, hi):
-            feats = data[(slice(None),) + tuple(slice(a, c) for a, c in zip(l, h))].reshape(self.n_channels, -1)
+            tile = tuple(slice(a, c) for a, c in zip(l, h))
             idx = torch.from_numpy(g)
-            vals = (self.lv[p0 + idx] @ feats).float()
+            if channels_last:
+                vals = (data[tile].reshape(-1, self.n_channels) @ self.lv[p0 + idx].T).float().T
+            else:
+                vals = (self.lv[p0 + idx] @ data[(slice(None),) + tile].reshape(self.n_channels, -1)).float()
             rel = (st[g][:, None, :] - l) + off
             flat = np.ravel_multi_index(tuple(rel.reshape(-1, rel.shape[-1]).T), tuple(h - l))
             out[idx] = torch.gather(vals, 1, torch.from_numpy(flat.reshape(len(g), nb)))

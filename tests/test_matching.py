@@ -39,6 +39,18 @@ def noise_embedding(image_geom, channels, seed, g_stride=4):
     return Embedding(maps[0], maps[1], image_geom)
 
 
+def with_layout(emb, layout):
+    """``emb`` with both maps stored channel-first ("first", contiguous) or channels-last ("last",
+    the layout of the CPU network's output: channel stride 1), values unchanged."""
+    def convert(m):
+        data = m.data.contiguous()
+        if layout == "last":
+            data = data.movedim(0, -1).contiguous().movedim(-1, 0)
+            assert data.stride(0) == 1
+        return EmbeddingMap(data, m.geometry)
+    return Embedding(convert(emb.global_map), convert(emb.local_map), emb.image_geometry, emb.source_geometry)
+
+
 def inner_points(geom, rng, n, lo=0.3, hi=0.7):
     idx = rng.uniform(lo, hi, size=(n, geom.ndim)) * (np.asarray(geom.size) - 1)
     return geom.index_to_world(idx)
@@ -206,10 +218,11 @@ def _box_strategy(monkeypatch, strategy):
 BOX_STRATEGIES = ["loop", "gather", "tiled"]
 
 
+@pytest.mark.parametrize("layout", ["first", "last"])
 @pytest.mark.parametrize("strategy", BOX_STRATEGIES)
 @pytest.mark.parametrize("top_k", [1, 3])
 @pytest.mark.parametrize("mode", ["sum", "local"])
-def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, strategy):
+def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, strategy, layout):
     _box_strategy(monkeypatch, strategy)
     tiled = []
     orig_tiled = matching._Scorer._box_tiled
@@ -217,6 +230,7 @@ def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, strategy)
                         lambda self, *a: tiled.append(orig_tiled(self, *a)) or tiled[-1])
     emb, tmpl, query, pts, truth = _fake_query(3, 50)
     et, eq = emb.transform([tmpl, query])
+    eq = with_layout(eq, layout)
     gv, lv = template_vectors(et, pts)
     kw = dict(mode=mode, search_radius_mm=9.0, top_k=top_k, min_distance_mm=4.0)
     calls = []
@@ -238,14 +252,15 @@ def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, strategy)
     assert np.all(d[ok] <= 9.0 + 0.5 * eq.local_map.geometry.spacing.max() * np.sqrt(3))
 
 
+@pytest.mark.parametrize("layout", ["first", "last"])
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_dense_grid_of_windows_is_scored_tile_by_tile(monkeypatch, ndim):
+def test_dense_grid_of_windows_is_scored_tile_by_tile(monkeypatch, ndim, layout):
     """A dense grid of points searched near a prior (SAM-coarse) takes the tiled path with the
-    default thresholds and finds exactly what one gather of every box finds; a handful of points
-    does not take it."""
+    default thresholds and finds exactly what one gather of every box finds, on channel-first and
+    channels-last maps; a handful of points does not take it."""
     rng = np.random.default_rng(70 + ndim)
     geom = make_geometry(rng, ndim, size=(60, 52) if ndim == 2 else (24, 22, 16))
-    emb = noise_embedding(geom, 32, seed=ndim)
+    emb = with_layout(noise_embedding(geom, 32, seed=ndim), layout)
     axes = [np.arange(1.0, n - 1, 2.0 if ndim == 2 else 3.0) for n in geom.size]
     idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, ndim)
     pts = geom.index_to_world(idx + rng.uniform(-0.4, 0.4, idx.shape))
