@@ -77,6 +77,45 @@ def test_patch_axes_follow_world_axes_both_ways():
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
+def test_axis_aligned_sampling_equals_map_coordinates(ndim, monkeypatch):
+    """Images whose axes lie along the world axes (identity, flipped, permuted directions) take the
+    separable corner-gather path: the same samples as map_coordinates (border values beyond the
+    image, points near and outside the borders included), with the patch axes along world axes."""
+    import samlearn.ncc as ncc
+    rng = np.random.default_rng(ndim)
+    shape = (23, 19) if ndim == 2 else (13, 11, 9)
+    arr = rng.normal(size=shape).astype(np.float32)
+    flips = np.diag([1.0, -1.0, 1.0][:ndim])
+    perm = np.eye(ndim)[::-1] * np.array([1.0, -1.0, -1.0][:ndim])
+    taken = []
+    real = ncc._sample_separable
+    monkeypatch.setattr(ncc, "_sample_separable", lambda *a: taken.append(1) or real(*a))
+    for d in (np.eye(ndim), flips, perm):
+        im = Image.from_array(arr, spacing=(0.7, 1.3, 2.1)[:ndim], origin=(5.0, -20.0, 13.0)[:ndim],
+                              direction=d)
+        idx = rng.uniform(-3, np.asarray(im.size) + 2, size=(9, ndim))  # inside, at and beyond borders
+        pts = im.geometry.index_to_world(idx)
+        n_taken = len(taken)
+        fast = sample_patches(im, pts, 3, 0.9)
+        assert len(taken) > n_taken
+        monkeypatch.setattr(ncc, "_grid_axes", lambda lin: None)
+        slow = sample_patches(im, pts, 3, 0.9)
+        monkeypatch.undo()
+        monkeypatch.setattr(ncc, "_sample_separable", lambda *a: taken.append(1) or real(*a))
+        np.testing.assert_allclose(fast, slow, atol=1e-5, rtol=0)
+        # a linear ramp in world x, y(, z): patch array axis ndim - 1 - k steps along world axis k
+        coef = np.array([2.0, -3.0, 5.0][:ndim])
+        ramp = image_of(lambda w: w @ coef + 7.0, im.geometry)
+        inner = im.geometry.index_to_world(np.asarray(im.size)[None] / 2.0)
+        patch = sample_patches(ramp, inner, 1, 0.5)[0]
+        for k in range(ndim):
+            ax = ndim - 1 - k
+            lo, hi = [1] * ndim, [1] * ndim
+            hi[ax] = 2
+            assert patch[tuple(hi)] - patch[tuple(lo)] == pytest.approx(coef[k] * 0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
 def test_refinement_recovers_a_known_shift(ndim):
     tex = Texture(ndim, extent=30.0, seed=ndim)
     g_t, g_q = GEOMS[ndim]
