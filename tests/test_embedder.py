@@ -229,3 +229,27 @@ def test_interrupt_gives_a_usable_partial_model(images2d, monkeypatch, tmp_path)
 def test_bad_parameters_are_named(params, match, images2d):
     with pytest.raises((ValueError, TypeError), match=match):
         tiny_embedder(**params).fit(images2d)
+
+
+@pytest.mark.parametrize("which,value", [("local", float("nan")), ("global", float("inf")),
+                                         ("local", -float("inf"))])
+def test_transform_refuses_non_finite_maps(monkeypatch, which, value):
+    """A NaN or infinity anywhere in a map (fp16 overflow, damaged weights) is an error, never an
+    embedding handed on to matching."""
+    import samlearn.embedder as embedder_module
+    ims = smooth_images(2)
+    emb = tiny_embedder().fit(ims)
+    real = embedder_module.run_network
+
+    def spoiled(*args, **kwargs):
+        g, l = real(*args, **kwargs)
+        g, l = g.clone(), l.clone()
+        target = l if which == "local" else g
+        target[0, 1, target.shape[2] // 2, target.shape[3] - 1] = value
+        return g, l
+
+    monkeypatch.setattr(embedder_module, "run_network", spoiled)
+    with pytest.raises(FloatingPointError, match="NaN or infinite"):
+        emb.transform(ims[:1])
+    monkeypatch.setattr(embedder_module, "run_network", real)
+    assert np.isfinite(emb.transform(ims[:1])[0].local_map.data.numpy()).all()
