@@ -30,6 +30,7 @@ Estimators (the embedder is a frozen, pre-trained component, as in ``OneShotLand
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -1119,6 +1120,36 @@ def field_geometry(fixed: ImageGeometry, spacing_mm: float, smoothing_mm: float)
     return ImageGeometry(tuple(int(v) for v in n), sp, origin, np.eye(fixed.ndim))
 
 
+@functools.lru_cache(maxsize=16)
+def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) matrix of ``ndimage.gaussian_filter1d(mode="constant")`` along an axis of length n:
+    row i holds the kernel centred on i, cut at the borders (zeros beyond, not renormalised)."""
+    from .inference import _gaussian_kernel
+    g = _gaussian_kernel(sigma) if sigma > 0 else np.ones(1)
+    r = len(g) // 2
+    off = np.arange(n)[None, :] - np.arange(n)[:, None] + r
+    m = np.where((off >= 0) & (off < len(g)), g[np.clip(off, 0, len(g) - 1)], 0.0)
+    m.setflags(write=False)
+    return m
+
+
+#: axes up to this long are blurred by a dense matrix product (BLAS beats a 1D filter there)
+_GAUSSIAN_MATRIX_MAX = 512
+
+
+def _blur_planes(planes: np.ndarray, sigma) -> np.ndarray:
+    """``ndimage.gaussian_filter(plane, sigma, mode="constant")`` of each plane of ``planes``
+    (P, *shape): per axis one matrix product over all planes (:func:`_gaussian_matrix`), or the 1D
+    filter along axes longer than ``_GAUSSIAN_MATRIX_MAX``."""
+    for ax, n in enumerate(planes.shape[1:]):
+        if n <= _GAUSSIAN_MATRIX_MAX:
+            planes = np.moveaxis(np.tensordot(_gaussian_matrix(int(n), float(sigma[ax])), planes,
+                                              axes=(1, ax + 1)), 0, ax + 1)
+        else:
+            planes = ndimage.gaussian_filter1d(planes, float(sigma[ax]), axis=ax + 1, mode="constant")
+    return planes
+
+
 def smooth_field(x, u, geom: ImageGeometry, smoothing_mm: float) -> np.ndarray:
     """Normalised Gaussian convolution of residuals ``u`` (n, ndim) at world points ``x`` onto the
     grid ``geom``: splat each residual (multilinear weights), blur values and weights with sigma =
@@ -1129,20 +1160,25 @@ def smooth_field(x, u, geom: ImageGeometry, smoothing_mm: float) -> np.ndarray:
     idx = geom.world_to_array_index(x)
     base = np.floor(idx).astype(int)
     frac = idx - base
-    num = np.zeros(shape + (d,))
-    den = np.zeros(shape)
-    for corner in np.ndindex(*([2] * d)):
+    size = int(np.prod(shape))
+    num = np.zeros((d, size))
+    den = np.zeros(size)
+    for corner in np.ndindex(*([2] * d)):  # splat: bincount sums repeated voxels (np.add.at, faster)
         c = np.asarray(corner)
         pos = base + c
         w = np.prod(np.where(c == 1, frac, 1 - frac), axis=1)
         ok = np.all((pos >= 0) & (pos < np.asarray(shape)), axis=1)
-        tgt = tuple(pos[ok].T)
-        np.add.at(den, tgt, w[ok])
+        flat = np.ravel_multi_index(tuple(pos[ok].T), shape)
+        den += np.bincount(flat, w[ok], minlength=size)
         for k in range(d):
-            np.add.at(num[..., k], tgt, w[ok] * u[ok, k])
+            num[k] += np.bincount(flat, w[ok] * u[ok, k], minlength=size)
     sigma = float(smoothing_mm) / geom.spacing[::-1]
-    den_s = ndimage.gaussian_filter(den, sigma, mode="constant")
-    num_s = np.stack([ndimage.gaussian_filter(num[..., k], sigma, mode="constant") for k in range(d)], -1)
+    # ndimage.gaussian_filter(mode="constant") of the weights and of each component, as one
+    # banded matrix product per axis over all d + 1 planes (one small GEMM each instead of 3 d + 3
+    # filter passes)
+    planes = _blur_planes(np.concatenate([den[None], num]).reshape((d + 1,) + shape), sigma)
+    den_s = planes[0]
+    num_s = np.moveaxis(planes[1:], 0, -1)
     occupied = den_s[den_s > 1e-6 * den_s.max()] if den_s.max() > 0 else np.ones(1)
     prior = 0.1 * float(np.median(occupied))
     return num_s / (den_s + prior)[..., None]

@@ -552,3 +552,16 @@ def test_bad_images_and_no_confident_matches(pair2d, pair3d):
         SAMAffineRegistrar(embedder=p.embedder, score_threshold=1.0, body_threshold=None).fit(p.fixed, p.moving)
     with pytest.raises(ValueError, match="rematch"):
         SAMDeformableRegistrar(embedder=p.embedder, rematch="both").fit(p.fixed, p.moving)
+
+
+@pytest.mark.parametrize("shape,sigma", [((40, 33), (4.0, 2.5)), ((9, 14, 11), (1.3, 2.0, 0.7)),
+                                         ((5, 7), (6.0, 0.3)), ((600, 5), (3.0, 1.0))])
+def test_field_blur_equals_ndimage_gaussian_filter(shape, sigma):
+    """smooth_field's blur (banded matrix products; the 1D filter along long axes) is scipy's
+    gaussian_filter with zero padding, plane by plane, kernels wider than the grid included."""
+    from scipy import ndimage
+    from samlearn.registration import _blur_planes
+    planes = np.random.default_rng(len(shape)).normal(size=(3,) + shape)
+    got = _blur_planes(planes, sigma)
+    for p, g in zip(planes, got):
+        np.testing.assert_allclose(g, ndimage.gaussian_filter(p, sigma, mode="constant"), atol=1e-12)
