@@ -42,7 +42,7 @@ from .image import Image, check_images, normalize_intensity
 from .inference import (EmbeddingCache, auto_tile_shape, cache_folder, check_channels_last, check_tile_shape,
                         effective_n_jobs, estimate_pass_bytes, fold_small_conv3d, fuse_conv_bn, image_items, image_key,
                         load_item, model_fingerprint, pad_batch, pointwise_as_matmul, progress_bar,
-                        resample_canonical, run_network)
+                        resample_canonical, run_network, thread_map)
 from .maps import Embedding, EmbeddingMap
 from .nn.loss import LossConfig
 from .nn.network import NetworkConfig, SAMNet
@@ -140,8 +140,9 @@ class SAMEmbedder(BaseEstimator):
         image's content and geometry and by the model's fingerprint (weights, configuration,
         precision); a changed model never reads stale embeddings.
     n_jobs : int or None
-        Parallel work: on the CPU, ``transform`` of several images runs in ``n_jobs`` processes
-        (joblib); ``fit`` reads and preprocesses images in ``n_jobs`` threads; on a GPU, images are
+        Parallel work: on the CPU, ``transform`` of several images runs in ``n_jobs`` threads,
+        each with its share of the torch threads; ``fit`` reads and preprocesses images in
+        ``n_jobs`` threads; on a GPU, images are
         preprocessed by ``n_jobs`` threads ahead of the network, which takes same-size images in
         batches. None: 1; -1: all cores.
     warm_start : if True and already fitted, ``fit`` continues training the current network until
@@ -594,7 +595,7 @@ class SAMEmbedder(BaseEstimator):
         world geometry), one per input image, in order.
 
         Images given as paths are read one at a time. Large volumes are embedded by tiles
-        (``tile_shape``, ``max_memory_gb``); several images run in ``n_jobs`` processes on the CPU
+        (``tile_shape``, ``max_memory_gb``); several images run in ``n_jobs`` threads on the CPU
         or in batches of same-size images on a GPU; with ``memory`` embeddings are cached on disk.
         ``verbose`` shows a progress bar over the images."""
         check_is_fitted(self, "network_")
@@ -729,18 +730,17 @@ class SAMEmbedder(BaseEstimator):
         return EmbeddingCache(folder, fp[3])
 
     def _transform_parallel(self, items, n_jobs):
-        """CPU: one image per task in ``n_jobs`` joblib (loky) processes, results in order."""
-        from joblib import Parallel, delayed
-        import copy
-        worker = copy.copy(self)   # what each task pickles: the network, not the training history
-        worker.history_ = []
-        worker.__dict__.pop("_optimizer_state", None)
+        """CPU: images embedded in ``n_jobs`` threads, each with its share of the torch threads
+        (torch releases the GIL in its kernels: no copy of the network or of the maps into other
+        processes), results in order."""
+        per = max(1, torch.get_num_threads() // n_jobs)
+        self._network_for_inference()  # built once, before the threads share it
         bar = progress_bar(self.verbose, len(items), "embedding")
         out = []
         try:
-            tasks = (delayed(_transform_one)(worker, item, i) for i, item in enumerate(items))
-            for emb in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
-                out.append(emb.to(self.device_))
+            for emb in thread_map(lambda i: next(self._iter_embeddings([items[i]], offset=i)),
+                                  len(items), n_jobs, torch_threads=per):
+                out.append(emb)
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -937,33 +937,10 @@ class SAMEmbedder(BaseEstimator):
 # ---------------------------------------------------------------------- helpers
 
 
-def _transform_one(est, item, index):
-    """A joblib task: the embedding of one image (in a worker process)."""
-    with _threads(est.n_threads):
-        return next(est._iter_embeddings([item], offset=index))
-
-
 def _prefetch(fn, n, n_threads):
     """``fn(0), ..., fn(n - 1)`` in order; with ``n_threads`` > 0 computed ahead in background
     threads (at most ``2 * n_threads`` results waiting, so memory stays bounded)."""
-    if n_threads <= 0 or n == 1:
-        for i in range(n):
-            yield fn(i)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        pending = deque()
-        nxt = 0
-        try:
-            while nxt < n or pending:
-                while nxt < n and len(pending) < 2 * n_threads:
-                    pending.append(pool.submit(fn, nxt))
-                    nxt += 1
-                yield pending.popleft().result()
-        finally:
-            for f in pending:
-                f.cancel()
+    return thread_map(fn, n, n_threads)
 
 
 def _read_checkpoint(path):

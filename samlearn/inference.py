@@ -37,7 +37,7 @@ from .nn.network import NetworkConfig, receptive_reach
 
 __all__ = ["estimate_pass_bytes", "auto_tile_shape", "plan_tiles", "run_network", "Tile", "pad_batch",
            "EmbeddingCache", "model_fingerprint", "image_key", "check_tile_shape", "halo",
-           "image_items", "load_item", "progress_bar", "effective_n_jobs", "cache_folder",
+           "image_items", "load_item", "progress_bar", "thread_map", "effective_n_jobs", "cache_folder",
            "fuse_conv_bn", "check_channels_last", "pointwise_as_matmul", "fold_small_conv3d",
            "resample_canonical"]
 
@@ -63,6 +63,52 @@ def effective_n_jobs(n_jobs) -> int:
         raise ValueError(f"n_jobs must be None or a non-zero integer (-1: all cores), got {n_jobs!r}")
     import joblib
     return int(joblib.effective_n_jobs(int(n_jobs)))
+
+
+def thread_map(fn, n: int, n_jobs: int, *, torch_threads: Optional[int] = None):
+    """``fn(0), ..., fn(n - 1)`` in order, computed ahead by ``n_jobs`` threads (at most
+    ``2 * n_jobs`` results waiting, so memory stays bounded); serial when ``n_jobs <= 0`` or
+    ``n == 1``. torch and numpy release the GIL in their kernels, so images embedded and matched
+    in threads run in parallel without copying a model or an image into other processes.
+
+    ``torch_threads``: each task runs with that many torch (and BLAS) threads, the process's
+    torch thread count restored afterwards; None leaves the thread settings alone (for light work
+    such as reading images)."""
+    if n_jobs <= 0 or n == 1:
+        for i in range(n):
+            yield fn(i)
+        return
+    import contextlib
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    task = fn
+    limits = contextlib.nullcontext()
+    old = torch.get_num_threads()
+    if torch_threads is not None:
+        def task(i):
+            torch.set_num_threads(int(torch_threads))  # per thread: its OpenMP team size
+            return fn(i)
+        try:
+            from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+            limits = threadpool_limits(limits=int(torch_threads), user_api="blas")
+        except ImportError:  # pragma: no cover
+            pass
+    try:
+        with limits, ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            pending = deque()
+            nxt = 0
+            try:
+                while nxt < n or pending:
+                    while nxt < n and len(pending) < 2 * n_jobs:
+                        pending.append(pool.submit(task, nxt))
+                        nxt += 1
+                    yield pending.popleft().result()
+            finally:
+                for f in pending:
+                    f.cancel()
+    finally:
+        if torch_threads is not None:
+            torch.set_num_threads(old)
 
 
 def progress_bar(verbose, total: int, desc: str, unit: str = "image"):

@@ -11,12 +11,13 @@ import os
 from typing import List
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from .image import Image, check_images, check_points
-from .inference import effective_n_jobs, image_items, load_item, progress_bar
+from .inference import effective_n_jobs, image_items, load_item, progress_bar, thread_map
 from .maps import Embedding
 from .ncc import check_ncc_params, ncc_refine, resolve_search_mm, template_patches
 from .matching import (DEFAULT_CHUNK_SIZE, MODES, check_search_radius, combine_templates,
@@ -30,11 +31,6 @@ _COARSE_SCORE_THRESHOLD = 0.5
 _COARSE_RANSAC_TRIALS = 300
 #: the grid points' local search around the affine's prediction, in global voxels
 _COARSE_FINE_RADIUS = 0.5
-
-
-def _predict_task(detector, item, index):
-    """A joblib task: ``detector``'s predictions for one image (in a worker process)."""
-    return detector._predict_items([item], index)
 
 
 def _check_flag(value, name):
@@ -149,7 +145,8 @@ class OneShotLandmarkDetector(BaseEstimator):
         that flat correlation surfaces keep the SAM match.
     n_jobs : int or None, default None
         ``predict`` on several images with an embedder on the CPU: images are embedded and matched
-        in ``n_jobs`` joblib processes (each returns only its points). None: 1; -1: all cores. On
+        in ``n_jobs`` threads, each with its share of the torch threads (on 2 cores, 2 jobs: about
+        1.5x the images per second of one, benchmarks/RESULTS.md). None: 1; -1: all cores. On
         a GPU, images go through the embedder ``batch_size`` at a time (a ``SAMEmbedder`` batches
         same-size images and prepares the next ones in the background).
     verbose : int, default 0
@@ -384,8 +381,10 @@ class OneShotLandmarkDetector(BaseEstimator):
                          why=f"images are {'2D' if self.ndim_ == 3 else '3D'} but the detector was "
                              f"fitted on {self.ndim_}D templates")
 
-    def _predict_items(self, items, offset, progress=False):
-        """Points, scores and cycle distances of ``items`` (serial; batches of ``batch_size``)."""
+    def _predict_items(self, items, offset, progress=False, embedder=None):
+        """Points, scores and cycle distances of ``items`` (serial; batches of ``batch_size``),
+        embedded by ``embedder`` (default ``embedder_``)."""
+        embedder = self.embedder_ if embedder is None else embedder
         kwargs = self._match_kwargs()
         n = len(items)
         points = np.empty((n, self.n_points_, self.ndim_))
@@ -395,7 +394,7 @@ class OneShotLandmarkDetector(BaseEstimator):
         try:
             for i in range(0, n, self.batch_size):
                 ims = [self._load(items[k], offset + k) for k in range(i, min(n, i + self.batch_size))]
-                embs = self._embed(self.embedder_, ims)
+                embs = self._embed(embedder, ims)
                 if self.ncc_radius_mm is None:
                     ims = None  # only the intensity refinement reads the images again
                 for j, emb in enumerate(embs):
@@ -424,14 +423,23 @@ class OneShotLandmarkDetector(BaseEstimator):
         return points, scores, cycle
 
     def _predict_parallel(self, items, n_jobs):
-        """One image per joblib (loky) task: each worker embeds and matches, and returns only its
-        small arrays (never the embeddings)."""
-        from joblib import Parallel, delayed
+        """Images embedded and matched in ``n_jobs`` threads, one image per task, each thread with
+        its share of the torch threads (torch and numpy release the GIL in their kernels; no copy
+        of the model or the images into other processes); results in order."""
+        import copy
+        per = max(1, torch.get_num_threads() // n_jobs)
+        embedder = self.embedder_
+        if hasattr(embedder, "get_params") and "n_threads" in embedder.get_params(deep=False):
+            if hasattr(embedder, "_network_for_inference"):
+                embedder._network_for_inference()  # built once, then shared by the copy's threads
+            embedder = copy.copy(embedder)  # same network; its own thread count, no nested jobs
+            embedder.n_threads = per
+            embedder.n_jobs = None
         bar = progress_bar(self.verbose, len(items), "landmarks")
         parts = []
         try:
-            tasks = (delayed(_predict_task)(self, item, i) for i, item in enumerate(items))
-            for part in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
+            for part in thread_map(lambda i: self._predict_items([items[i]], i, embedder=embedder),
+                                   len(items), n_jobs, torch_threads=per):
                 parts.append(part)
                 if bar is not None:
                     bar.update(1)

@@ -203,15 +203,24 @@ def test_parallel_transform_equals_serial():
     for a, b in zip(par, serial):
         assert a.source_geometry == b.source_geometry
         torch.testing.assert_close(a.local_map.data, b.local_map.data, atol=1e-6, rtol=0)
-    # the detector: n_jobs processes embed and match one image each, same points as serially
+    # the detector: n_jobs threads embed and match one image each, same points as serially
     from samlearn import OneShotLandmarkDetector
     est.set_params(n_jobs=None, verbose=0)
     pts = imgs[0].geometry.index_to_world(np.array([[20.0, 30.0], [40.0, 25.0], [33.0, 50.0]]))
     det = OneShotLandmarkDetector(embedder=est).fit(imgs[0], pts)
     ref, ref_scores = det.predict(imgs, return_scores=True)
+    import threading
+    seen = []
+    inner = det._predict_items
+    det._predict_items = lambda *a, **k: seen.append(threading.get_ident()) or inner(*a, **k)
+    n_threads = torch.get_num_threads()
     got, got_scores = det.set_params(n_jobs=2, verbose=1).predict(imgs, return_scores=True)
+    del det._predict_items
     np.testing.assert_allclose(got, ref, atol=1e-6)
     np.testing.assert_allclose(got_scores, ref_scores, atol=1e-6)
+    # one task per image, in worker threads; torch's thread count restored afterwards
+    assert len(seen) == 3 and threading.get_ident() not in seen
+    assert torch.get_num_threads() == n_threads
     with pytest.raises(ValueError, match="n_jobs"):
         est.set_params(n_jobs=0).transform(imgs)
     with pytest.raises(ValueError, match="n_jobs"):
