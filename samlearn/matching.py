@@ -430,13 +430,17 @@ class _Scorer:
         key = st // np.maximum(1, np.round(b * _TILE_FACTOR).astype(np.int64))
         order = np.lexsort(key.T[::-1])
         cuts = np.flatnonzero(np.any(np.diff(key[order], axis=0) != 0, axis=1)) + 1
-        groups = np.split(order, cuts)
-        if len(groups) * _TILED_MIN_POINTS_PER_TILE > k:
+        if (len(cuts) + 1) * _TILED_MIN_POINTS_PER_TILE > k:
             return None
-        lo = [st[g].min(0) for g in groups]
-        hi = [st[g].max(0) + b for g in groups]
-        work = sum(len(g) * int(np.prod(h - l)) for g, l, h in zip(groups, lo, hi))
-        if work > _TILED_MAX_WORK * k * nb:
+        # points in tile order: each tile's points are one contiguous run [first, last)
+        first = np.r_[0, cuts]
+        last = np.r_[cuts, k]
+        ss = st[order]
+        lo = np.minimum.reduceat(ss, first, axis=0)
+        hi = np.maximum.reduceat(ss, first, axis=0) + b
+        ext = hi - lo
+        sizes = last - first
+        if int((sizes * np.prod(ext, axis=1)).sum()) > _TILED_MAX_WORK * k * nb:
             return None
         data = self.fl.reshape(self.n_channels, *self.grid.shape)
         # a channels-last map (the CPU network's output) is sliced as (*tile, C): each tile row is
@@ -444,19 +448,25 @@ class _Scorer:
         channels_last = data.stride(0) == 1 and self.n_channels > 1
         if channels_last:
             data = data.movedim(0, -1)
-        off = np.stack(np.meshgrid(*[np.arange(n) for n in box], indexing="ij"), -1).reshape(1, nb, -1)
+        # every point's box voxels as flat (C-order) indices into its tile, all points at once
+        tile_of = np.repeat(np.arange(len(first)), sizes)
+        strides = np.cumprod(np.concatenate([np.ones((len(ext), 1), np.int64), ext[:, :0:-1]], 1),
+                             axis=1)[:, ::-1]
+        off = np.stack(np.meshgrid(*[np.arange(n) for n in box], indexing="ij"), -1).reshape(-1, len(box))
+        pst = strides[tile_of]  # (k, ndim)
+        flat = torch.from_numpy(((ss - lo[tile_of]) * pst).sum(1)[:, None] + pst @ off.T)  # (k, nb)
+        lv = self.lv[p0 + torch.from_numpy(order)]  # (k, C) in tile order
         out = torch.empty((k, nb), dtype=torch.float32)
-        for g, l, h in zip(groups, lo, hi):
-            tile = tuple(slice(a, c) for a, c in zip(l, h))
-            idx = torch.from_numpy(g)
+        for a, z, l, h in zip(first, last, lo, hi):
+            tile = tuple(slice(i, j) for i, j in zip(l, h))
             if channels_last:
-                vals = (data[tile].reshape(-1, self.n_channels) @ self.lv[p0 + idx].T).float().T
+                vals = (data[tile].reshape(-1, self.n_channels) @ lv[a:z].T).float().T
             else:
-                vals = (self.lv[p0 + idx] @ data[(slice(None),) + tile].reshape(self.n_channels, -1)).float()
-            rel = (st[g][:, None, :] - l) + off
-            flat = np.ravel_multi_index(tuple(rel.reshape(-1, rel.shape[-1]).T), tuple(h - l))
-            out[idx] = torch.gather(vals, 1, torch.from_numpy(flat.reshape(len(g), nb)))
-        return out
+                vals = (lv[a:z] @ data[(slice(None),) + tile].reshape(self.n_channels, -1)).float()
+            torch.gather(vals, 1, flat[a:z], out=out[a:z])
+        result = torch.empty_like(out)
+        result[torch.from_numpy(order)] = out
+        return result
 
     def _voxel_rows(self):
         """The local map as (voxels, channels), made once, for gathers of many voxels; None when
