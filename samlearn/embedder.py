@@ -42,7 +42,7 @@ from .image import Image, check_images, normalize_intensity
 from .inference import (EmbeddingCache, auto_tile_shape, cache_folder, check_channels_last, check_tile_shape,
                         effective_n_jobs, estimate_pass_bytes, fold_small_conv3d, fuse_conv_bn, image_items, image_key,
                         load_item, model_fingerprint, pad_batch, pointwise_as_matmul, progress_bar,
-                        resample_canonical, run_network, thread_map)
+                        limit_threads, resample_canonical, run_network, thread_map)
 from .maps import Embedding, EmbeddingMap
 from .nn.loss import LossConfig
 from .nn.network import NetworkConfig, SAMNet
@@ -1169,12 +1169,8 @@ def _threads(n):
         return
     if not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n_threads must be a positive integer or None, got {n!r}")
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
+    with limit_threads(int(n)):
         yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _validate_config(cfg: dict) -> None:

@@ -16,8 +16,8 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-
 import hashlib
 import json
 import math
@@ -37,7 +37,7 @@ from .nn.network import NetworkConfig, receptive_reach
 
 __all__ = ["estimate_pass_bytes", "auto_tile_shape", "plan_tiles", "run_network", "Tile", "pad_batch",
            "EmbeddingCache", "model_fingerprint", "image_key", "check_tile_shape", "halo",
-           "image_items", "load_item", "progress_bar", "thread_map", "effective_n_jobs", "cache_folder",
+           "image_items", "load_item", "progress_bar", "thread_map", "limit_threads", "effective_n_jobs", "cache_folder",
            "fuse_conv_bn", "check_channels_last", "pointwise_as_matmul", "fold_small_conv3d",
            "resample_canonical"]
 
@@ -65,6 +65,41 @@ def effective_n_jobs(n_jobs) -> int:
     return int(joblib.effective_n_jobs(int(n_jobs)))
 
 
+_THREADPOOLS = None
+
+
+def _threadpool_controller():
+    """threadpoolctl's view of the loaded BLAS libraries (numpy's and scipy's OpenBLAS / MKL), made
+    once: building one scans the process (about 4 ms), limiting through it costs about 0.04 ms."""
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        try:
+            from threadpoolctl import ThreadpoolController  # a scikit-learn dependency
+            _THREADPOOLS = ThreadpoolController()
+        except ImportError:  # pragma: no cover
+            _THREADPOOLS = False
+    return _THREADPOOLS or None
+
+
+@contextlib.contextmanager
+def limit_threads(n: Optional[int]):
+    """During the block, torch's CPU threads and the BLAS threads of numpy / scipy are ``n``
+    (None: left alone); torch's count is restored afterwards. Per-image work (embedding one image,
+    matching, RANSAC, small GEMMs) measured faster on one thread than on two competing pools of
+    two (benchmarks/RESULTS.md), so a thread setting applies to all of it, not to the network only."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    ctl = _threadpool_controller()
+    try:
+        with (ctl.limit(limits=int(n), user_api="blas") if ctl is not None else contextlib.nullcontext()):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def thread_map(fn, n: int, n_jobs: int, *, torch_threads: Optional[int] = None):
     """``fn(0), ..., fn(n - 1)`` in order, computed ahead by ``n_jobs`` threads (at most
     ``2 * n_jobs`` results waiting, so memory stays bounded); serial when ``n_jobs <= 0`` or
@@ -78,37 +113,25 @@ def thread_map(fn, n: int, n_jobs: int, *, torch_threads: Optional[int] = None):
         for i in range(n):
             yield fn(i)
         return
-    import contextlib
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
     task = fn
-    limits = contextlib.nullcontext()
-    old = torch.get_num_threads()
     if torch_threads is not None:
         def task(i):
             torch.set_num_threads(int(torch_threads))  # per thread: its OpenMP team size
             return fn(i)
+    with limit_threads(torch_threads), ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        pending = deque()
+        nxt = 0
         try:
-            from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-            limits = threadpool_limits(limits=int(torch_threads), user_api="blas")
-        except ImportError:  # pragma: no cover
-            pass
-    try:
-        with limits, ThreadPoolExecutor(max_workers=n_jobs) as pool:
-            pending = deque()
-            nxt = 0
-            try:
-                while nxt < n or pending:
-                    while nxt < n and len(pending) < 2 * n_jobs:
-                        pending.append(pool.submit(task, nxt))
-                        nxt += 1
-                    yield pending.popleft().result()
-            finally:
-                for f in pending:
-                    f.cancel()
-    finally:
-        if torch_threads is not None:
-            torch.set_num_threads(old)
+            while nxt < n or pending:
+                while nxt < n and len(pending) < 2 * n_jobs:
+                    pending.append(pool.submit(task, nxt))
+                    nxt += 1
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def progress_bar(verbose, total: int, desc: str, unit: str = "image"):

@@ -17,7 +17,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from .image import Image, check_images, check_points
-from .inference import effective_n_jobs, image_items, load_item, progress_bar, thread_map
+from .inference import effective_n_jobs, image_items, limit_threads, load_item, progress_bar, thread_map
 from .maps import Embedding
 from .ncc import check_ncc_params, ncc_refine, resolve_search_mm, template_patches
 from .matching import (DEFAULT_CHUNK_SIZE, MODES, check_search_radius, combine_templates,
@@ -33,6 +33,12 @@ _COARSE_SCORE_THRESHOLD = 0.5
 _COARSE_RANSAC_TRIALS = 100
 #: the grid points' local search around the affine's prediction, in global voxels
 _COARSE_FINE_RADIUS = 0.5
+
+
+def _embedder_threads(embedder):
+    """The embedder's ``n_threads`` when it has a valid one (a SAMEmbedder), else None."""
+    n = getattr(embedder, "n_threads", None)
+    return int(n) if isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 else None
 
 
 def _check_flag(value, name):
@@ -148,7 +154,8 @@ class OneShotLandmarkDetector(BaseEstimator):
     n_jobs : int or None, default None
         ``predict`` on several images with an embedder on the CPU: images are embedded and matched
         in ``n_jobs`` threads, each with its share of the torch threads (on 2 cores, 2 jobs: about
-        1.5x the images per second of one, benchmarks/RESULTS.md). None: 1; -1: all cores. On
+        1.5x the images per second of one, benchmarks/RESULTS.md). None: 1; -1: all cores. One
+        job runs all of its work (matching included) with the embedder's ``n_threads``. On
         a GPU, images go through the embedder ``batch_size`` at a time (a ``SAMEmbedder`` batches
         same-size images and prepares the next ones in the background).
     verbose : int, default 0
@@ -372,7 +379,9 @@ class OneShotLandmarkDetector(BaseEstimator):
         if n_jobs > 1 and len(items) > 1 and str(device).startswith("cpu"):
             out = self._predict_parallel(items, n_jobs)
         else:
-            out = self._predict_items(items, 0, progress=True)
+            # the matching runs with the embedder's thread setting too, not only its network
+            with limit_threads(_embedder_threads(self.embedder_)):
+                out = self._predict_items(items, 0, progress=True)
         points, scores, cycle = out
         if not return_scores:
             return points

@@ -282,3 +282,40 @@ def test_resample_canonical_equals_the_simpleitk_path(ndim, sparse, monkeypatch)
     from conftest import random_rotation
     rotated = Image.from_array(arr, direction=random_rotation(rng, ndim))
     assert resample_canonical(rotated, rotated.geometry.canonical(spacing=1.0)) is None
+
+
+def test_limit_threads_sets_torch_and_blas_and_restores():
+    from threadpoolctl import threadpool_info
+    from samlearn.inference import limit_threads
+    before = torch.get_num_threads()
+    blas_before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    with limit_threads(1):
+        assert torch.get_num_threads() == 1
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    assert torch.get_num_threads() == before
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == blas_before
+    with limit_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_detector_matches_with_the_embedders_thread_setting(monkeypatch):
+    """predict runs its matching (not only the network) with the embedder's n_threads, and leaves
+    torch's setting as it was."""
+    import samlearn.landmarks as landmarks
+    from samlearn import OneShotLandmarkDetector
+    imgs = smooth_images(2, ndim=2, seed=4)
+    est = tiny_embedder(ndim=2, random_state=0, max_iter=1).fit(imgs)
+    pts = imgs[0].geometry.index_to_world(np.array([[20.0, 30.0], [40.0, 25.0], [33.0, 50.0]]))
+    det = OneShotLandmarkDetector(embedder=est).fit(imgs[0], pts)
+    seen = []
+    real = landmarks.match_points
+    monkeypatch.setattr(landmarks, "match_points", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that the embedder's 1 is visible, whatever the machine's default
+    try:
+        est.set_params(n_threads=1)
+        det.predict(imgs)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
