@@ -34,6 +34,9 @@ Rows:
   pixels of the original) over the same physical extent, so world coordinates are unchanged;
   no intensity normalisation (all peers use Mattes mutual information).
   ``--threads`` ITK threads per tool (default 1).
+  samlearn: ``--samlearn-threads`` torch threads; ``--samlearn-jobs N`` the detector's ``n_jobs``
+  (N queries embedded and matched at once in threads, one torch thread each on 2 cores), the fair
+  match for peers given ``--threads 2``.
 * samlearn rows: any ``predict(template, template_points, queries) -> (n_queries, 19, 2)``
   callable goes through :func:`evaluate_predictor` with the same split, template and scoring; this
   is where ``evaluate_samlearn`` plugs in (see ``EXTRA_ROWS`` and :func:`main`).
@@ -308,6 +311,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--samlearn-preset", default="xray-lite")
     ap.add_argument("--samlearn-seed", type=int, default=0)
     ap.add_argument("--samlearn-threads", type=int, default=None, help="torch threads for samlearn")
+    ap.add_argument("--samlearn-jobs", type=int, default=None,
+                    help="n_jobs of the detector: queries embedded and matched in that many threads")
     ap.add_argument("--samlearn-set", action="append", default=[], help="extra SAMEmbedder param=value")
     ap.add_argument("--samlearn-out", type=Path, default=ROOT / "benchmarks" / "out" / "ceph_samlearn.samlearn")
     ap.add_argument("--samlearn-labelled", type=int, default=0,
@@ -370,9 +375,12 @@ def main(argv=None) -> dict:
             notes += (f"; landmark labels of the template and {len(labelled_ids) - 1} other training "
                       f"images ({', '.join(labelled_ids[1:])})")
         for name, params in SAMLEARN_VARIANTS:
+            threads = args.samlearn_threads
+            if args.samlearn_jobs is not None and args.samlearn_jobs > 1:
+                threads = f"{args.samlearn_jobs} jobs"  # one thread each on this 2-core machine
             rows.append(evaluate_predictor(name.format(preset=embedder.preset_, labels=tag),
-                                           samlearn_predictor(embedder, **params), data, template_id,
-                                           eval_ids, threads=args.samlearn_threads, notes=notes))
+                                           samlearn_predictor(embedder, n_jobs=args.samlearn_jobs, **params),
+                                           data, template_id, eval_ids, threads=threads, notes=notes))
     for name, factory, notes in EXTRA_ROWS:
         rows.append(evaluate_predictor(name, factory(args), data, template_id, eval_ids, notes=notes))
 
