@@ -143,9 +143,9 @@ class OneShotLandmarkDetector(BaseEstimator):
         matches that are right to about one local voxel; it cannot repair a wrong structure. Off
         by default (chosen on X-rays only). On the cephalometric development split (051-070) a
         patch of radius 32 (half-resolution px: the loader's world unit) lowered the MRE from 19.2
-        to 18.2 px and from 19.1 to 17.9 px (two 30-minute models); on the test split 071-100,
-        evaluated once, from 22.5 to 21.0 px, for about 0.02-0.04 s per query
-        (benchmarks/RESULTS.md).
+        to 18.2 px and from 19.1 to 17.9 px (two 30-minute models at 512 x 512); on the test split
+        071-100, with the xray-lite preset's 384 x 384 working size, from 21.6 to 19.7 px and from
+        21.2 to 19.4 px (two 30-minute models), for about 0.01 s per query (benchmarks/RESULTS.md).
     ncc_search_mm : "auto" or float, default "auto"
         Largest shift searched per world axis ("auto": one voxel of the query's local grid).
     ncc_penalty : float, default 0.05
@@ -153,8 +153,8 @@ class OneShotLandmarkDetector(BaseEstimator):
         that flat correlation surfaces keep the SAM match.
     n_jobs : int or None, default None
         ``predict`` on several images with an embedder on the CPU: images are embedded and matched
-        in ``n_jobs`` threads, each with its share of the torch threads (on 2 cores, 2 jobs: about
-        1.5x the images per second of one, benchmarks/RESULTS.md). None: 1; -1: all cores. One
+        in ``n_jobs`` threads, each with its share of the torch threads (on 2 cores, 2 jobs:
+        1.3-1.6x the images per second of one, benchmarks/RESULTS.md). None: 1; -1: all cores. One
         job runs all of its work (matching included) with the embedder's ``n_threads``. On
         a GPU, images go through the embedder ``batch_size`` at a time (a ``SAMEmbedder`` batches
         same-size images and prepares the next ones in the background).
