@@ -394,17 +394,23 @@ def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
     return k / k.sum()
 
 
+def _axis_sampling(n_in: int, n_out: int, a: float, b: float, sigma: float):
+    """Along one axis: output voxel i samples source index ``c = a * i + b``. Returns the inside
+    mask (ITK's ``[-0.5, n - 0.5)``), ``floor(c)``, the linear weight ``c - floor(c)`` and the
+    anti-aliasing Gaussian kernel (one tap when ``sigma`` is 0)."""
+    c = a * np.arange(n_out, dtype=np.float64) + b
+    inside = (c >= -0.5) & (c < n_in - 0.5)
+    base = np.floor(c)
+    g = _gaussian_kernel(sigma) if sigma > 0 else np.ones(1)
+    return inside, base.astype(np.int64), c - base, g
+
+
 def _axis_taps(n_in: int, n_out: int, a: float, b: float, sigma: float):
     """Per output voxel along one axis, ``K`` source indices and weights (``(n_out, K)`` each):
     the Gaussian pre-filter (edge-extended, as scipy ``mode="nearest"``) followed by linear
     interpolation at source index ``a * i + b`` with neighbours clamped to the edge (as ITK's linear
     interpolator); and the mask of outputs inside the source, ``[-0.5, n - 0.5)`` (ITK's test)."""
-    c = a * np.arange(n_out, dtype=np.float64) + b
-    inside = (c >= -0.5) & (c < n_in - 0.5)
-    base = np.floor(c)
-    d = c - base
-    base = base.astype(np.int64)
-    g = _gaussian_kernel(sigma) if sigma > 0 else np.ones(1)
+    inside, base, d, g = _axis_sampling(n_in, n_out, a, b, sigma)
     r = len(g) // 2
     K = len(g) + 1
     idx = np.clip(base[:, None] - r + np.arange(K)[None, :], 0, n_in - 1)
@@ -430,12 +436,7 @@ def _axis_matrix(n_in: int, n_out: int, a: float, b: float, sigma: float):
     clamped source index summed) and the inside mask; cached, as a batch of same-sized images
     (X-rays from one device, a series of CT volumes) needs the same matrices again."""
     import scipy.sparse
-    c = a * np.arange(n_out, dtype=np.float64) + b
-    inside = (c >= -0.5) & (c < n_in - 0.5)
-    base = np.floor(c)
-    d = c - base
-    base = base.astype(np.int64)
-    g = _gaussian_kernel(sigma) if sigma > 0 else np.ones(1)
+    inside, base, d, g = _axis_sampling(n_in, n_out, a, b, sigma)
     r = len(g) // 2
     # neighbour j = clamp(base + shift) with weight (1 - d, d); its Gaussian taps clamp(j + k - r)
     j = np.clip(base[:, None] + np.arange(2)[None, :], 0, n_in - 1)                  # (n_out, 2)
