@@ -136,35 +136,47 @@ def row_inter_annotator(data, eval_ids: Sequence[str] = EVAL_IDS) -> dict:
 
 def evaluate_predictor(name: str, predict: Predictor, data, template_id: str,
                        eval_ids: Sequence[str] = EVAL_IDS, *, threads=None, notes: str = "",
-                       verbose: bool = True, repeats: int = 1) -> dict:
+                       verbose: bool = True) -> dict:
     """Score any predictor under the protocol: it gets the template image, the template's ground
     truth landmarks (world) and the query images; it returns (n_queries, 19, 2) world points.
-    Seconds per query = wall time of the whole call / number of queries; with ``repeats`` > 1 the
-    call is repeated and the median pass reported (errors from the first pass; a shared, noisy
-    machine can slow one pass by a third)."""
-    t = data.ids.index(template_id)
-    template = read_image(data.image_paths[t])
+    Seconds per query = wall time of the whole call / number of queries (see also
+    :func:`retime_rows`)."""
     idx = [data.ids.index(i) for i in eval_ids]
-    queries = [read_image(data.image_paths[i]) for i in idx]
-    passes = []
-    pred = None
-    for _ in range(max(1, int(repeats))):
-        t0 = time.perf_counter()
-        out = np.asarray(predict(template, data.landmarks[t].copy(), queries), dtype=np.float64)
-        passes.append((time.perf_counter() - t0) / len(queries))
-        pred = out if pred is None else pred
-    seconds = float(np.median(passes))
-    if pred.shape != (len(queries),) + data.landmarks.shape[1:]:
+    pred, seconds = _timed_call(predict, data, template_id, eval_ids)
+    if pred.shape != (len(idx),) + data.landmarks.shape[1:]:
         raise ValueError(f"predictor {name!r} returned shape {pred.shape}, expected "
-                         f"{(len(queries),) + data.landmarks.shape[1:]}")
+                         f"{(len(idx),) + data.landmarks.shape[1:]}")
     err, s = score(pred, data.landmarks[idx])
     if verbose:
         print(f"[{name}] MRE {s['mre']:.1f} px, median {s['median']:.1f}, {seconds:.2f} s/query",
               file=sys.stderr)
-    row = _row(name, err, s, seconds, threads, notes, eval_ids)
-    if len(passes) > 1:
-        row["seconds_per_query_passes"] = passes
-    return row
+    return _row(name, err, s, seconds, threads, notes, eval_ids)
+
+
+def _timed_call(predict: Predictor, data, template_id: str, eval_ids: Sequence[str]):
+    """One call of ``predict`` on the protocol's inputs: (predictions, seconds per query)."""
+    t = data.ids.index(template_id)
+    template = read_image(data.image_paths[t])
+    queries = [read_image(data.image_paths[data.ids.index(i)]) for i in eval_ids]
+    t0 = time.perf_counter()
+    pred = np.asarray(predict(template, data.landmarks[t].copy(), queries), dtype=np.float64)
+    return pred, (time.perf_counter() - t0) / len(queries)
+
+
+def retime_rows(timed, data, template_id: str, eval_ids: Sequence[str], repeats: int) -> None:
+    """Time every ``(row, predictor)`` of ``timed`` ``repeats - 1`` more times, round-robin (one
+    pass of every method, then the next pass), and report the median pass in place: on a shared
+    machine whose speed drifts over minutes, methods timed back to back would otherwise meet
+    different conditions. All passes go to ``seconds_per_query_passes``."""
+    if repeats <= 1:
+        return
+    for row, _ in timed:
+        row["seconds_per_query_passes"] = [row["seconds_per_query"]]
+    for _ in range(repeats - 1):
+        for row, predict in timed:
+            row["seconds_per_query_passes"].append(_timed_call(predict, data, template_id, eval_ids)[1])
+    for row, _ in timed:
+        row["seconds_per_query"] = float(np.median(row["seconds_per_query_passes"]))
 
 
 def identity_predictor(template, template_points, queries):
@@ -322,7 +334,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--samlearn-seed", type=int, default=0)
     ap.add_argument("--samlearn-threads", type=int, default=None, help="torch threads for samlearn")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="time every method's call this many times; the median pass is reported")
+                    help="time every method this many times, round-robin; the median pass is reported")
     ap.add_argument("--samlearn-jobs", type=int, default=None,
                     help="n_jobs of the detector: queries embedded and matched in that many threads")
     ap.add_argument("--samlearn-set", action="append", default=[], help="extra SAMEmbedder param=value")
@@ -374,11 +386,13 @@ def main(argv=None) -> dict:
     if methods:
         warm = peers.warm_up(methods)
         print(f"warm-up (not timed): { {k: round(v, 1) for k, v in warm.items()} }", file=sys.stderr)
+    timed = []  # (row, predictor) of every timed method, for --repeats
     for m in methods:
+        predictor = peer_predictor(m, scale=args.scale, threads=args.threads)
         rows.append(evaluate_predictor(
-            m, peer_predictor(m, scale=args.scale, threads=args.threads), data, template_id, eval_ids,
-            threads=args.threads, notes=f"PNG resized x{args.scale:g}, template fixed, query moving",
-            repeats=args.repeats))
+            m, predictor, data, template_id, eval_ids,
+            threads=args.threads, notes=f"PNG resized x{args.scale:g}, template fixed, query moving"))
+        timed.append((rows[-1], predictor))
     if embedder is not None:
         notes = (f"trained on 001-070 only: {embedder.n_iter_} iterations, "
                  f"{embedder.train_time_ / 60:.1f} min on this CPU")
@@ -391,12 +405,15 @@ def main(argv=None) -> dict:
             threads = args.samlearn_threads
             if args.samlearn_jobs is not None and args.samlearn_jobs > 1:
                 threads = f"{args.samlearn_jobs} jobs"  # one thread each on this 2-core machine
-            rows.append(evaluate_predictor(name.format(preset=embedder.preset_, labels=tag),
-                                           samlearn_predictor(embedder, n_jobs=args.samlearn_jobs, **params),
-                                           data, template_id, eval_ids, threads=threads, notes=notes,
-                                           repeats=args.repeats))
+            predictor = samlearn_predictor(embedder, n_jobs=args.samlearn_jobs, **params)
+            rows.append(evaluate_predictor(name.format(preset=embedder.preset_, labels=tag), predictor,
+                                           data, template_id, eval_ids, threads=threads, notes=notes))
+            timed.append((rows[-1], predictor))
     for name, factory, notes in EXTRA_ROWS:
-        rows.append(evaluate_predictor(name, factory(args), data, template_id, eval_ids, notes=notes))
+        predictor = factory(args)
+        rows.append(evaluate_predictor(name, predictor, data, template_id, eval_ids, notes=notes))
+        timed.append((rows[-1], predictor))
+    retime_rows(timed, data, template_id, eval_ids, args.repeats)
 
     result = {
         "benchmark": "cephalometric one-shot landmarks",

@@ -69,3 +69,23 @@ def test_protocol_on_real_data(ceph_dir):
     with pytest.raises(ValueError, match="returned shape"):
         ceph.evaluate_predictor("bad", lambda t, p, q: np.zeros((1, 19, 2)), data, tid,
                                 ceph.EVAL_IDS[:2], verbose=False)
+
+
+def test_retime_rows_round_robin_median(monkeypatch):
+    """--repeats: every method is timed again pass after pass (one of each per round, never back
+    to back) and the median pass is reported, all passes kept."""
+    calls = []
+    times = {"a": iter([5.0, 1.0]), "b": iter([2.0, 9.0])}
+
+    def fake_call(predict, data, template_id, eval_ids):
+        calls.append(predict)
+        return None, next(times[predict])
+
+    monkeypatch.setattr(ceph, "_timed_call", fake_call)
+    rows = [{"seconds_per_query": 3.0}, {"seconds_per_query": 4.0}]
+    ceph.retime_rows([(rows[0], "a"), (rows[1], "b")], None, "001", ["002"], repeats=3)
+    assert calls == ["a", "b", "a", "b"]
+    assert rows[0]["seconds_per_query_passes"] == [3.0, 5.0, 1.0] and rows[0]["seconds_per_query"] == 3.0
+    assert rows[1]["seconds_per_query_passes"] == [4.0, 2.0, 9.0] and rows[1]["seconds_per_query"] == 4.0
+    ceph.retime_rows([(rows[0], "a")], None, "001", ["002"], repeats=1)  # one pass: untouched
+    assert len(calls) == 4
