@@ -465,6 +465,32 @@ def _resample_axes_sparse(arr: np.ndarray, maps, sigma, out_shape, order):
     return x, masks
 
 
+def _resample_axes_torch(arr: np.ndarray, maps, sigma, out_shape, order, dev):
+    """The torch path of :func:`resample_canonical` (CUDA): per source axis, each tap a slab
+    gather and a scaled accumulate on ``dev``."""
+    n = arr.ndim
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(dev)
+    masks = [None] * n
+    for k in order:
+        t_k, a, b = maps[k]
+        sig = float(sigma[k]) if sigma[k] > 1e-15 else 0.0
+        if sig == 0.0 and abs(a - 1.0) < 1e-9 and abs(b) < 1e-6 and out_shape[t_k] == arr.shape[k]:
+            masks[t_k] = np.ones(out_shape[t_k], dtype=bool)   # the same grid along this axis
+            continue
+        idx, w, inside = _axis_taps(arr.shape[k], out_shape[t_k], a, b, sig)
+        idx_t = torch.from_numpy(idx).to(dev)
+        w_t = torch.from_numpy(w.astype(np.float32)).to(dev)
+        # the axis first (contiguous slabs): each tap is a slab gather and a scaled accumulate
+        xk = torch.movedim(x, k, 0).contiguous()
+        wshape = [-1] + [1] * (n - 1)
+        acc = torch.zeros((idx.shape[0],) + tuple(xk.shape[1:]), dtype=xk.dtype, device=dev)
+        for m in range(idx.shape[1]):
+            acc.addcmul_(xk.index_select(0, idx_t[:, m]), w_t[:, m].reshape(wshape))
+        x = torch.movedim(acc, 0, k)
+        masks[t_k] = inside
+    return x, masks
+
+
 def _sparse_on(device: torch.device) -> bool:
     """Whether :func:`resample_canonical` takes the scipy.sparse path (CPU) rather than torch."""
     return device.type == "cpu"
@@ -499,7 +525,6 @@ def resample_canonical(image, target: ImageGeometry, device=None, default_value=
         default_value = float(arr.min())
     dev = torch.device(device) if device is not None else torch.device("cpu")
     out_shape = target.shape                                     # numpy order
-    masks = [None] * n
     # source array axis k runs along target array axis t_k; apply the axes' matrices one by one,
     # then move the axes into the target's order
     # the axis that shrinks most first: later passes have less to read
@@ -507,26 +532,8 @@ def resample_canonical(image, target: ImageGeometry, device=None, default_value=
     if _sparse_on(dev):
         x, masks = _resample_axes_sparse(arr, maps, sigma, out_shape, order)
         x = torch.from_numpy(np.ascontiguousarray(x))
-        order = []
     else:
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(dev)
-    for k in order:  # other devices: each tap a slab gather and a scaled accumulate
-        t_k, a, b = maps[k]
-        sig = float(sigma[k]) if sigma[k] > 1e-15 else 0.0
-        if sig == 0.0 and abs(a - 1.0) < 1e-9 and abs(b) < 1e-6 and out_shape[t_k] == arr.shape[k]:
-            masks[t_k] = np.ones(out_shape[t_k], dtype=bool)   # the same grid along this axis
-            continue
-        idx, w, inside = _axis_taps(arr.shape[k], out_shape[t_k], a, b, sig)
-        idx_t = torch.from_numpy(idx).to(dev)
-        w_t = torch.from_numpy(w.astype(np.float32)).to(dev)
-        # the axis first (contiguous slabs): each tap is a slab gather and a scaled accumulate
-        xk = torch.movedim(x, k, 0).contiguous()
-        wshape = [-1] + [1] * (n - 1)
-        acc = torch.zeros((idx.shape[0],) + tuple(xk.shape[1:]), dtype=xk.dtype, device=dev)
-        for m in range(idx.shape[1]):
-            acc.addcmul_(xk.index_select(0, idx_t[:, m]), w_t[:, m].reshape(wshape))
-        x = torch.movedim(acc, 0, k)
-        masks[t_k] = inside
+        x, masks = _resample_axes_torch(arr, maps, sigma, out_shape, order, dev)
     perm = [0] * n
     for k in range(n):
         perm[maps[k][0]] = k
