@@ -22,6 +22,10 @@ CONFIGS = {
     "2d-deep-local": NetworkConfig(ndim=2, depth="resnet10", width=0.125, stem_stride=1, stem_kernel=7,
                                    stage_strides=((2, 2), (2, 2), (2, 2), (2, 2)), n_stages=4,
                                    local_level=1, fpn_channels=8, embed_dim=8),
+    # one block in the first two stages, two in the others: the reach counts blocks per stage
+    "2d-resnet14": NetworkConfig(ndim=2, depth="resnet14", width=0.125, stem_stride=(2, 2), stem_kernel=3,
+                                 stage_strides=((2, 2), (2, 2), (2, 2), (2, 2)), n_stages=4, local_level=0,
+                                 fpn_channels=8, embed_dim=8, head="separable"),
 }
 
 

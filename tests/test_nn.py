@@ -43,6 +43,14 @@ def test_paper_strides():
         NetworkConfig(depth="resnet50")
 
 
+@pytest.mark.parametrize("depth, blocks", [("resnet10", (1, 1, 1, 1)), ("resnet14", (1, 1, 2, 2)),
+                                           ("resnet18", (2, 2, 2, 2)), ("resnet34", (3, 4, 6, 3))])
+def test_depth_sets_the_residual_blocks_per_stage(depth, blocks):
+    from samlearn.nn.network import BasicBlock
+    net = SAMNet(NetworkConfig(ndim=2, depth=depth, width=0.125, stage_strides=(2, 2, 2, 2)))
+    assert tuple(sum(isinstance(m, BasicBlock) for m in stage) for stage in net.stages) == blocks
+
+
 def test_shifting_the_input_by_one_stride_shifts_the_maps_by_one_voxel():
     torch.manual_seed(0)
     cfg = tiny_cfg(2)

@@ -27,7 +27,10 @@ import torch.nn.functional as F
 
 __all__ = ["NetworkConfig", "SAMNet", "SAMBackbone", "RESNET_LAYERS", "receptive_reach"]
 
-RESNET_LAYERS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+# blocks per stage; "resnet14" halves the two high-resolution stages of ResNet-18 (each stage costs
+# about the same), keeping most of its receptive field
+RESNET_LAYERS = {"resnet10": (1, 1, 1, 1), "resnet14": (1, 1, 2, 2), "resnet18": (2, 2, 2, 2),
+                 "resnet34": (3, 4, 6, 3)}
 
 
 def _tuple(v, ndim):
