@@ -12,11 +12,15 @@ superior at the top) and ``"sagittal"`` (constant x; anterior to the left, super
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from .embedding import Embedding
 from .image import Image, ImageGeometry, check_images, check_points
+from .matching import upsample_to_grid
 
 __all__ = ["plot_image", "plot_landmarks", "similarity_map", "plot_similarity", "plot_checkerboard",
            "plot_loss", "VIEWS"]
@@ -129,7 +133,6 @@ def _sample(image: Image, plane: _Plane, projection="mean", fill=np.nan, points=
     vals = image.sample(pts.reshape(-1, nd), order=1, cval=fill).reshape(depth, n)
     if depth > 1:
         with np.errstate(all="ignore"):
-            import warnings
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 vals = np.nanmax(vals, 0) if projection == "max" else np.nanmean(vals, 0)
@@ -236,14 +239,10 @@ def similarity_map(embedding, global_vector=None, local_vector=None, *, mode="su
     world space (on the local map's grid): ``(S^g + S^l) / 2`` for ``mode="sum"`` (S^g
     upsampled), or ``S^g`` / ``S^l`` alone (``"global"`` on the global grid). The vectors are
     (C,) arrays or tensors, e.g. ``detector.template_global_[k]`` and ``detector.template_local_[k]``
-    of a fitted :class:`~samlearn.landmarks.OneShotLandmarkDetector`."""
-    import torch
-
-    from .maps import Embedding
-    from .matching import upsample_to_grid
+    of a fitted :class:`~samlearn.OneShotLandmarkDetector`."""
 
     if not isinstance(embedding, Embedding):
-        raise TypeError(f"embedding must be a samlearn.maps.Embedding, got {type(embedding).__name__}")
+        raise TypeError(f"embedding must be a samlearn.embedding.Embedding, got {type(embedding).__name__}")
     if mode not in ("sum", "global", "local"):
         raise ValueError(f"mode must be 'sum', 'global' or 'local', got {mode!r}")
 

@@ -1,4 +1,4 @@
-"""Named configurations of :class:`~samlearn.embedder.SAMEmbedder`.
+"""Named configurations of :class:`~samlearn.SAMEmbedder`.
 
 * ``"ct"`` and ``"xray"`` are the paper's configurations (METHOD.md, §IV-B): CT resampled to
   isotropic 2 mm, 32 x 96 x 96 patches, batch 8, 3D ResNet-18; X-ray resized to 512 x 512,

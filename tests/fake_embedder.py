@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from samlearn import ImageGeometry, check_images
-from samlearn.maps import Embedding, EmbeddingMap
+from samlearn.embedding import Embedding, EmbeddingMap
 
 
 def fourier_features(world, frame, omega, phase):

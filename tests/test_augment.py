@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import ndimage, stats
 
-from samlearn.augment import (
+from samlearn.training import (
     PatchPair,
     PatchPairSampler,
     PatchTransform,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import smooth_images, tiny_embedder
+from samlearn.embedding.config import PRESET_KEYS, network_config, resolve_config
 from samlearn.nn import SAMBackbone, SAMNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,9 @@ def test_backbone_features_equal_the_networks_encoder(fitted):
 
 
 def test_random_backbone_matches_samnet_initialisation_scheme():
-    cfg = tiny_embedder()._network_config(tiny_embedder()._resolve_config(2, torch.device("cpu"))[1])
+    est = tiny_embedder()
+    overrides = {k: getattr(est, k) for k in PRESET_KEYS}
+    cfg = network_config(resolve_config(est.preset, 2, False, overrides)[1])
     torch.manual_seed(0)
     a = SAMBackbone(cfg).state_dict()
     torch.manual_seed(0)

@@ -155,7 +155,7 @@ def test_info(capsys):
 
 def test_embed_writes_npz_and_pt_with_geometry(files, phantoms, capsys, tmp_path):
     from samlearn import load
-    from samlearn.maps import load_embedding
+    from samlearn.embedding import load_embedding
 
     m, scans = files / "model.samlearn", files / "scans"
     for fmt in ("npz", "pt"):

@@ -236,7 +236,7 @@ def test_bad_parameters_are_named(params, match, images2d):
 def test_transform_refuses_non_finite_maps(monkeypatch, which, value):
     """A NaN or infinity anywhere in a map (fp16 overflow, damaged weights) is an error, never an
     embedding handed on to matching."""
-    import samlearn.embedder as embedder_module
+    import samlearn.embedding.inference as embedder_module
     ims = smooth_images(2)
     emb = tiny_embedder().fit(ims)
     real = embedder_module.run_network

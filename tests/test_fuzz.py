@@ -21,7 +21,7 @@ from hypothesis.extra import numpy as hnp
 
 import samlearn
 from samlearn import Image, ImageGeometry, OneShotLandmarkDetector, check_points, read_image
-from samlearn.persistence import ModelFileError
+from samlearn.exceptions import ModelFileError
 from conftest import random_rotation, smooth_images, tiny_embedder
 from fake_embedder import AnalyticEmbedder
 

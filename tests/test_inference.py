@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from samlearn import Image
-from samlearn.inference import (EmbeddingCache, auto_tile_shape, estimate_pass_bytes, halo, image_key,
-                                model_fingerprint, pad_batch, plan_tiles, run_network)
+from samlearn.embedding.cache import EmbeddingCache, image_key, model_fingerprint
+from samlearn.embedding.engine import auto_tile_shape, estimate_pass_bytes, halo, pad_batch, plan_tiles, run_network
 from samlearn.nn.network import NetworkConfig, SAMNet, receptive_reach
 from conftest import smooth_images, tiny_embedder
 
@@ -168,7 +168,7 @@ def test_embedding_cache_round_trip(fitted3d, tmp_path, monkeypatch):
         for a, b in zip(first, plain):  # computed now: exact
             torch.testing.assert_close(a.local_map.data, b.local_map.data)
         # a second call reads the cache and never runs the network
-        import samlearn.embedder as emb_mod
+        import samlearn.embedding.inference as emb_mod
         monkeypatch.setattr(emb_mod, "run_network", lambda *a, **k: pytest.fail("cache miss"))
         again = est.transform(imgs)
         for a, b in zip(again, plain):
@@ -235,7 +235,7 @@ def test_parallel_transform_equals_serial():
 def test_cpu_inference_copy_gives_the_network_maps(name):
     """BatchNorm folded, channels-last, 1x1 convolutions as matrix products, the stem as a 2D
     convolution over slices: the same maps as the trained network."""
-    from samlearn.inference import fold_small_conv3d, fuse_conv_bn, pointwise_as_matmul
+    from samlearn.nn.fusion import fold_small_conv3d, fuse_conv_bn, pointwise_as_matmul
     cfg = CONFIGS[name]
     net = random_net(cfg, seed=3)
     mf = torch.channels_last_3d if cfg.ndim == 3 else torch.channels_last
@@ -252,7 +252,7 @@ def test_cpu_inference_copy_gives_the_network_maps(name):
 
 
 def test_depth_folded_conv3d_matches_conv3d():
-    from samlearn.inference import _DepthFoldedConv3d
+    from samlearn.nn.fusion import _DepthFoldedConv3d
     torch.manual_seed(0)
     for cin, k, pad in ((1, 3, 1), (2, 3, 1), (1, 5, 2), (1, 7, 3)):
         conv = torch.nn.Conv3d(cin, 6, k, padding=pad, bias=cin == 2).eval()
@@ -268,8 +268,8 @@ def test_resample_canonical_equals_the_simpleitk_path(ndim, sparse, monkeypatch)
     here) against Image.resample_to_geometry: anti-aliasing Gaussian, edge clamping and the
     outside-the-image test, with flipped and permuted axes, anisotropic spacing and an offset
     origin, shrinking and enlarging."""
-    import samlearn.inference as inference
-    from samlearn.inference import resample_canonical
+    import samlearn.embedding.preprocessing as inference
+    from samlearn.embedding.preprocessing import resample_canonical
     monkeypatch.setattr(inference, "_sparse_on", lambda device: sparse)
     rng = np.random.default_rng(ndim)
     shape = (23, 31, 37)[:ndim] if ndim == 3 else (41, 29)
@@ -290,7 +290,7 @@ def test_resample_canonical_equals_the_simpleitk_path(ndim, sparse, monkeypatch)
 
 def test_limit_threads_sets_torch_and_blas_and_restores():
     from threadpoolctl import threadpool_info
-    from samlearn.inference import limit_threads
+    from samlearn._utils.parallel import limit_threads
     before = torch.get_num_threads()
     blas_before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     with limit_threads(1):
@@ -305,7 +305,7 @@ def test_limit_threads_sets_torch_and_blas_and_restores():
 def test_detector_matches_with_the_embedders_thread_setting(monkeypatch):
     """predict runs its matching (not only the network) with the embedder's n_threads, and leaves
     torch's setting as it was."""
-    import samlearn.landmarks as landmarks
+    import samlearn.apps.landmarks as landmarks
     from samlearn import OneShotLandmarkDetector
     imgs = smooth_images(2, ndim=2, seed=4)
     est = tiny_embedder(ndim=2, random_state=0, max_iter=1).fit(imgs)

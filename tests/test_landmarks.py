@@ -12,7 +12,7 @@ from sklearn.utils import estimator_checks as checks
 
 import samlearn
 from samlearn import Image, ImageGeometry, check_images, normalize_intensity
-from samlearn.landmarks import OneShotLandmarkDetector
+from samlearn import OneShotLandmarkDetector
 from samlearn.matching import match_points, template_vectors
 from conftest import random_rotation
 from fake_embedder import AnalyticEmbedder
@@ -227,7 +227,7 @@ def test_embedder_given_as_a_path(scene2d, monkeypatch, tmp_path):
         loaded.append(p)
         return s.embedder
 
-    monkeypatch.setattr(samlearn, "load", fake_load, raising=False)
+    monkeypatch.setattr(samlearn.apps._base, "load", fake_load)
     det = OneShotLandmarkDetector(embedder=path).fit(s.template, s.points)
     assert loaded == [path] and det.embedder_ is s.embedder and det.embedder == path
     err = np.linalg.norm(det.predict(s.queries) - s.truth, axis=-1)
@@ -359,7 +359,7 @@ def test_consistency_parameters_are_checked(scene2d):
 def _coarse_scene():
     """A 2D pair under an affine plus a smooth 4 mm deformation (analytic embedder: exact matches),
     and 10 landmarks inside the anatomy."""
-    from samlearn.registration import body_mask
+    from samlearn.matching import body_mask
     from test_registration import Pair
     p = Pair(2, seed=8, deform_mm=4.0)
     _, inside = body_mask(p.fixed, float(np.percentile(p.fixed.array, 50)))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from samlearn import ImageGeometry
-from samlearn.maps import Embedding, EmbeddingMap, sample_map
+from samlearn.embedding import Embedding, EmbeddingMap, sample_map
 from conftest import random_rotation
 
 

@@ -4,8 +4,11 @@ import pytest
 import torch
 
 import samlearn.matching as matching
+import samlearn.matching.grids as grids
+import samlearn.matching.scorer as scorer
+import samlearn.matching.search as search
 from samlearn import Image, ImageGeometry
-from samlearn.maps import Embedding, EmbeddingMap
+from samlearn.embedding import Embedding, EmbeddingMap
 from samlearn.matching import (MatchResult, combine_templates, cycle_consistency, match_points,
                                resolve_search_radius, template_vectors, upsample_to_grid)
 from conftest import random_rotation
@@ -208,11 +211,11 @@ def test_window_search_equals_full_search_when_it_covers_the_peak(ndim):
 def _box_strategy(monkeypatch, strategy):
     """Force one way of reading the windows' boxes: point by point ("loop"), one vectorised
     gather ("gather") or tile by tile ("tiled", one matrix product per tile of box corners)."""
-    monkeypatch.setattr(matching, "_GATHER_MAX_BOX", 10**9 if strategy == "gather" else 0)
+    monkeypatch.setattr(scorer, "_GATHER_MAX_BOX", 10**9 if strategy == "gather" else 0)
     tiled = strategy == "tiled"
-    monkeypatch.setattr(matching, "_TILED_MIN_POINTS", 1 if tiled else 10**9)
-    monkeypatch.setattr(matching, "_TILED_MIN_POINTS_PER_TILE", 0)
-    monkeypatch.setattr(matching, "_TILED_MAX_WORK", 1e9)
+    monkeypatch.setattr(scorer, "_TILED_MIN_POINTS", 1 if tiled else 10**9)
+    monkeypatch.setattr(scorer, "_TILED_MIN_POINTS_PER_TILE", 0)
+    monkeypatch.setattr(scorer, "_TILED_MAX_WORK", 1e9)
 
 
 BOX_STRATEGIES = ["loop", "gather", "tiled"]
@@ -225,8 +228,8 @@ BOX_STRATEGIES = ["loop", "gather", "tiled"]
 def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, strategy, layout):
     _box_strategy(monkeypatch, strategy)
     tiled = []
-    orig_tiled = matching._Scorer._box_tiled
-    monkeypatch.setattr(matching._Scorer, "_box_tiled",
+    orig_tiled = scorer.Scorer._box_tiled
+    monkeypatch.setattr(scorer.Scorer, "_box_tiled",
                         lambda self, *a: tiled.append(orig_tiled(self, *a)) or tiled[-1])
     emb, tmpl, query, pts, truth = _fake_query(3, 50)
     et, eq = emb.transform([tmpl, query])
@@ -234,14 +237,14 @@ def test_window_boxes_equal_masked_slab_scan(monkeypatch, top_k, mode, strategy,
     gv, lv = template_vectors(et, pts)
     kw = dict(mode=mode, search_radius_mm=9.0, top_k=top_k, min_distance_mm=4.0)
     calls = []
-    box = matching._Scorer.box
-    monkeypatch.setattr(matching._Scorer, "box", lambda self, *a: calls.append(1) or box(self, *a))
-    monkeypatch.setattr(matching, "_WINDOW_MAX_FRACTION", 1e9)
+    box = scorer.Scorer.box
+    monkeypatch.setattr(scorer.Scorer, "box", lambda self, *a: calls.append(1) or box(self, *a))
+    monkeypatch.setattr(search, "_WINDOW_MAX_FRACTION", 1e9)
     gathered = match_points(gv, lv, eq, **kw)
     assert calls
     assert any(t is not None for t in tiled) == (strategy == "tiled")
     calls.clear()
-    monkeypatch.setattr(matching, "_WINDOW_MAX_FRACTION", 0.0)
+    monkeypatch.setattr(search, "_WINDOW_MAX_FRACTION", 0.0)
     masked = match_points(gv, lv, eq, **kw)
     assert not calls
     np.testing.assert_allclose(gathered.hypothesis_scores, masked.hypothesis_scores, atol=1e-6)
@@ -268,19 +271,19 @@ def test_dense_grid_of_windows_is_scored_tile_by_tile(monkeypatch, ndim, layout)
     centres = pts + rng.normal(0, 1.0, pts.shape)
     kw = dict(mode="local", search_radius_mm=4.0, centers_world=centres, top_k=2, min_distance_mm=1.0)
     used = []
-    orig = matching._Scorer._box_tiled
-    monkeypatch.setattr(matching._Scorer, "_box_tiled", lambda self, *a: used.append(orig(self, *a)) or used[-1])
+    orig = scorer.Scorer._box_tiled
+    monkeypatch.setattr(scorer.Scorer, "_box_tiled", lambda self, *a: used.append(orig(self, *a)) or used[-1])
     tiled = match_points(gv, lv, emb, **kw)
-    assert len(pts) >= matching._TILED_MIN_POINTS and used and all(u is not None for u in used)
-    monkeypatch.setattr(matching, "_TILED_MIN_POINTS", 10**9)
-    monkeypatch.setattr(matching, "_GATHER_MAX_BOX", 10**9)
+    assert len(pts) >= scorer._TILED_MIN_POINTS and used and all(u is not None for u in used)
+    monkeypatch.setattr(scorer, "_TILED_MIN_POINTS", 10**9)
+    monkeypatch.setattr(scorer, "_GATHER_MAX_BOX", 10**9)
     gathered = match_points(gv, lv, emb, **kw)
     np.testing.assert_array_equal(tiled.index, gathered.index)
     np.testing.assert_allclose(tiled.hypothesis_scores, gathered.hypothesis_scores, atol=1e-5)
     np.testing.assert_allclose(tiled.points, gathered.points, atol=1e-6)
     monkeypatch.undo()
     used.clear()
-    monkeypatch.setattr(matching._Scorer, "_box_tiled", lambda self, *a: used.append(orig(self, *a)) or used[-1])
+    monkeypatch.setattr(scorer.Scorer, "_box_tiled", lambda self, *a: used.append(orig(self, *a)) or used[-1])
     few = match_points(gv[:8], lv[:8], emb, **dict(kw, centers_world=centres[:8]))
     assert used and all(u is None for u in used)
     np.testing.assert_allclose(few.points, tiled.points[:8], atol=1e-6)
@@ -300,9 +303,9 @@ def test_window_boxes_hold_the_whole_ball_on_noise(monkeypatch, ndim, strategy):
     gv, lv = template_vectors(emb, pts)
     for radius in (2.9, 3.7, 5.05):
         kw = dict(mode="local", search_radius_mm=radius, refine=False, top_k=2, min_distance_mm=1.0)
-        monkeypatch.setattr(matching, "_WINDOW_MAX_FRACTION", 1e9)
+        monkeypatch.setattr(search, "_WINDOW_MAX_FRACTION", 1e9)
         boxes = match_points(gv, lv, emb, **kw)
-        monkeypatch.setattr(matching, "_WINDOW_MAX_FRACTION", 0.0)
+        monkeypatch.setattr(search, "_WINDOW_MAX_FRACTION", 0.0)
         masked = match_points(gv, lv, emb, **kw)
         np.testing.assert_array_equal(boxes.index, masked.index)
         np.testing.assert_allclose(boxes.hypothesis_scores, masked.hypothesis_scores, atol=1e-6)
@@ -352,8 +355,8 @@ def test_chunked_equals_unchunked(monkeypatch, radius, top_k):
     whole = match_points(gv, lv, eq, chunk_size=2 ** 30, **kw)
     # record the size of every similarity block and feature gather while chunking
     sizes = []
-    rows = matching._Scorer.rows
-    monkeypatch.setattr(matching._Scorer, "rows",
+    rows = scorer.Scorer.rows
+    monkeypatch.setattr(scorer.Scorer, "rows",
                         lambda self, r0, r1: sizes.append(self.k * (r1 - r0) * self.grid.row_size)
                         or rows(self, r0, r1))
     small = 2000
@@ -373,16 +376,16 @@ def test_window_evaluation_stays_within_chunk_size(monkeypatch):
     et, eq = emb.transform([tmpl, query])
     gv, lv = template_vectors(et, pts)
     c = eq.local_map.n_channels
-    monkeypatch.setattr(matching, "_WINDOW_MAX_FRACTION", 1e9)
+    monkeypatch.setattr(search, "_WINDOW_MAX_FRACTION", 1e9)
     ref = match_points(gv, lv, eq, search_radius_mm=6.0)
-    box = matching._window_box(6.0, eq.local_map.geometry)
+    box = search._window_box(6.0, eq.local_map.geometry)
     nb, row = int(np.prod(box)), int(np.prod(box[1:]))
     assert box[0] > 2
     # room for one row of one point's window features: each box is evaluated row by row
     budget = c * row
     seen = []
-    orig = matching._Scorer.box
-    monkeypatch.setattr(matching._Scorer, "box", lambda self, start, b, p0=0: seen.append(len(start))
+    orig = scorer.Scorer.box
+    monkeypatch.setattr(scorer.Scorer, "box", lambda self, start, b, p0=0: seen.append(len(start))
                         or orig(self, start, b, p0))
     res = match_points(gv, lv, eq, search_radius_mm=6.0, chunk_size=budget)
     np.testing.assert_allclose(res.points, ref.points, atol=1e-5)
@@ -500,7 +503,7 @@ def test_match_points_rejects_bad_input():
         match_points(gv, lv, emb, search_radius_mm="wide")
     with pytest.raises(ValueError, match="non-finite"):
         match_points(gv * float("nan"), lv, emb)
-    with pytest.raises(TypeError, match="query must be a samlearn.maps.Embedding"):
+    with pytest.raises(TypeError, match="query must be a samlearn.embedding.Embedding"):
         match_points(gv, lv, emb.local_map)
     with pytest.raises(ValueError, match="points_world must have shape"):
         template_vectors(emb, np.zeros((2, 3)))
@@ -514,7 +517,7 @@ def test_match_points_rejects_bad_input():
                                          ((1, 3, 2, 4), (5, 5, 5))])
 def test_max_filter_equals_a_brute_force_box_maximum(shape, half):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    got = matching._max_filter(x, half)
+    got = grids.max_filter(x, half)
     expected = torch.empty_like(x)
     for idx in np.ndindex(*shape[1:]):
         box = tuple(slice(max(0, i - h), i + h + 1) for i, h in zip(idx, half))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from samlearn import Image, ImageGeometry
-from samlearn.landmarks import OneShotLandmarkDetector
-from samlearn.ncc import ncc_refine, ncc_step_mm, sample_patches
+from samlearn import OneShotLandmarkDetector
+from samlearn.matching.ncc import ncc_refine, ncc_step_mm, sample_patches
 from conftest import random_rotation
 from fake_embedder import AnalyticEmbedder
 
@@ -81,7 +81,7 @@ def test_axis_aligned_sampling_equals_map_coordinates(ndim, monkeypatch):
     """Images whose axes lie along the world axes (identity, flipped, permuted directions) take the
     separable corner-gather path: the same samples as map_coordinates (border values beyond the
     image, points near and outside the borders included), with the patch axes along world axes."""
-    import samlearn.ncc as ncc
+    import samlearn.matching.ncc as ncc
     rng = np.random.default_rng(ndim)
     shape = (23, 19) if ndim == 2 else (13, 11, 9)
     arr = rng.normal(size=shape).astype(np.float32)

@@ -9,9 +9,10 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from samlearn import Image, ImageGeometry
-from samlearn.registration import (AffineTransform, CompositeTransform, DisplacementField,
-                                   RegistrationError, SAMAffineRegistrar, SAMDeformableRegistrar,
-                                   body_mask, fit_affine)
+from samlearn import SAMAffineRegistrar, SAMDeformableRegistrar
+from samlearn.exceptions import RegistrationError
+from samlearn.matching import body_mask
+from samlearn.transforms import AffineTransform, CompositeTransform, DisplacementField, fit_affine
 from conftest import random_rotation
 from fake_embedder import AnalyticEmbedder, PatchEmbedder
 
@@ -238,7 +239,7 @@ def test_robust_fits_survive_30_percent_outliers(ndim):
 def test_ransac_samples_are_distinct_index_sets(n, k):
     """RANSAC's minimal samples: k distinct indices each, in range, all index sets reachable (even
     when n is barely above k), reproducible for a seed."""
-    from samlearn.registration import _ransac_samples
+    from samlearn.transforms.fitting import _ransac_samples
     s = _ransac_samples(np.random.default_rng(0), n, k, 500)
     assert s.shape == (500, k) and s.min() >= 0 and s.max() < n
     assert (np.diff(s, axis=1) > 0).all()
@@ -560,7 +561,7 @@ def test_field_blur_equals_ndimage_gaussian_filter(shape, sigma):
     """smooth_field's blur (banded matrix products; the 1D filter along long axes) is scipy's
     gaussian_filter with zero padding, plane by plane, kernels wider than the grid included."""
     from scipy import ndimage
-    from samlearn.registration import _blur_planes
+    from samlearn.transforms.smoothing import _blur_planes
     planes = np.random.default_rng(len(shape)).normal(size=(3,) + shape)
     got = _blur_planes(planes, sigma)
     for p, g in zip(planes, got):

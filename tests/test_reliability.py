@@ -31,7 +31,8 @@ from sklearn.exceptions import NotFittedError
 import samlearn
 from samlearn import Image, ImageGeometry, OneShotLandmarkDetector, check_points, read_image
 from samlearn.datasets import load_ct_folder
-from samlearn.persistence import ModelFileError, load_payload, save_payload
+from samlearn.embedding.model_file import ModelFileError, load_payload, save_payload
+from samlearn.exceptions import InvalidParameterError
 from conftest import random_rotation, smooth_images, tiny_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ class Context:
         """The saved model (or ``source``), edited by ``edit(payload)`` and rewritten; with ``rehash``
         the checksum is recomputed (as a careless or malicious writer would), so the edit itself is
         what fails."""
-        from samlearn import persistence
+        from samlearn.embedding import model_file as persistence
         payload = torch.load(source or self.model_path, weights_only=True)
         edit(payload)
         digest = getattr(persistence, "payload_digest", None)  # absent before checksums existed
@@ -406,7 +407,7 @@ MATRIX = [
         lambda c: tiny_embedder(checkpoint_every=5).fit(c.img2)),
     Row("resume without checkpoint_path", "state", ValueError, r"resume=True but checkpoint_path is None",
         lambda c: tiny_embedder(resume=True).fit(c.img2)),
-    Row("checkpoint_every = 0", "state", ValueError, r"checkpoint_every must be a positive integer",
+    Row("checkpoint_every = 0", "state", InvalidParameterError, r"checkpoint_every must be a positive integer",
         lambda c: tiny_embedder(checkpoint_every=0, checkpoint_path=str(c.path("x.ckpt"))).fit(c.img2)),
     Row("checkpoint_path is a folder", "state", ValueError, r"checkpoint_path '.*' is a folder",
         lambda c: tiny_embedder(checkpoint_path=str(c.tmp)).fit(c.img2)),
@@ -576,7 +577,7 @@ def test_model_file_round_trip_is_exact_and_checksummed(ctx):
 def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     """A write that dies half-way (disk full, Ctrl-C) leaves the previous file under the final name,
     complete, and no temporary file behind."""
-    from samlearn import persistence
+    from samlearn.embedding import model_file as persistence
     path = tmp_path / "ckpt.samlearn"
     save_payload(path, "SAMEmbedder", {"n_iter": 1}, {"w": torch.ones(1000)})
     real_save = torch.save
@@ -598,7 +599,7 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
 def test_temporary_file_is_renamed_within_the_same_folder(tmp_path, monkeypatch):
     """os.replace is atomic only within one file system: the temporary file must sit beside the
     target, and be complete (flushed and fsynced) before the rename."""
-    from samlearn import persistence
+    from samlearn.embedding import model_file as persistence
     seen = []
     real_replace, real_fsync = os.replace, os.fsync
     synced = []
@@ -791,7 +792,7 @@ def test_landmarks_are_never_reported_outside_the_image(mode, radius):
     view) must not be matched there: the answer stays inside the query image (found by fuzzing:
     the detector returned a point 45 mm outside a thin rotated image)."""
     from fake_embedder import draw_features, feature_map, identity_frame
-    from samlearn.maps import Embedding
+    from samlearn.embedding import Embedding
     from samlearn.matching import match_points, template_vectors
 
     theta = np.deg2rad(35)

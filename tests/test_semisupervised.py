@@ -7,7 +7,7 @@ import torch
 
 from conftest import smooth_images, tiny_embedder
 from samlearn import Image, load
-from samlearn.augment import PatchPairSampler
+from samlearn.training import PatchPairSampler
 from samlearn.nn.loss import LossConfig, far_mask, sam_loss
 from samlearn.training import PairStream
 

@@ -47,7 +47,8 @@ def forbid_host_sync():
 def test_training_step_never_syncs_host_and_device(ndim, monkeypatch):
     """Forward pass and loss under the guard for whole training steps; statistics are read only at
     the flush (log_every), outside it."""
-    orig_loss = training.sam_loss
+    from samlearn.training import loop
+    orig_loss = loop.sam_loss
     calls = {"n": 0}
 
     def guarded_loss(*args, **kwargs):
@@ -55,7 +56,7 @@ def test_training_step_never_syncs_host_and_device(ndim, monkeypatch):
         with forbid_host_sync():
             return orig_loss(*args, **kwargs)
 
-    monkeypatch.setattr(training, "sam_loss", guarded_loss)
+    monkeypatch.setattr(loop, "sam_loss", guarded_loss)
     from samlearn.nn.network import SAMNet
     orig_forward = SAMNet.forward
 
@@ -202,7 +203,7 @@ def test_cli_nproc_per_node_launches_torch_distributed_run(image_folder, tmp_pat
         seen["cmd"] = cmd
         return 7
 
-    import samlearn.cli as cli
+    import samlearn.cli.commands as cli
     monkeypatch.setattr(cli.subprocess, "call", fake_call)
     args = ["train", str(image_folder), "--out", str(tmp_path / "m"), "--nproc-per-node", "3", "--seed", "1"]
     assert cli_main(args) == 7  # the launcher's exit code is passed on
@@ -244,12 +245,12 @@ def test_fit_threads_and_channels_last():
     im3 = smooth_images(1, ndim=3, seed=9)[0]
     est3 = tiny_embedder(ndim=3, random_state=3, max_iter=1).fit([im3, im3])
     for est, im, mf in ((a, imgs[0], torch.channels_last), (est3, im3, torch.channels_last_3d)):
-        assert est.channels_last == "auto" and est._channels_last_inference()
+        assert est.channels_last == "auto" and est._network_for_inference()[1]
         convs = [m for m in est._network_for_inference()[0].modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
         assert convs and any(c.weight.is_contiguous(memory_format=mf) and not c.weight.is_contiguous()
                              for c in convs)
         auto = est.transform(im)[0].local_map.data
         plain = est.set_params(channels_last=False).transform(im)[0].local_map.data
-        assert not est._channels_last_inference()
+        assert not est._network_for_inference()[1]
         est.set_params(channels_last="auto")
         torch.testing.assert_close(auto, plain, atol=1e-4, rtol=0)

@@ -18,7 +18,7 @@ Pure torch: no sklearn, no I/O.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch

@@ -1,0 +1,106 @@
+"""Plumbing shared by the application estimators, which use a fitted component they never train
+(an embedder or a landmark detector): sklearn cloning that shares it, declared parameter
+constraints checked in one place, and resolving the component in ``fit``.
+
+The component is a frozen, pre-trained part (like ``sklearn.frozen.FrozenEstimator``):
+``clone(estimator)`` returns an unfitted estimator that shares the *same* component object, so
+``Pipeline``, ``cross_val_score`` and ``GridSearchCV`` clone cheaply without discarding the trained
+network, and ``get_params(deep=True)`` does not expose the component's own parameters.
+"""
+from __future__ import annotations
+
+import os
+from numbers import Integral, Real
+from typing import List
+
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from .._utils.validation import Interval, validate_params
+from ..embedding import Embedding, load
+
+__all__ = ["FrozenComponentMixin", "resolve_embedder", "embed_images", "POSITIVE_MM", "SCORE",
+           "POSITIVE_INT"]
+
+#: a positive length in mm
+POSITIVE_MM = Interval(Real, 0, None, closed="neither", unit="mm")
+#: a similarity score threshold: cosine similarities lie in [-1, 1]
+SCORE = Interval(Real, -1, 1)
+#: a count
+POSITIVE_INT = Interval(Integral, 1, None)
+
+
+def resolve_embedder(emb, owner: str):
+    """The fitted embedder behind the ``embedder`` parameter (a path is loaded with
+    :func:`samlearn.load`). Raises named errors for a missing, wrong or unfitted embedder."""
+    if emb is None:
+        raise ValueError(f"embedder is required: pass a fitted SAMEmbedder or the path of a saved "
+                         f"model, e.g. {owner}(embedder=SAMEmbedder().fit(images))")
+    if isinstance(emb, (str, os.PathLike)):
+        emb = load(emb)
+    if not (hasattr(emb, "transform") and callable(emb.transform)):
+        raise TypeError(f"embedder must be a fitted SAMEmbedder-like estimator with a transform "
+                        f"method (or a path to a saved model), got {type(emb).__name__}")
+    try:
+        check_is_fitted(emb)
+    except NotFittedError:
+        raise NotFittedError(
+            f"embedder ({type(emb).__name__}) is not fitted: fit it on unlabelled images first "
+            f"(embedder.fit(images)) or pass a path to a saved, trained model") from None
+    ndim = getattr(emb, "ndim_", None)
+    if ndim not in (2, 3):
+        raise TypeError(f"embedder must expose ndim_ (2 or 3) after fitting, got {ndim!r}")
+    return emb
+
+
+def embed_images(embedder, images, batch_size: int = 1) -> List[Embedding]:
+    """Embeddings of ``images`` (a list of Image), ``batch_size`` images per ``transform`` call."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size]
+        embs = list(embedder.transform(batch))
+        if len(embs) != len(batch) or not all(isinstance(e, Embedding) for e in embs):
+            raise TypeError(f"embedder.transform must return one samlearn.embedding.Embedding per "
+                            f"image; got {len(embs)} objects for {len(batch)} images")
+        out.extend(embs)
+    return out
+
+
+class FrozenComponentMixin:
+    """sklearn plumbing for an estimator whose parameter ``_frozen_param`` is a frozen, shared,
+    pre-trained component (see the module docstring). Put it before ``BaseEstimator``."""
+
+    _frozen_param = "embedder"
+    _parameter_constraints: dict = {}
+
+    def _validate_params(self):
+        """Check every parameter against ``_parameter_constraints`` (one uniform error)."""
+        validate_params(self.get_params(deep=False), self._parameter_constraints)
+
+    def __sklearn_clone__(self):
+        """Clone own parameters, pass the frozen component through unchanged."""
+        params = self.get_params(deep=False)
+        new = {k: (v if k == self._frozen_param else clone(v, safe=False)) for k, v in params.items()}
+        return type(self)(**new)
+
+    def get_params(self, deep=True):
+        """Parameters of this estimator; the frozen component's own parameters are not exposed,
+        whatever ``deep`` is."""
+        return super().get_params(deep=False)
+
+    def set_params(self, **params):
+        """Set parameters. Nested ``<component>__...`` parameters are refused: the component is
+        shared and frozen; set another one instead."""
+        nested = sorted(k for k in params if "__" in k)
+        if nested:
+            p = self._frozen_param
+            raise ValueError(f"Invalid parameter(s) {nested} for {type(self).__name__}: the {p} "
+                             f"is a frozen, shared component; pass another one with "
+                             f"set_params({p}=...) instead of changing its parameters")
+        return super().set_params(**params)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        return tags

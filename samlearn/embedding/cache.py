@@ -1,0 +1,127 @@
+"""The embedding cache: embeddings on disk, keyed by image content and model fingerprint.
+
+:class:`EmbeddingCache` stores embeddings in float16 (half the memory of float32), keyed by the
+image's content and geometry (:func:`image_key`) and by a fingerprint of the model (weights,
+architecture, preprocessing, precision: :func:`model_fingerprint`), so a changed model never reads
+stale embeddings; entries are read back as float32 with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..image import ImageGeometry
+from .maps import Embedding, EmbeddingMap
+
+__all__ = ["EmbeddingCache", "model_fingerprint", "image_key", "cache_folder"]
+
+
+def cache_folder(memory):
+    """The folder of a ``memory`` parameter: None (no cache), a path, or an object with a
+    ``location`` (``joblib.Memory``)."""
+    if memory is None:
+        return None
+    if isinstance(memory, (str, os.PathLike)):
+        return Path(memory)
+    loc = getattr(memory, "location", _MISSING)
+    if loc is not _MISSING:
+        return None if loc is None else Path(loc)
+    raise TypeError(f"memory must be None, a folder path or a joblib.Memory, got {type(memory).__name__}")
+
+
+_MISSING = object()
+
+
+def _update_array(h, arr):
+    a = np.ascontiguousarray(arr)
+    h.update(str(a.dtype).encode())
+    h.update(str(a.shape).encode())
+    h.update(memoryview(a).cast("B"))
+
+
+def image_key(image) -> str:
+    """Hex digest of an image's voxel values (dtype and shape included) and its geometry."""
+    h = hashlib.blake2b(digest_size=20)
+    _update_array(h, image.array)
+    g = image.geometry
+    for v in (np.asarray(g.size, np.int64), np.asarray(g.spacing, np.float64),
+              np.asarray(g.origin, np.float64), np.asarray(g.direction, np.float64)):
+        _update_array(h, v)
+    return h.hexdigest()
+
+
+def model_fingerprint(net, config: dict, amp_dtype=None) -> str:
+    """Hex digest of what determines an embedding besides the image: every weight and buffer of
+    ``net`` (a state dict, by name), the resolved configuration (architecture and preprocessing)
+    and the inference precision."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(str(amp_dtype).encode())
+    for name, t in net.state_dict().items():
+        h.update(name.encode())
+        _update_array(h, t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+                      if t.numel() else np.zeros(0, np.uint8))
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Embeddings on disk under ``folder/<model fingerprint>/<image key>.pt``: maps in float16
+    (half the memory of float32; unit vectors lose about 5e-4 per component), geometry as JSON.
+    Files are written atomically and read with ``torch.load(weights_only=True)``; an unreadable
+    file is treated as missing (and rewritten)."""
+
+    FORMAT = 1
+
+    def __init__(self, folder, fingerprint: str):
+        self.folder = Path(folder) / fingerprint[:32]
+        self.fingerprint = fingerprint
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.pt"
+
+    def load(self, key: str, device):
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if blob.get("format") != self.FORMAT or blob.get("fingerprint") != self.fingerprint:
+                return None
+            geo = json.loads(blob["geometry"])
+            g = blob["global"].to(device=device, dtype=torch.float32)
+            loc = blob["local"].to(device=device, dtype=torch.float32)
+            geom = {k: ImageGeometry.from_dict(v) for k, v in geo.items()}
+            return Embedding(EmbeddingMap(g, geom["global"]), EmbeddingMap(loc, geom["local"]),
+                             geom["image"], geom["source"])
+        except Exception as exc:  # noqa: BLE001 - a damaged cache entry is recomputed
+            warnings.warn(f"ignoring unreadable embedding cache file '{path}' "
+                          f"({type(exc).__name__}: {str(exc)[:120]}); recomputing it", UserWarning, stacklevel=3)
+            return None
+
+    def save(self, key: str, embedding) -> Path:
+        path = self._path(key)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        geo = {"global": embedding.global_map.geometry.to_dict(), "local": embedding.local_map.geometry.to_dict(),
+               "image": embedding.image_geometry.to_dict(), "source": embedding.source_geometry.to_dict()}
+        blob = {"format": self.FORMAT, "fingerprint": self.fingerprint, "geometry": json.dumps(geo),
+                "global": embedding.global_map.data.detach().to("cpu", torch.float16).contiguous(),
+                "local": embedding.local_map.data.detach().to("cpu", torch.float16).contiguous()}
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=str(self.folder))
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(blob, fh)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path

@@ -1,0 +1,148 @@
+"""What one ``SAMEmbedder.fit`` starts from: the training arrays and the network to train.
+
+* :func:`training_arrays` -- the training images read and preprocessed (in threads), each rank of
+  a data-parallel run keeping its share, with semi-supervised labels moved to array indices.
+* :func:`new_network`, :func:`resumed_network`, :func:`make_optimizer` -- a seeded new network
+  (optionally initialised from local torchvision weights), or the network, state and optimiser
+  state of a checkpoint, and the RAdam optimiser over it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+
+from ..exceptions import ModelFileError
+from ..image import load_item
+from ..nn.network import NetworkConfig, SAMNet
+from ..nn.pretrained import load_torchvision_resnet
+from ..training import DistributedContext, TrainState
+from .config import network_config
+from .labels import check_labels_inside
+from .model_file import network_from_state
+from .preprocessing import preprocess
+
+__all__ = ["training_arrays", "new_network", "resumed_network", "make_optimizer"]
+
+
+def training_arrays(items, first, cfg: dict, device, labels, ctx: DistributedContext, n_jobs: int):
+    """The working arrays of the training images (what the training stream samples from).
+
+    Parameters
+    ----------
+    items : list
+        Items of :func:`samlearn.image.image_items`.
+    first : Image
+        ``items[0]``, already read (its dimensionality chose the configuration).
+    cfg : dict
+        The resolved configuration (working grid and intensity preset).
+    device : torch.device
+        Where axis-aligned images are resampled on a GPU.
+    labels : list or None
+        Checked landmark labels per image (world mm), or None.
+    ctx : DistributedContext
+        With a data-parallel group each rank reads and keeps only its share of the images (when
+        every rank gets at least two, so that random negatives from other images exist on every
+        rank; with labels every rank keeps every image: labelled pairs span images).
+    n_jobs : int
+        Threads reading and preprocessing images.
+
+    Returns
+    -------
+    arrays : list of numpy.ndarray
+        Preprocessed arrays (numpy order).
+    spacings : list of numpy.ndarray
+        Their voxel sizes in mm (numpy order).
+    labels : list or None
+        Labels in each array's indices (numpy order), or None.
+    """
+    ndim = first.ndim
+    index = list(range(len(items)))
+    if ctx.enabled and labels is None and len(items) >= 2 * ctx.world_size:
+        index = index[ctx.rank::ctx.world_size]
+
+    def prepare(i):
+        im = first if i == 0 else load_item(items[i], ndim, "images", i)
+        pre = preprocess(im, cfg, device, where=f"images[{i}]")
+        lab = None
+        if labels is not None and labels[i] is not None:
+            check_labels_inside(labels[i], im, i)
+            lab = pre.geometry.world_to_array_index(labels[i])  # world mm -> array indices
+        return pre.array, pre.spacing[::-1].copy(), lab
+
+    if n_jobs > 1 and len(index) > 1:
+        prepared = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(prepare)(i) for i in index)
+    else:
+        prepared = [prepare(i) for i in index]
+    arrays = [a for a, _, _ in prepared]
+    spacings = [sp for _, sp, _ in prepared]
+    return arrays, spacings, None if labels is None else [lab for _, _, lab in prepared]
+
+
+def new_network(net_cfg: NetworkConfig, seed: np.random.SeedSequence, pretrained=None) -> SAMNet:
+    """A new network, its weights drawn from ``seed`` (torch's global generator is left as it
+    was), optionally initialised from a local torchvision ResNet state dict ``pretrained``.
+
+    Returns
+    -------
+    SAMNet
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed.generate_state(1)[0]))
+        net = SAMNet(net_cfg)
+    if pretrained is not None:
+        load_torchvision_resnet(net, pretrained)
+    return net
+
+
+def resumed_network(net_cfg: NetworkConfig, checkpoint, path) -> tuple:
+    """The network, training state and optimiser state of a checkpoint.
+
+    Parameters
+    ----------
+    net_cfg : NetworkConfig
+        The architecture the estimator's parameters ask for; the checkpoint must have it.
+    checkpoint : tuple
+        ``(meta, tensors)`` of :func:`~samlearn.embedding.model_file.read_checkpoint`.
+    path : str or path
+        The checkpoint, for messages.
+
+    Returns
+    -------
+    net : SAMNet
+    state : TrainState
+    optimizer_state : dict or None
+    """
+    meta, tensors = checkpoint
+    try:
+        same = network_config(meta["config"]).to_dict() == net_cfg.to_dict()
+    except (KeyError, TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(f"checkpoint '{path}' was written by a different network "
+                         f"architecture; resume with the parameters that produced it")
+    net = network_from_state(net_cfg, tensors, f"checkpoint '{path}'")
+    return net, TrainState(meta["n_iter"], meta["train_time"], meta["history"]), tensors.get("optimizer")
+
+
+def make_optimizer(net, cfg: dict, state=None, source: str = "this model") -> torch.optim.RAdam:
+    """RAdam over ``net`` at the configuration's ``lr`` and ``weight_decay``, its state restored
+    from ``state`` when given (``source`` names where it came from in errors).
+
+    Returns
+    -------
+    torch.optim.RAdam
+
+    Raises
+    ------
+    ModelFileError
+        When ``state`` does not fit the network.
+    """
+    optimizer = torch.optim.RAdam(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if state is not None:
+        try:
+            optimizer.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"the optimiser state of {source} does not fit the network: "
+                                 f"{str(exc)[:200]}") from None
+    return optimizer

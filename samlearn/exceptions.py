@@ -1,0 +1,32 @@
+"""The error types samlearn raises beyond Python's own, one per kind of mistake.
+
+* :class:`InvalidParameterError` -- an estimator or function parameter outside its declared
+  constraints (a ``ValueError`` and a ``TypeError``, so either ``except`` catches it).
+* :class:`ModelFileError` -- a model, checkpoint or embedding file that is not an intact samlearn
+  file (a ``ValueError``: the input is bad).
+* :class:`RegistrationError` -- a registration that could not produce a transform from the
+  images it was given (too few confident matches, degenerate point layouts).
+
+Unfitted estimators raise scikit-learn's ``sklearn.exceptions.NotFittedError``; bad images and
+points raise ``ValueError`` / ``TypeError`` naming the argument.
+"""
+
+__all__ = ["InvalidParameterError", "ModelFileError", "RegistrationError"]
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter value outside its declared constraints.
+
+    The message names the parameter, what it must be and what was given, e.g.
+    ``"mode must be one of ('sum', 'global', 'local'), got 'max'"``. It derives from both
+    ``ValueError`` and ``TypeError`` (as scikit-learn's error of the same name does), so code
+    written for either keeps working.
+    """
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing its samlearn header, corrupt, truncated or unsafe."""
+
+
+class RegistrationError(RuntimeError):
+    """Registration could not produce a transform (e.g. too few confident matches)."""

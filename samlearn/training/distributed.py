@@ -1,0 +1,118 @@
+"""Data-parallel training under ``torchrun``.
+
+Under ``torchrun`` (environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) the process
+group is initialised (NCCL on CUDA, Gloo on the CPU) and the network wrapped in
+``torch.nn.parallel.DistributedDataParallel``, which averages the gradients of all ranks. Each rank
+draws its own patch pairs and negatives (streams spawned from the run's ``SeedSequence`` by rank)
+and computes the loss on its own batch: random negatives come from the other images *of that
+rank's batch* (the effective batch is ``world_size * batch_size`` pairs; negatives are not
+exchanged between ranks). Stopping is decided identically on every rank (iterations; elapsed time
+is agreed on at every flush of :func:`samlearn.training.train`), logged statistics are averaged
+over the ranks, BatchNorm running statistics are taken from rank 0 at the end
+(:func:`sync_buffers`), and only rank 0 writes checkpoints.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistributedContext", "setup_distributed", "torchrun_env", "sync_buffers"]
+
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def torchrun_env() -> dict | None:
+    """``{"rank", "world_size", "local_rank"}`` from the environment set by ``torchrun`` (or any
+    launcher that sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``), or None when they are absent."""
+    if not all(v in os.environ for v in _TORCHRUN_VARS):
+        return None
+    try:
+        out = {"rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"]),
+               "local_rank": int(os.environ["LOCAL_RANK"])}
+    except ValueError:
+        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers, got "
+                         + ", ".join(f"{v}={os.environ[v]!r}" for v in _TORCHRUN_VARS)) from None
+    if out["world_size"] < 1 or not (0 <= out["rank"] < out["world_size"]) or out["local_rank"] < 0:
+        raise ValueError(f"inconsistent torchrun environment: {out}")
+    return out
+
+
+@dataclass
+class DistributedContext:
+    """The data-parallel group of a training run (``world_size == 1``: a single process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    owns_group: bool = False   # True when setup_distributed created the process group
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        """Release this context. A process group it created stays up for the next ``fit`` of the
+        process (re-creating a default group over torchrun's store can deadlock when the ranks
+        race through the second rendezvous); it is destroyed when the process exits."""
+        self.owns_group = False
+
+
+def _destroy_group_at_exit() -> None:
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # pragma: no cover - best effort at interpreter exit
+            pass
+
+
+def setup_distributed(mode, device: torch.device) -> DistributedContext:
+    """Join (or create) the process group for ``mode``: ``"auto"`` (data-parallel when launched
+    by ``torchrun`` with ``WORLD_SIZE > 1``, or when a process group is already initialised),
+    ``True`` (the same, but an error when neither is the case) or ``False`` (single process).
+    ``device`` must already be this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
+    if mode is False or mode is None:
+        return DistributedContext()
+    if mode not in ("auto", True):
+        raise ValueError(f"distributed must be 'auto', True or False, got {mode!r}")
+    env = torchrun_env()
+    if dist.is_available() and dist.is_initialized():
+        ws, rank = dist.get_world_size(), dist.get_rank()
+        local = env["local_rank"] if env else 0
+        if ws == 1:
+            return DistributedContext()
+        return DistributedContext(rank, ws, local, dist.get_backend(), owns_group=False)
+    if env is None or env["world_size"] == 1:
+        if mode is True:
+            raise ValueError("distributed=True but this process was not launched by torchrun "
+                             "(RANK, WORLD_SIZE, LOCAL_RANK unset or WORLD_SIZE=1) and no process "
+                             "group is initialised; launch with `torchrun --nproc-per-node N ...` "
+                             "or `samlearn train --nproc-per-node N ...`")
+        return DistributedContext()
+    if not dist.is_available():
+        raise RuntimeError("this torch build has no torch.distributed; cannot train data-parallel")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    atexit.register(_destroy_group_at_exit)
+    return DistributedContext(env["rank"], env["world_size"], env["local_rank"], backend, owns_group=True)
+
+
+def sync_buffers(net, ctx: DistributedContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them before
+    each forward pass, so after the last step each rank holds its own update: broadcast once more."""
+    if not ctx.enabled:
+        return
+    with torch.no_grad():
+        for buf in net.buffers():
+            dist.broadcast(buf, src=0)

@@ -1,0 +1,89 @@
+"""What every samlearn transform shares: point checks, the fixed reference grid, and resampling
+a moving image onto it through SimpleITK (see :mod:`samlearn.transforms` for the direction
+convention)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..image import Image, ImageGeometry, check_images, check_points
+
+__all__ = ["Transform", "reference_geometry"]
+
+
+def reference_geometry(reference, name="reference") -> ImageGeometry:
+    if isinstance(reference, ImageGeometry):
+        return reference
+    if isinstance(reference, Image):
+        return reference.geometry
+    if isinstance(reference, sitk.Image):
+        return ImageGeometry.from_sitk(reference)
+    raise TypeError(f"{name} must be an Image, a SimpleITK.Image or an ImageGeometry (the fixed "
+                    f"grid to resample onto), got {type(reference).__name__}")
+
+
+_INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor,
+                  "bspline": sitk.sitkBSpline}
+
+
+class Transform:
+    """Shared behaviour: point checks, resampling through SimpleITK."""
+
+    ndim: int
+    reference: Optional[ImageGeometry]
+
+    def _check(self, points, name="points"):
+        single = np.ndim(points) == 1
+        return check_points(points, self.ndim, name=name), single
+
+    def transform_points(self, points) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_sitk(self) -> sitk.Transform:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, points) -> np.ndarray:
+        return self.transform_points(points)
+
+    def resample(self, moving_image, reference=None, *, interpolator: str = "linear",
+                 default_value: Optional[float] = None) -> Image:
+        """Resample ``moving_image`` onto the fixed grid: the output voxel at fixed world position
+        ``x`` takes the moving image's value at ``transform_points(x)``.
+
+        ``reference`` is the fixed grid (Image, SimpleITK image or ImageGeometry); default the
+        fixed image the transform was estimated on (``self.reference``). ``interpolator`` is
+        ``"linear"``, ``"nearest"`` or ``"bspline"``; outside the moving image the output gets
+        ``default_value`` (default: the moving image's minimum, i.e. air for CT).
+        """
+        moving = check_images(moving_image, name="moving_image")
+        if len(moving) != 1:
+            raise ValueError(f"moving_image must be one image, got {len(moving)}")
+        moving = moving[0]
+        if moving.ndim != self.ndim:
+            raise ValueError(f"moving_image is {moving.ndim}D but the transform is {self.ndim}D")
+        if reference is None:
+            if self.reference is None:
+                raise ValueError("reference is needed: this transform does not know the fixed grid; "
+                                 "pass reference=fixed_image (or its ImageGeometry)")
+            geom = self.reference
+        else:
+            geom = reference_geometry(reference)
+        if geom.ndim != self.ndim:
+            raise ValueError(f"reference is {geom.ndim}D but the transform is {self.ndim}D")
+        if interpolator not in _INTERPOLATORS:
+            raise ValueError(f"interpolator must be one of {sorted(_INTERPOLATORS)}, got {interpolator!r}")
+        if default_value is None:
+            default_value = float(moving.array.min())
+        f = sitk.ResampleImageFilter()
+        f.SetSize([int(s) for s in geom.size])
+        f.SetOutputSpacing([float(v) for v in geom.spacing])
+        f.SetOutputOrigin([float(v) for v in geom.origin])
+        f.SetOutputDirection([float(v) for v in geom.direction.ravel()])
+        f.SetInterpolator(_INTERPOLATORS[interpolator])
+        f.SetDefaultPixelValue(float(default_value))
+        f.SetOutputPixelType(sitk.sitkFloat32)
+        f.SetTransform(self.to_sitk())
+        out = f.Execute(moving.to_sitk())
+        return Image(sitk.GetArrayFromImage(out), geom, moving.source)

@@ -1,0 +1,55 @@
+"""Chains of transforms, applied to points in the listed order."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .base import Transform, reference_geometry
+
+__all__ = ["CompositeTransform"]
+
+
+class CompositeTransform(Transform):
+    """A chain of transforms applied to points **in the listed order**: ``transforms[0]`` first.
+
+    For SAM-coarse the chain is ``[DisplacementField, AffineTransform]``: a fixed point ``x`` goes
+    to ``A (x + u(x)) + t`` in the moving image. (SimpleITK's ``CompositeTransform`` applies its
+    *last* entry first; :meth:`to_sitk` adds the entries in reverse so the meaning is the same.)
+    """
+
+    def __init__(self, transforms: Sequence[Transform], *, reference=None):
+        ts = list(transforms)
+        if not ts:
+            raise ValueError("transforms is empty: give at least one transform")
+        for i, t in enumerate(ts):
+            if not isinstance(t, Transform):
+                raise TypeError(f"transforms[{i}] must be a samlearn transform (AffineTransform, "
+                                f"DisplacementField, CompositeTransform), got {type(t).__name__}")
+        dims = {t.ndim for t in ts}
+        if len(dims) != 1:
+            raise ValueError(f"transforms mix dimensions {sorted(dims)}")
+        self.transforms = tuple(ts)
+        self.ndim = ts[0].ndim
+        self.reference = None if reference is None else reference_geometry(reference)
+
+    def transform_points(self, points) -> np.ndarray:
+        """Map FIXED world points to MOVING world points through the whole chain."""
+        pts, single = self._check(points)
+        for t in self.transforms:
+            pts = t.transform_points(pts)
+        return pts[0] if single else pts
+
+    def inverse(self) -> "CompositeTransform":
+        """Inverse chain: each entry inverted, in reverse order (moving -> fixed)."""
+        return CompositeTransform([t.inverse() for t in reversed(self.transforms)])
+
+    def to_sitk(self) -> sitk.CompositeTransform:
+        comp = sitk.CompositeTransform(self.ndim)
+        for t in reversed(self.transforms):
+            comp.AddTransform(t.to_sitk())
+        return comp
+
+    def __repr__(self) -> str:
+        return f"CompositeTransform({', '.join(type(t).__name__ for t in self.transforms)})"

@@ -1,0 +1,90 @@
+"""Dense displacement fields ``y = x + u(x)`` on a grid in the FIXED space."""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from ..image import ImageGeometry
+from .base import Transform, reference_geometry
+
+__all__ = ["DisplacementField"]
+
+
+class DisplacementField(Transform):
+    """``y = x + u(x)``: a dense displacement field ``u`` (mm) sampled on a grid in the domain
+    (FIXED) space, linearly interpolated, zero outside the grid (ITK's
+    ``DisplacementFieldTransform`` rule: inside means continuous index in ``[-0.5, n - 0.5)``,
+    interpolation clamps at the outer voxel centres).
+
+    Parameters
+    ----------
+    displacements : array (*geometry.shape, ndim)
+        Displacement vectors, numpy spatial order (z, y, x), components in (x, y[, z]) world mm.
+    geometry : ImageGeometry
+        The grid of the field.
+    reference : optional fixed grid for :meth:`resample`.
+    """
+
+    def __init__(self, displacements, geometry: ImageGeometry, *, reference=None):
+        if not isinstance(geometry, ImageGeometry):
+            raise TypeError(f"geometry must be an ImageGeometry, got {type(geometry).__name__}")
+        u = np.asarray(displacements, dtype=np.float64)
+        if u.shape != geometry.shape + (geometry.ndim,):
+            raise ValueError(f"displacements must have shape {geometry.shape + (geometry.ndim,)} "
+                             f"(grid shape in numpy order, then one (x, y[, z]) vector), got {u.shape}")
+        if not np.all(np.isfinite(u)):
+            raise ValueError("displacements contains non-finite values")
+        u.setflags(write=False)
+        self.displacements = u
+        self.geometry = geometry
+        self.ndim = geometry.ndim
+        self.reference = None if reference is None else reference_geometry(reference)
+
+    def displacement_at(self, points) -> np.ndarray:
+        """``u`` at world points (n, ndim): linear interpolation, zero outside the grid."""
+        pts, _ = self._check(points)
+        idx = self.geometry.world_to_array_index(pts)
+        shape = np.asarray(self.geometry.shape)
+        inside = np.all((idx >= -0.5) & (idx < shape - 0.5), axis=1)
+        out = np.zeros_like(pts)
+        if np.any(inside):
+            coords = idx[inside].T
+            for c in range(self.ndim):
+                out[inside, c] = ndimage.map_coordinates(self.displacements[..., c], coords, order=1,
+                                                         mode="nearest")
+        return out
+
+    def transform_points(self, points) -> np.ndarray:
+        """Map FIXED world points to MOVING world points: ``x + u(x)``."""
+        pts, single = self._check(points)
+        out = pts + self.displacement_at(pts)
+        return out[0] if single else out
+
+    def inverse(self, n_iter: int = 50, tol_mm: float = 1e-4) -> "DisplacementField":
+        """The inverse field ``v`` on the same grid (``y + v(y)`` undoes ``x + u(x)``), by the
+        fixed-point iteration ``v(g) = -u(g + v(g))`` at every grid node: exact (to ``tol_mm``) at
+        the nodes for fields without folding; between nodes the linear interpolation of ``v`` adds
+        a small error (here up to 0.05 mm for a 3 mm field varying over ~30 mm on a 4-6 mm grid).
+        ``transform_points`` and ``to_sitk`` of the result agree exactly."""
+        idx = np.stack(np.meshgrid(*[np.arange(s) for s in self.geometry.shape], indexing="ij"), -1)
+        nodes = self.geometry.array_index_to_world(idx.reshape(-1, self.ndim))
+        v = -self.displacement_at(nodes)
+        for _ in range(int(n_iter)):
+            v_new = -self.displacement_at(nodes + v)
+            step = np.abs(v_new - v).max() if len(v) else 0.0
+            v = v_new
+            if step < tol_mm:
+                break
+        return DisplacementField(v.reshape(self.displacements.shape), self.geometry)
+
+    def to_sitk(self) -> sitk.DisplacementFieldTransform:
+        """SimpleITK ``DisplacementFieldTransform`` with the same fixed -> moving meaning."""
+        img = sitk.GetImageFromArray(np.ascontiguousarray(self.displacements), isVector=True)
+        img = self.geometry.apply_to_sitk(img)
+        img = sitk.Cast(img, sitk.sitkVectorFloat64)
+        return sitk.DisplacementFieldTransform(img)  # takes the image over
+
+    def __repr__(self) -> str:
+        mag = np.linalg.norm(self.displacements, axis=-1)
+        return f"DisplacementField({self.geometry!r}, max |u| = {mag.max():.3g} mm)"
