@@ -68,43 +68,25 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from samlearn.datasets import FULL_RESOLUTION_FACTOR, load_cephalograms  # noqa: E402
+from samlearn.datasets import CEPH_EVAL_IDS as EVAL_IDS  # noqa: E402
+from samlearn.datasets import CEPH_TRAIN_IDS as TRAIN_IDS  # noqa: E402
+from samlearn.datasets import (  # noqa: E402
+    FULL_RESOLUTION_FACTOR,
+    choose_labelled_ids,
+    choose_template,
+    load_cephalograms,
+    training_labels,
+)
 from samlearn.image import Image, read_image  # noqa: E402
 from samlearn.metrics import landmark_summary, radial_errors  # noqa: E402
 
 # ------------------------------------------------------------------------------------ protocol
-TRAIN_IDS = tuple(f"{i:03d}" for i in range(1, 71))
-EVAL_IDS = tuple(f"{i:03d}" for i in range(71, 101))
 RADII_PX = (20.0, 40.0)
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cephalograms"
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "cephalometric.json"
 
 #: predict(template: Image, template_points (19, 2) world, queries: list[Image]) -> (n, 19, 2) world
 Predictor = Callable[[Image, np.ndarray, Sequence[Image]], np.ndarray]
-
-
-def normalise_landmarks(points) -> np.ndarray:
-    """Remove translation and scale from landmark sets: (n, k, 2) or (k, 2) -> same shape, each
-    set centred on its centroid and divided by its RMS distance to the centroid."""
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim not in (2, 3) or pts.shape[-1] != 2 or not np.all(np.isfinite(pts)):
-        raise ValueError(f"points must be finite with shape (n, k, 2) or (k, 2), got {pts.shape}")
-    centred = pts - pts.mean(axis=-2, keepdims=True)
-    rms = np.sqrt(np.mean(np.sum(centred ** 2, axis=-1), axis=-1))[..., None, None]
-    if np.any(rms <= 0):
-        raise ValueError("a landmark set has all points at one place: cannot normalise its scale")
-    return centred / rms
-
-
-def choose_template(data, train_ids: Sequence[str] = TRAIN_IDS) -> tuple:
-    """The paper's template rule on the training ids: returns (template id, distances), where
-    distances[i] is the sum of squared distances of train_ids[i]'s normalised landmarks to the mean
-    normalised landmarks."""
-    idx = [data.ids.index(i) for i in train_ids]
-    norm = normalise_landmarks(data.landmarks[idx])
-    mean = norm.mean(axis=0)
-    d = np.sum((norm - mean) ** 2, axis=(1, 2))
-    return train_ids[int(np.argmin(d))], d
 
 
 def score(pred, truth) -> tuple:
@@ -214,33 +196,6 @@ EXTRA_ROWS: list = []
 
 
 # ------------------------------------------------------------------------------------ samlearn
-def choose_labelled_ids(template_id: str, n: int, seed: int = 0,
-                        train_ids: Sequence[str] = TRAIN_IDS) -> list:
-    """The images whose landmarks few-label training may use: the template, then ``n`` other
-    training ids drawn without replacement by ``numpy.random.default_rng(seed)`` from the sorted
-    training ids other than the template. Deterministic; never outside ``train_ids``."""
-    if template_id not in train_ids:
-        raise ValueError(f"template {template_id!r} is not a training id")
-    others = sorted(i for i in train_ids if i != template_id)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 <= n <= len(others):
-        raise ValueError(f"the number of extra labelled images must be an integer in [0, {len(others)}], "
-                         f"got {n!r}")
-    if n == 0:
-        return [template_id]
-    pick = np.random.default_rng(seed).choice(len(others), size=n, replace=False)
-    return [template_id] + [others[i] for i in sorted(pick)]
-
-
-def training_labels(data, labelled_ids: Sequence[str], train_ids: Sequence[str] = TRAIN_IDS) -> list:
-    """``y`` for ``SAMEmbedder.fit`` over ``train_ids``: the ground-truth landmarks (world) of the
-    labelled ids, None for the others."""
-    bad = sorted(set(labelled_ids) - set(train_ids))
-    if bad:
-        raise ValueError(f"labelled ids {bad} are not training ids: never label evaluation images")
-    wanted = set(labelled_ids)
-    return [data.landmarks[data.ids.index(i)].copy() if i in wanted else None for i in train_ids]
-
-
 def extra_params(pairs: Sequence[str]) -> dict:
     """``--samlearn-set key=value`` pairs as a dict (values read as Python literals)."""
     import ast

@@ -1,28 +1,35 @@
-"""The cephalometric benchmark protocol (benchmarks/cephalometric.py): landmark normalisation,
-template rule, full-resolution scoring and the table. Peers are not needed."""
-import sys
-from pathlib import Path
-
+"""The cephalometric one-shot protocol (samlearn.datasets.cephalometric): landmark normalisation,
+the template rule and the train / evaluation split, on synthetic and on the real landmarks."""
 import numpy as np
 import pytest
 from sklearn.utils import Bunch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import cephalometric as ceph  # noqa: E402
+from samlearn.datasets import (
+    CEPH_EVAL_IDS,
+    CEPH_TRAIN_IDS,
+    FULL_RESOLUTION_FACTOR,
+    choose_template,
+    load_cephalograms,
+    normalise_landmarks,
+)
+from samlearn.metrics import landmark_summary, radial_errors
 
 
 def test_normalise_landmarks_removes_translation_and_scale_only():
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(19, 2))
     moved = 3.7 * pts + [120.0, -40.0]
-    np.testing.assert_allclose(ceph.normalise_landmarks(moved), ceph.normalise_landmarks(pts), atol=1e-12)
-    n = ceph.normalise_landmarks(pts)
+    np.testing.assert_allclose(normalise_landmarks(moved), normalise_landmarks(pts), atol=1e-12)
+    n = normalise_landmarks(pts)
     np.testing.assert_allclose(n.mean(0), 0, atol=1e-12)
     assert np.sqrt(np.mean(np.sum(n ** 2, 1))) == pytest.approx(1.0)
     rot = np.array([[0.0, -1.0], [1.0, 0.0]])
-    assert not np.allclose(ceph.normalise_landmarks(pts @ rot.T), n)  # rotation is kept
+    assert not np.allclose(normalise_landmarks(pts @ rot.T), n)  # rotation is kept
+    np.testing.assert_allclose(normalise_landmarks(np.stack([moved, pts]))[0], n, atol=1e-12)
     with pytest.raises(ValueError, match="all points at one place"):
-        ceph.normalise_landmarks(np.ones((19, 2)))
+        normalise_landmarks(np.ones((19, 2)))
+    with pytest.raises(ValueError, match="finite with shape"):
+        normalise_landmarks(np.ones((19, 3)))
 
 
 def test_choose_template_picks_the_set_nearest_the_mean_shape():
@@ -33,59 +40,27 @@ def test_choose_template_picks_the_set_nearest_the_mean_shape():
     lms[6] = base.copy()                       # the mean shape itself...
     lms[6] = 5.0 * lms[6] + 40.0               # ...at another position and scale
     data = Bunch(ids=ids, landmarks=lms)
-    tid, d = ceph.choose_template(data, train_ids=ids[:8])
+    tid, d = choose_template(data, train_ids=ids[:8])
     assert tid == "007" and d.shape == (8,) and np.argmin(d) == 6
     # an image outside the training ids is never chosen
-    tid, _ = ceph.choose_template(data, train_ids=ids[:6])
+    tid, _ = choose_template(data, train_ids=ids[:6])
     assert tid != "007"
 
 
-def test_score_is_in_full_resolution_pixels_and_table_prints():
-    truth = np.zeros((2, 19, 2))
-    pred = truth.copy()
-    pred[0, :, 0] = 5.0  # 5 world px = 10 full-resolution px
-    err, s = ceph.score(pred, truth)
-    np.testing.assert_allclose(err[0], 10.0)
-    assert s["mre"] == pytest.approx(5.0) and s["sdr"][20.0] == 1.0
-    row = ceph._row("x", err, s, 0.5, 1, "", ["071", "072"])
-    table = ceph.markdown_table([row])
-    assert "| x | 5.0 |" in table and "100.0%" in table and "| 0.50 | 1 |" in table
+def test_split_is_disjoint_and_covers_the_set():
+    assert len(CEPH_TRAIN_IDS) == 70 and len(CEPH_EVAL_IDS) == 30
+    assert set(CEPH_TRAIN_IDS).isdisjoint(CEPH_EVAL_IDS)
+    assert sorted(CEPH_TRAIN_IDS + CEPH_EVAL_IDS) == [f"{i:03d}" for i in range(1, 101)]
 
 
 @pytest.mark.realdata
 def test_protocol_on_real_data(ceph_dir):
-    from samlearn.datasets import load_cephalograms
     data = load_cephalograms(ceph_dir)
-    tid, _ = ceph.choose_template(data)
-    assert tid in ceph.TRAIN_IDS and tid == "048"
-    assert set(ceph.TRAIN_IDS).isdisjoint(ceph.EVAL_IDS) and len(ceph.EVAL_IDS) == 30
-    row = ceph.row_inter_annotator(data)
-    assert row["n_errors"] == 30 * 19 - 1 and 9 < row["mre"] < 14
-    ident = ceph.evaluate_predictor("identity", ceph.identity_predictor, data, tid, ceph.EVAL_IDS[:3],
-                                    verbose=False)
-    t = data.ids.index(tid)
-    expect = np.linalg.norm(data.landmarks[70:73] - data.landmarks[t], axis=-1).mean() * 2
-    assert ident["mre"] == pytest.approx(expect)
-    with pytest.raises(ValueError, match="returned shape"):
-        ceph.evaluate_predictor("bad", lambda t, p, q: np.zeros((1, 19, 2)), data, tid,
-                                ceph.EVAL_IDS[:2], verbose=False)
-
-
-def test_retime_rows_round_robin_median(monkeypatch):
-    """--repeats: every method is timed again pass after pass (one of each per round, never back
-    to back) and the median pass is reported, all passes kept."""
-    calls = []
-    times = {"a": iter([5.0, 1.0]), "b": iter([2.0, 9.0])}
-
-    def fake_call(predict, data, template_id, eval_ids):
-        calls.append(predict)
-        return None, next(times[predict])
-
-    monkeypatch.setattr(ceph, "_timed_call", fake_call)
-    rows = [{"seconds_per_query": 3.0}, {"seconds_per_query": 4.0}]
-    ceph.retime_rows([(rows[0], "a"), (rows[1], "b")], None, "001", ["002"], repeats=3)
-    assert calls == ["a", "b", "a", "b"]
-    assert rows[0]["seconds_per_query_passes"] == [3.0, 5.0, 1.0] and rows[0]["seconds_per_query"] == 3.0
-    assert rows[1]["seconds_per_query_passes"] == [4.0, 2.0, 9.0] and rows[1]["seconds_per_query"] == 4.0
-    ceph.retime_rows([(rows[0], "a")], None, "001", ["002"], repeats=1)  # one pass: untouched
-    assert len(calls) == 4
+    tid, _ = choose_template(data)
+    assert tid in CEPH_TRAIN_IDS and tid == "048"
+    # the two annotators on the evaluation images, in full-resolution pixels (one pair is missing)
+    idx = [data.ids.index(i) for i in CEPH_EVAL_IDS]
+    a1, a2 = data.annotators[0][idx], data.annotators[1][idx].copy()
+    a2[np.isnan(a1).any(-1)] = np.nan
+    s = landmark_summary(radial_errors(a1, a2, scale=FULL_RESOLUTION_FACTOR), radii=(20.0, 40.0))
+    assert s["n_errors"] == 30 * 19 - 1 and 9 < s["mre"] < 14

@@ -320,25 +320,22 @@ def test_labels_follow_world_geometry_of_each_image(monkeypatch):
 
 # ------------------------------------------------------------------------------------ benchmark
 def test_cephalometric_label_choice_is_deterministic_and_never_uses_evaluation_images():
-    import sys
-    from pathlib import Path
     from sklearn.utils import Bunch
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import cephalometric as ceph
-    ids = ceph.choose_labelled_ids("048", 5, seed=0)
-    assert ids[0] == "048" and len(set(ids)) == 6 and set(ids) <= set(ceph.TRAIN_IDS)
-    assert ids == ceph.choose_labelled_ids("048", 5, seed=0)
-    assert ids != ceph.choose_labelled_ids("048", 5, seed=1)
-    assert ceph.choose_labelled_ids("048", 0) == ["048"]
-    assert len(ceph.choose_labelled_ids("048", 69)) == 70
+    from samlearn.datasets import CEPH_TRAIN_IDS, choose_labelled_ids, training_labels
+    ids = choose_labelled_ids("048", 5, seed=0)
+    assert ids[0] == "048" and len(set(ids)) == 6 and set(ids) <= set(CEPH_TRAIN_IDS)
+    assert ids == choose_labelled_ids("048", 5, seed=0)
+    assert ids != choose_labelled_ids("048", 5, seed=1)
+    assert choose_labelled_ids("048", 0) == ["048"]
+    assert len(choose_labelled_ids("048", 69)) == 70
     with pytest.raises(ValueError, match=r"in \[0, 69\]"):
-        ceph.choose_labelled_ids("048", 70)
+        choose_labelled_ids("048", 70)
     with pytest.raises(ValueError, match="not a training id"):
-        ceph.choose_labelled_ids("080", 2)
+        choose_labelled_ids("080", 2)
     all_ids = [f"{i:03d}" for i in range(1, 101)]
     data = Bunch(ids=all_ids, landmarks=np.arange(100 * 19 * 2, dtype=float).reshape(100, 19, 2))
-    y = ceph.training_labels(data, ids)
+    y = training_labels(data, ids)
     assert len(y) == 70 and sum(v is not None for v in y) == 6
     np.testing.assert_array_equal(y[47], data.landmarks[47])
     with pytest.raises(ValueError, match="never label evaluation images"):
-        ceph.training_labels(data, ["048", "075"])
+        training_labels(data, ["048", "075"])
