@@ -55,7 +55,7 @@ def radial_errors(pred, true, scale=1.0) -> np.ndarray:
         Points in one common frame (e.g. world mm, ``(x, y[, z])`` order), ``ndim`` 2 or 3. ``true``
         may hold NaN rows for landmarks without ground truth; ``pred`` must be finite wherever
         ``true`` is (a missing prediction is an error to report, never a point to drop silently).
-    scale : float or array of ndim floats
+    scale : float or array of ndim floats, default 1.0
         Factor applied to the coordinate differences before the norm, e.g. ``2.0`` to express
         errors in full-resolution pixels for points given on a half-resolution grid, or the pixel
         spacing to turn pixel errors into mm.
@@ -100,15 +100,26 @@ def landmark_summary(errors, radii=DEFAULT_RADII) -> dict:
 
     NaN entries (landmarks without ground truth) are left out and counted in ``n_missing``.
 
-    Returns a dict (JSON-serialisable after ``float`` keys become strings):
+    Parameters
+    ----------
+    errors : array of shape (n_images, n_points) or (n_errors,)
+        Non-negative radial errors; NaN where there is no ground truth.
+    radii : float or sequence of float, default DEFAULT_RADII
+        Positive radii of the success detection rate, in the errors' unit (the default: the ISBI
+        2015 challenge's, mm).
 
-    * ``mre``: mean radial error; ``sd``: its standard deviation (population, ``ddof=0``);
-      ``median``, ``p90`` (90th percentile), ``max``;
-    * ``sdr``: ``{radius: share of errors <= radius}`` for each radius (success detection rate,
-      a fraction in [0, 1]);
-    * ``n_errors`` (finite errors used), ``n_missing`` (NaN entries);
-    * for 2D input (n_images, n_points) also ``n_images`` and ``per_landmark_mre`` (list of
-      n_points means, NaN for a landmark with no ground truth anywhere).
+    Returns
+    -------
+    dict
+        JSON-serialisable after ``float`` keys become strings:
+
+        * ``mre``: mean radial error; ``sd``: its standard deviation (population, ``ddof=0``);
+          ``median``, ``p90`` (90th percentile), ``max``;
+        * ``sdr``: ``{radius: share of errors <= radius}`` for each radius (success detection rate,
+          a fraction in [0, 1]);
+        * ``n_errors`` (finite errors used), ``n_missing`` (NaN entries);
+        * for 2D input (n_images, n_points) also ``n_images`` and ``per_landmark_mre`` (list of
+          n_points means, NaN for a landmark with no ground truth anywhere).
     """
     e = _as_float_array(errors, "errors")
     if e.ndim not in (1, 2):
@@ -158,8 +169,8 @@ def target_registration_error(mapped, true) -> np.ndarray:
 
     Returns
     -------
-    tre : array (n_points,) of distances in the points' unit. Summarise with
-        :func:`landmark_summary` or ``tre.mean()``.
+    tre : ndarray of shape (n_points,)
+        Distances in the points' unit. Summarise with :func:`landmark_summary` or ``tre.mean()``.
     """
     m = _as_float_array(mapped, "mapped")
     t = _as_float_array(true, "true")
@@ -185,12 +196,13 @@ def points_in_boxes(points, boxes, margin_mm=0.0) -> np.ndarray:
     boxes : array (..., 2 * ndim)
         One box per point, same leading shape: the minimum corner then the maximum corner,
         ``(x0, y0[, z0], x1, y1[, z1])`` in world mm (as ``LesionMatcher`` takes them).
-    margin_mm : float
+    margin_mm : float, default 0.0
         Grow every box by this much on each side (0: the box itself).
 
     Returns
     -------
-    inside : bool array of shape ``points.shape[:-1]``. The lesion matching accuracy is its mean.
+    inside : ndarray of bool, shape ``points.shape[:-1]``
+        The lesion matching accuracy is its mean.
     """
     p = _as_float_array(points, "points")
     b = _as_float_array(boxes, "boxes")

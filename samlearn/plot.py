@@ -25,6 +25,7 @@ from .matching import upsample_to_grid
 __all__ = ["plot_image", "plot_landmarks", "similarity_map", "plot_similarity", "plot_checkerboard",
            "plot_loss", "VIEWS"]
 
+#: the planes of 3D views (see the module docstring for their orientation)
 VIEWS = ("axial", "coronal", "sagittal")
 # view -> (axis held constant, horizontal axis, vertical axis), world axes x=0, y=1, z=2
 _AXES = {"axial": (2, 0, 1), "coronal": (1, 0, 2), "sagittal": (0, 1, 2)}
@@ -174,10 +175,32 @@ def plot_image(image, *, view="axial", position_mm=None, slab_mm=None, projectio
                cmap="gray", ax=None, title=None):
     """Show one image in world mm.
 
-    3D: the plane of ``view`` at ``position_mm`` along its normal (default: the middle of the
-    image); with ``slab_mm`` the ``projection`` ("mean" or "max") of a slab of that thickness
-    (``slab_mm=np.inf``: the whole image, like a radiograph). ``window`` = (vmin, vmax); default
-    -400..600 HU for CT slices, the 1st-99.5th percentiles otherwise. Returns the Axes.
+    Parameters
+    ----------
+    image : Image, SimpleITK.Image or path
+        One 2D or 3D image.
+    view : {"axial", "coronal", "sagittal"}, default "axial"
+        3D: the plane shown (see the module docstring for the orientations).
+    position_mm : float or None, default None
+        3D: the plane's position along its normal (world mm); None is the middle of the image.
+    slab_mm : float or None, default None
+        3D: show the ``projection`` of a slab of this thickness around the plane
+        (``np.inf``: the whole image, like a radiograph); None shows the plane alone.
+    projection : {"mean", "max"}, default "mean"
+        How a slab is projected.
+    window : tuple of float or None, default None
+        ``(vmin, vmax)``; None is -400..600 HU for CT slices, the 1st-99.5th percentiles otherwise.
+    cmap : str, default "gray"
+        Matplotlib colour map.
+    ax : matplotlib.axes.Axes or None, default None
+        Where to draw; None makes a new figure.
+    title : str or None, default None
+        None: the view and position for 3D images.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn on.
     """
     img = _one_image(image)
     ax = _axes(ax)
@@ -188,12 +211,41 @@ def plot_image(image, *, view="axial", position_mm=None, slab_mm=None, projectio
 
 def plot_landmarks(image, *, true=None, predicted=None, names=None, view="coronal", position_mm=None,
                    slab_mm=np.inf, projection="mean", window=None, ax=None, title=None, legend=True):
-    """Landmarks over an image: ``true`` (green circles) and ``predicted`` (red crosses), each
-    (n_points, ndim) world mm (NaN rows are skipped), joined by a line per landmark.
+    """Landmarks over an image: ``true`` (green circles) and ``predicted`` (red crosses).
 
-    For 3D images the points are projected orthogonally onto the view (default: a coronal mean
-    projection of the whole body, on which every landmark is visible); pass ``slab_mm=None`` and a
-    ``position_mm`` for a single slice. ``names`` labels the true points. Returns the Axes.
+    Each true point is joined to its prediction by a line. For 3D images the points are projected
+    orthogonally onto the view (default: a coronal mean projection of the whole body, on which
+    every landmark is visible); pass ``slab_mm=None`` and a ``position_mm`` for a single slice.
+
+    Parameters
+    ----------
+    image : Image, SimpleITK.Image or path
+        One 2D or 3D image.
+    true, predicted : array-like of shape (n_points, ndim) or None, default None
+        World mm; NaN rows are skipped. Both given: the same shape.
+    names : sequence of str or None, default None
+        Labels of the true points.
+    view : {"axial", "coronal", "sagittal"}, default "coronal"
+        3D: the plane shown.
+    position_mm : float or None, default None
+        3D: the plane's position; None is the median of the points along the plane's normal.
+    slab_mm : float or None, default np.inf
+        3D: thickness of the projected slab (``np.inf``: the whole image; None: one slice).
+    projection : {"mean", "max"}, default "mean"
+        How the slab is projected.
+    window : tuple of float or None, default None
+        ``(vmin, vmax)`` as in :func:`plot_image`.
+    ax : matplotlib.axes.Axes or None, default None
+        Where to draw; None makes a new figure.
+    title : str or None, default None
+        The axes title.
+    legend : bool, default True
+        Draw a legend.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn on.
     """
     img = _one_image(image)
     nd = img.ndim
@@ -235,11 +287,25 @@ def plot_landmarks(image, *, true=None, predicted=None, names=None, view="corona
 
 
 def similarity_map(embedding, global_vector=None, local_vector=None, *, mode="sum") -> Image:
-    """The similarity map of one template point in a query embedding, as an :class:`Image` in
-    world space (on the local map's grid): ``(S^g + S^l) / 2`` for ``mode="sum"`` (S^g
-    upsampled), or ``S^g`` / ``S^l`` alone (``"global"`` on the global grid). The vectors are
-    (C,) arrays or tensors, e.g. ``detector.template_global_[k]`` and ``detector.template_local_[k]``
-    of a fitted :class:`~samlearn.OneShotLandmarkDetector`."""
+    """The similarity map of one template point in a query embedding, as an :class:`Image`.
+
+    Parameters
+    ----------
+    embedding : Embedding
+        The query image's embedding.
+    global_vector, local_vector : array-like or torch.Tensor of shape (C,), optional
+        The template point's global and local vectors, e.g. ``detector.template_global_[k]`` and
+        ``detector.template_local_[k]`` of a fitted :class:`~samlearn.OneShotLandmarkDetector`;
+        those that ``mode`` uses are required.
+    mode : {"sum", "global", "local"}, default "sum"
+        ``(S^g + S^l) / 2`` (S^g upsampled to the local grid), or ``S^g`` / ``S^l`` alone.
+
+    Returns
+    -------
+    Image
+        Cosine similarities in world space, on the local map's grid (the global map's for
+        ``"global"``).
+    """
 
     if not isinstance(embedding, Embedding):
         raise TypeError(f"embedding must be a samlearn.embedding.Embedding, got {type(embedding).__name__}")
@@ -269,9 +335,40 @@ def similarity_map(embedding, global_vector=None, local_vector=None, *, mode="su
 
 def plot_similarity(image, similarity, *, point=None, true=None, view="axial", position_mm=None,
                     ax=None, alpha=0.55, cmap="jet", window=None, title=None, colorbar=True):
-    """A similarity map (an :class:`Image` on any grid, e.g. from :func:`similarity_map`) over the
-    image, on the plane through ``point`` (the match, world mm; default: the map's peak). ``point``
-    is drawn as a red cross and ``true`` (optional) as a green circle. Returns the Axes."""
+    """A similarity map over the image, on the plane through the match.
+
+    Parameters
+    ----------
+    image : Image, SimpleITK.Image or path
+        One 2D or 3D image.
+    similarity : Image
+        The map, on any grid of the same dimension (e.g. from :func:`similarity_map`).
+    point : array-like of shape (ndim,) or None, default None
+        The match (world mm), drawn as a red cross; None is the map's peak.
+    true : array-like of shape (ndim,) or None, default None
+        The true position, drawn as a green circle.
+    view : {"axial", "coronal", "sagittal"}, default "axial"
+        3D: the plane shown.
+    position_mm : float or None, default None
+        3D: the plane's position; None is the plane through ``point``.
+    ax : matplotlib.axes.Axes or None, default None
+        Where to draw; None makes a new figure.
+    alpha : float, default 0.55
+        Opacity of the map.
+    cmap : str, default "jet"
+        Colour map of the map.
+    window : tuple of float or None, default None
+        ``(vmin, vmax)`` of the image, as in :func:`plot_image`.
+    title : str or None, default None
+        The axes title.
+    colorbar : bool, default True
+        Draw a colour bar of the similarity.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn on.
+    """
     img = _one_image(image)
     sim = _one_image(similarity, name="similarity")
     if sim.ndim != img.ndim:
@@ -314,11 +411,37 @@ def _map_points(transform, pts):
 
 def plot_checkerboard(fixed, moving, *, transform=None, n_squares=8, view="axial", position_mm=None,
                       window=None, ax=None, title=None):
-    """Registration checkerboard on the fixed image's plane: squares alternate between the fixed
-    image at world point ``x`` and the moving image at ``transform(x)`` (FIXED -> MOVING world
-    points, as samlearn's registration and SimpleITK transforms map them; None: the same world
-    point, e.g. for a moving image already resampled onto the fixed grid). Aligned images show
-    continuous edges across the squares. Returns the Axes."""
+    """Registration checkerboard on the fixed image's plane.
+
+    Squares alternate between the fixed image at world point ``x`` and the moving image at
+    ``transform(x)``. Aligned images show continuous edges across the squares.
+
+    Parameters
+    ----------
+    fixed, moving : Image, SimpleITK.Image or path
+        One image each, of the same dimension.
+    transform : Transform, SimpleITK.Transform, callable or None, default None
+        FIXED -> MOVING world points, as samlearn's registration and SimpleITK transforms map
+        them; None: the same world point (e.g. for a moving image already resampled onto the
+        fixed grid).
+    n_squares : int, default 8
+        Squares along each side.
+    view : {"axial", "coronal", "sagittal"}, default "axial"
+        3D: the plane shown.
+    position_mm : float or None, default None
+        3D: the plane's position; None is the middle of the fixed image.
+    window : tuple of float or None, default None
+        ``(vmin, vmax)``, as in :func:`plot_image` (from the fixed image).
+    ax : matplotlib.axes.Axes or None, default None
+        Where to draw; None makes a new figure.
+    title : str or None, default None
+        None: "checkerboard: fixed / moving".
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn on.
+    """
     f = _one_image(fixed, name="fixed")
     m = _one_image(moving, name="moving")
     if f.ndim != m.ndim:
@@ -344,9 +467,26 @@ def plot_checkerboard(fixed, moving, *, transform=None, n_squares=8, view="axial
 
 
 def plot_loss(history, *, ax=None, x="iteration", smooth=25, title="training loss"):
-    """Training loss curves from ``history`` (a fitted ``SAMEmbedder``'s ``history_``, or the
-    estimator itself): total, global and local loss per iteration (thin) and their moving average
-    over ``smooth`` iterations (thick). ``x`` = "iteration" or "time" (minutes). Returns the Axes."""
+    """Training loss curves: total, global and local loss per iteration and their moving average.
+
+    Parameters
+    ----------
+    history : list of dict or SAMEmbedder
+        A fitted ``SAMEmbedder``'s ``history_``, or the estimator itself.
+    ax : matplotlib.axes.Axes or None, default None
+        Where to draw; None makes a new figure.
+    x : {"iteration", "time"}, default "iteration"
+        The horizontal axis: iterations, or training time (minutes).
+    smooth : int, default 25
+        Window of the moving average (thick lines) over the raw values (thin lines).
+    title : str, default "training loss"
+        The axes title.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn on.
+    """
     hist = getattr(history, "history_", history)
     if not isinstance(hist, (list, tuple)) or not hist or not all(isinstance(h, dict) for h in hist):
         raise ValueError("history must be a non-empty list of dicts (SAMEmbedder.history_) or a fitted "

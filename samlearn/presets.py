@@ -1,19 +1,18 @@
 """Named configurations of :class:`~samlearn.SAMEmbedder`.
 
-* ``"ct"`` and ``"xray"`` are the paper's configurations (METHOD.md, §IV-B): CT resampled to
-  isotropic 2 mm, 32 x 96 x 96 patches, batch 8, 3D ResNet-18; X-ray resized to 512 x 512,
-  400 x 400 patches, batch 16, 2D ResNet-34; both with stem stride 1, global stride 16 in-plane and
-  local stride 2, RAdam at 1e-4 for 25k iterations. They want a GPU.
-* ``"ct-lite"`` and ``"xray-lite"`` are lighter variants that learn something useful in minutes on a
-  2-core CPU: half / quarter width, a strided stem, smaller patches and batches, local stride 4,
-  depthwise-separable heads and a larger learning rate with warm-up and cosine decay (a short budget
-  wants it; METHOD.md). The xray-lite settings were chosen on cephalograms 001-070 only
-  (benchmarks/tune_xray_gpu.py, results in benchmarks/RESULTS.md): at the iteration budget a 2-core
-  CPU affords in 30 minutes, a fourth ResNet stage (global stride 32, a receptive field covering
-  most of the skull) cut the dev MRE from 157 to 30 px, and lr 3e-3 to 26 px. It embeds at
-  ``transform_scale`` 0.75 (384 x 384) of its 512 x 512 training size: on cephalograms 051-070
-  with models trained on 001-050 (and 001-070) that was 0.6-0.9 px more accurate and a quarter
-  faster than 512 x 512 (320, 352, 448, 576 and 640 were not better).
+* ``"ct"`` and ``"xray"`` follow the paper (§IV-B): CT resampled to isotropic 2 mm,
+  32 x 96 x 96 patches, batch 8, 3D ResNet-18; X-ray resized to 512 x 512, 400 x 400 patches,
+  batch 16, 2D ResNet-34; both with stem stride 1, global stride 16 in-plane and local stride 2,
+  RAdam at 1e-4 for 25k iterations. They want a GPU. One difference: like every preset they warm
+  the learning rate up and decay it along a cosine (samlearn's schedule); the paper keeps it
+  constant (``lr_schedule="constant", warmup_iter=0``).
+* ``"ct-lite"`` and ``"xray-lite"`` are samlearn's lighter variants that learn something useful in
+  minutes on a 2-core CPU: half / quarter width, a strided stem, smaller patches and batches, local
+  stride 4, depthwise-separable heads and a larger learning rate (a short budget wants it). The
+  xray-lite settings (a fourth ResNet stage for a receptive field covering most of the skull, lr
+  3e-3, and embedding at ``transform_scale`` 0.75 of its 512 x 512 training size) were chosen on
+  the cephalometric development split only (``benchmarks/gpu/tune_xray.py``; the measurements are
+  in benchmarks/RESULTS.md).
 
 ``"auto"`` picks ``"ct"`` / ``"xray"`` on a GPU and the lite variants on a CPU, by the images'
 dimensionality. Every key can be overridden by the estimator parameter of the same name.
@@ -46,6 +45,7 @@ _COMMON = dict(
     transform_scale=1.0,   # transform at the training resolution
 )
 
+#: preset name -> estimator parameters (use :func:`get_preset` for a copy)
 PRESETS = {
     "ct": dict(
         _COMMON, ndim=3, spacing_mm=2.0, image_size=None, intensity="ct",
@@ -88,6 +88,27 @@ PRESETS = {
 
 
 def resolve_preset_name(preset: str, ndim: int, cuda: bool) -> str:
+    """The preset that ``preset`` names for images of dimension ``ndim``.
+
+    Parameters
+    ----------
+    preset : str
+        ``"auto"`` or a key of :data:`PRESETS`.
+    ndim : {2, 3}
+        The images' dimension (3: CT, 2: X-ray), used by ``"auto"``.
+    cuda : bool
+        Whether a GPU trains: ``"auto"`` then picks ``"ct"`` / ``"xray"``, else the lite variants.
+
+    Returns
+    -------
+    str
+        A key of :data:`PRESETS`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    """
     if preset == "auto":
         base = "ct" if ndim == 3 else "xray"
         return base if cuda else base + "-lite"
@@ -97,6 +118,23 @@ def resolve_preset_name(preset: str, ndim: int, cuda: bool) -> str:
 
 
 def get_preset(name: str) -> dict:
+    """A copy of a named configuration.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`PRESETS` (``"auto"`` is resolved by :func:`resolve_preset_name` first).
+
+    Returns
+    -------
+    dict
+        Estimator parameter name -> value, a deep copy (safe to modify).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     return copy.deepcopy(PRESETS[name])

@@ -32,8 +32,29 @@ POSITIVE_INT = Interval(Integral, 1, None)
 
 
 def resolve_embedder(emb, owner: str):
-    """The fitted embedder behind the ``embedder`` parameter (a path is loaded with
-    :func:`samlearn.load`). Raises named errors for a missing, wrong or unfitted embedder."""
+    """The fitted embedder behind an ``embedder`` parameter.
+
+    Parameters
+    ----------
+    emb : SAMEmbedder, str or path
+        A fitted embedder, or the path of a saved model (loaded with :func:`samlearn.load`).
+    owner : str
+        The estimator's class name, for the error messages.
+
+    Returns
+    -------
+    SAMEmbedder
+        The fitted embedder (anything with ``transform`` and ``ndim_`` 2 or 3).
+
+    Raises
+    ------
+    ValueError
+        When ``emb`` is None.
+    TypeError
+        When it has no ``transform`` method or no valid ``ndim_``.
+    sklearn.exceptions.NotFittedError
+        When it is not fitted.
+    """
     if emb is None:
         raise ValueError(f"embedder is required: pass a fitted SAMEmbedder or the path of a saved "
                          f"model, e.g. {owner}(embedder=SAMEmbedder().fit(images))")
@@ -55,7 +76,27 @@ def resolve_embedder(emb, owner: str):
 
 
 def embed_images(embedder, images, batch_size: int = 1) -> List[Embedding]:
-    """Embeddings of ``images`` (a list of Image), ``batch_size`` images per ``transform`` call."""
+    """Embeddings of images, ``batch_size`` images per ``transform`` call.
+
+    Parameters
+    ----------
+    embedder : SAMEmbedder
+        A fitted embedder.
+    images : list of Image
+        The images.
+    batch_size : int, default 1
+        Images per ``embedder.transform`` call.
+
+    Returns
+    -------
+    list of Embedding
+        One per image, in order.
+
+    Raises
+    ------
+    TypeError
+        When ``embedder.transform`` does not return one ``Embedding`` per image.
+    """
     out = []
     for i in range(0, len(images), batch_size):
         batch = images[i:i + batch_size]
@@ -85,13 +126,39 @@ class FrozenComponentMixin:
         return type(self)(**new)
 
     def get_params(self, deep=True):
-        """Parameters of this estimator; the frozen component's own parameters are not exposed,
-        whatever ``deep`` is."""
+        """Parameters of this estimator.
+
+        Parameters
+        ----------
+        deep : bool, default True
+            Ignored: the frozen component's own parameters are never exposed.
+
+        Returns
+        -------
+        dict
+            Parameter names mapped to their values.
+        """
         return super().get_params(deep=False)
 
     def set_params(self, **params):
-        """Set parameters. Nested ``<component>__...`` parameters are refused: the component is
-        shared and frozen; set another one instead."""
+        """Set parameters of this estimator.
+
+        Parameters
+        ----------
+        **params
+            New parameter values. Nested ``<component>__...`` parameters are refused: the
+            component is shared and frozen; set another one instead.
+
+        Returns
+        -------
+        self : estimator
+            This estimator.
+
+        Raises
+        ------
+        ValueError
+            For nested or unknown parameters.
+        """
         nested = sorted(k for k in params if "__" in k)
         if nested:
             p = self._frozen_param

@@ -71,6 +71,7 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
         ``dense_search_radius_mm`` of themselves and put a correction field (same smoothing and
         outlier rule) in front of the chain: ``transform_`` becomes
         ``[field_k, ..., field_1, affine]``; one more embedding per pass.
+    %(registrar_ncc_parameters)s
 
     Attributes
     ----------
@@ -81,6 +82,7 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
     field_ : DisplacementField or CompositeTransform
         The field; with several passes a CompositeTransform of the fields, the last pass's first.
     n_coarse_passes_done_ : int
+        Passes that made a field (the first included).
     dense_matches_ : Matches
         The dense matches of the last pass that made a field (``moving_points`` in the moving
         image).

@@ -57,9 +57,17 @@ class LandmarkIntensityFeatures(FrozenComponentMixin, TransformerMixin, BaseEsti
     Attributes
     ----------
     n_landmarks_, ndim_ : int
+        The detector's number of landmarks and image dimension.
     stats_ : tuple of str
+        The statistics, in column order.
     feature_names_out_ : ndarray of str
+        Column names ``"<landmark>__<stat>"``, landmark-major.
     n_features_out_ : int
+        Number of columns, ``n_landmarks_ * len(stats_)``.
+
+    See Also
+    --------
+    samlearn.OneShotLandmarkDetector : Finds the landmarks.
     """
 
     _frozen_param = "detector"
@@ -122,8 +130,22 @@ class LandmarkIntensityFeatures(FrozenComponentMixin, TransformerMixin, BaseEsti
         return stats, names
 
     def fit(self, X=None, y=None):
-        """Validate the parameters, the detector (frozen: it is not refitted) and, when given,
-        the images ``X``. Nothing is learned."""
+        """Validate the parameters, the detector and, when given, the images.
+
+        Nothing is learned: the detector is frozen and never refitted.
+
+        Parameters
+        ----------
+        X : list of images, optional
+            Images (``Image``, ``SimpleITK.Image`` or paths), only checked for their dimension.
+        y : None
+            Ignored (scikit-learn API).
+
+        Returns
+        -------
+        self : LandmarkIntensityFeatures
+            The fitted transformer.
+        """
         det, n, ndim = self._check_detector()
         stats, names = self._check_params(n)
         if X is not None:
@@ -138,12 +160,34 @@ class LandmarkIntensityFeatures(FrozenComponentMixin, TransformerMixin, BaseEsti
         return self
 
     def get_feature_names_out(self, input_features=None):
-        """Column names ``"<landmark>__<stat>"``, landmark-major."""
+        """Names of the output columns.
+
+        Parameters
+        ----------
+        input_features : None
+            Ignored (scikit-learn API; the input is images, not columns).
+
+        Returns
+        -------
+        ndarray of str, shape (n_features_out_,)
+            ``"<landmark>__<stat>"``, landmark-major.
+        """
         check_is_fitted(self, "feature_names_out_")
         return self.feature_names_out_.copy()
 
     def transform(self, X):
-        """Features (n_images, n_landmarks * n_stats) of the images ``X`` (a list of images)."""
+        """Intensity statistics around the landmarks detected in each image.
+
+        Parameters
+        ----------
+        X : list of images
+            ``Image``, ``SimpleITK.Image`` or paths, of the detector's dimension.
+
+        Returns
+        -------
+        ndarray of shape (n_images, n_landmarks * n_stats), float64
+            Landmark-major columns (:meth:`get_feature_names_out`), raw intensities (HU for CT).
+        """
         check_is_fitted(self, "feature_names_out_")
         ims = check_images(X, name="X")
         if ims[0].ndim != self.ndim_:

@@ -131,17 +131,24 @@ class OneShotLandmarkDetector(FrozenComponentMixin, BaseEstimator):
     template_global_, template_local_ : ndarray of shape (n_points, C), float32
         Template vectors, averaged over templates (averaging vectors = averaging similarity maps).
     n_points_, ndim_, n_templates_ : int
+        Number of landmarks, image dimension and number of templates.
     template_points_ : ndarray of shape (n_templates, n_points, ndim)
         Template points in world mm.
     template_embeddings_ : list of Embedding
-        Only with ``cycle_check``.
-    ncc_patches_ : ndarray of shape (n_templates, n_points, *grid), float32
+        The templates' embeddings; only with ``cycle_check``.
+    ncc_patches_ : ndarray of shape ``(n_templates, n_points, *grid)``, float32
         Template intensity patches; only with ``ncc_radius_mm``.
     ncc_step_mm_ : float
         Their sampling step; only with ``ncc_radius_mm``.
-    coarse_points_, coarse_global_, coarse_local_, coarse_grid_mm_, coarse_geometry_
-        The grid of ``consistency="coarse"`` (template world mm), its vectors, spacing and the
-        template's geometry; only with ``consistency="coarse"``.
+    coarse_points_ : ndarray of shape (n_grid, ndim)
+        The template grid of ``consistency="coarse"`` (template world mm); this and the next four
+        only with ``consistency="coarse"``.
+    coarse_global_, coarse_local_ : ndarray of shape (n_grid, C), float32
+        Its vectors.
+    coarse_grid_mm_ : float
+        Its spacing (mm).
+    coarse_geometry_ : ImageGeometry
+        The (first) template's geometry.
 
     See Also
     --------
@@ -237,14 +244,26 @@ class OneShotLandmarkDetector(FrozenComponentMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit / predict
     def fit(self, template_image, template_points):
-        """Read the template vectors.
+        """Read the template vectors (and patches, grid, embeddings that the options need).
 
         Parameters
         ----------
         template_image : image or list of images
             One template (``Image``, ``SimpleITK.Image`` or path), or several.
-        template_points : (n_points, ndim) array, or one such array per template
-            World mm in (x, y[, z]) order; every template marks the same points in the same order.
+        template_points : array-like of shape (n_points, ndim), or one such array per template
+            World mm in (x, y[, z]) order, inside the template; every template marks the same
+            points in the same order (a list, or an array (n_templates, n_points, ndim)).
+
+        Returns
+        -------
+        self : OneShotLandmarkDetector
+            The fitted detector.
+
+        Raises
+        ------
+        ValueError
+            When the templates do not match the embedder's dimension, the point arrays do not
+            match the templates, or a point lies outside its template.
         """
         self._validate_params()
         embedder = resolve_embedder(self.embedder, type(self).__name__)
@@ -284,11 +303,25 @@ class OneShotLandmarkDetector(FrozenComponentMixin, BaseEstimator):
                     chunk_size=self.chunk_size)
 
     def predict(self, images, return_scores=False):
-        """Landmark positions (n_images, n_points, ndim), world mm of each image.
+        """Find the landmarks in each image.
 
-        With ``return_scores``, also the peak scores (n_images, n_points) (in [-1, 1]; see
-        ``samlearn.matching.MatchResult.scores``), and with ``cycle_check`` the forward-backward
-        distances (n_images, n_points) in mm: ``(points, scores)`` or ``(points, scores, cycle)``.
+        Parameters
+        ----------
+        images : image or list of images
+            ``Image``, ``SimpleITK.Image`` or paths, of the templates' dimension; read lazily, one
+            batch at a time.
+        return_scores : bool, default False
+            Also return the peak scores (and, with ``cycle_check``, the cycle distances).
+
+        Returns
+        -------
+        points : ndarray of shape (n_images, n_points, ndim)
+            Landmark positions, world mm of each image.
+        scores : ndarray of shape (n_images, n_points)
+            Peak scores in [-1, 1] (``samlearn.matching.MatchResult.scores``); only with
+            ``return_scores``.
+        cycle : ndarray of shape (n_images, n_points)
+            Forward-backward distances (mm); only with ``return_scores`` and ``cycle_check``.
         """
         check_is_fitted(self, "template_local_")
         items = image_items(images, name="images")  # read lazily: many images, bounded memory
@@ -475,9 +508,27 @@ class OneShotLandmarkDetector(FrozenComponentMixin, BaseEstimator):
         scores[:] = out.scores
 
     def score(self, images, points):
-        """Negative mean radial error (mm) of ``predict(images)`` against ``points``
-        (n_images, n_points, ndim) world mm; NaN rows (missing landmarks) are ignored.
-        Higher is better, as scikit-learn's model selection expects."""
+        """Negative mean radial error (mm) of the detected landmarks.
+
+        Higher is better, as scikit-learn's model selection expects.
+
+        Parameters
+        ----------
+        images : list of images
+            ``Image``, ``SimpleITK.Image`` or paths.
+        points : array-like of shape (n_images, n_points, ndim)
+            The true landmarks, world mm; NaN rows (missing landmarks) are ignored.
+
+        Returns
+        -------
+        float
+            Minus the mean distance (mm) between ``predict(images)`` and ``points``.
+
+        Raises
+        ------
+        ValueError
+            When ``points`` has the wrong shape, infinite values or no finite landmark.
+        """
         check_is_fitted(self, "template_local_")
         ims = check_images(images, name="images")
         truth = np.asarray(points, dtype=np.float64)

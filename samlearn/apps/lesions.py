@@ -100,8 +100,16 @@ class LesionMatcher(FrozenComponentMixin, BaseEstimator):
         Template vectors.
     cycle_threshold_mm_ : float or None
         The cycle threshold in force (mm).
+    template_embedding_ : Embedding
+        The template's embedding, kept for the cycle check (only when it is on).
     n_lesions_, ndim_ : int
+        Number of lesions and image dimension.
     embedder_ : SAMEmbedder
+        The embedder used (the loaded model when ``embedder`` is a path).
+
+    See Also
+    --------
+    samlearn.matching.cycle_consistency : The forward-backward check.
     """
 
     _parameter_constraints = {
@@ -132,8 +140,21 @@ class LesionMatcher(FrozenComponentMixin, BaseEstimator):
         Parameters
         ----------
         template_image : Image, SimpleITK image or path
-        lesions : (n_lesions, ndim) centres or (n_lesions, 2 * ndim) boxes (min corner, max corner),
-            world mm (x, y[, z]); each centre must lie inside the template image.
+            One template image, of the embedder's dimension.
+        lesions : array-like of shape (n_lesions, ndim) or (n_lesions, 2 * ndim)
+            Centres, or boxes (min corner, max corner), world mm (x, y[, z]); boxes are reduced to
+            their centres (as in the paper). Each centre must lie inside the template image.
+
+        Returns
+        -------
+        self : LesionMatcher
+            The fitted matcher.
+
+        Raises
+        ------
+        ValueError
+            For a template of the wrong dimension, malformed lesions, or a centre outside the
+            template.
         """
         self._validate_params()
         embedder = resolve_embedder(self.embedder, type(self).__name__)
@@ -176,10 +197,22 @@ class LesionMatcher(FrozenComponentMixin, BaseEstimator):
                     chunk_size=self.chunk_size)
 
     def match(self, follow_up_images) -> dict:
-        """Every detail of the decision, per image and lesion (arrays (n_images, n_lesions[, ndim])):
-        ``raw_points`` (the best match, whatever its quality), ``scores``, ``cycle_mm`` (NaN when
-        no cycle check), ``in_fov``, ``found`` and ``points`` (``raw_points`` where found, NaN
-        elsewhere)."""
+        """Match the lesions and return every detail of the found / not-found decision.
+
+        Parameters
+        ----------
+        follow_up_images : image or list of images
+            ``Image``, ``SimpleITK.Image`` or paths, of the template's dimension.
+
+        Returns
+        -------
+        dict
+            Arrays of shape (n_images, n_lesions[, ndim]), per image and lesion: ``raw_points``
+            (the best match, whatever its quality, world mm), ``scores`` (in [-1, 1]),
+            ``cycle_mm`` (forward-backward distance; NaN when there is no cycle check),
+            ``in_fov`` (inside the field of view, beyond the margin), ``found`` (all checks
+            passed) and ``points`` (``raw_points`` where found, NaN elsewhere).
+        """
         check_is_fitted(self, "template_local_")
         ims = check_images(follow_up_images, name="follow_up_images")
         if ims[0].ndim != self.ndim_:
@@ -220,9 +253,28 @@ class LesionMatcher(FrozenComponentMixin, BaseEstimator):
         return np.all((lo >= margin) & (hi >= margin), axis=1)
 
     def predict(self, follow_up_images, return_scores=False):
-        """Matched lesion centres (n_images, n_lesions, ndim), world mm of each follow-up; NaN rows
-        for lesions not found. With ``return_scores``: ``(points, scores, found)``, scores
-        (n_images, n_lesions) in [-1, 1] and the found mask (n_images, n_lesions)."""
+        """Matched lesion centres in each follow-up; NaN for lesions not found.
+
+        Parameters
+        ----------
+        follow_up_images : image or list of images
+            ``Image``, ``SimpleITK.Image`` or paths, of the template's dimension.
+        return_scores : bool, default False
+            Also return the scores and the found mask.
+
+        Returns
+        -------
+        points : ndarray of shape (n_images, n_lesions, ndim)
+            World mm of each follow-up; NaN rows for lesions not found.
+        scores : ndarray of shape (n_images, n_lesions)
+            Peak scores in [-1, 1]; only with ``return_scores``.
+        found : ndarray of shape (n_images, n_lesions), bool
+            The found mask; only with ``return_scores``.
+
+        See Also
+        --------
+        match : Every detail of the decision.
+        """
         out = self.match(follow_up_images)
         if return_scores:
             return out["points"], out["scores"], out["found"]
@@ -231,10 +283,27 @@ class LesionMatcher(FrozenComponentMixin, BaseEstimator):
     def score(self, follow_up_images, boxes):
         """Lesion matching accuracy: the share of (image, lesion) pairs decided correctly.
 
-        ``boxes`` (n_images, n_lesions, 2 * ndim): each lesion's true box in each follow-up (min
-        corner, max corner, world mm), or a NaN row where the lesion is absent from that scan. A
-        present lesion counts as correct when it is found inside its box (SAM §IV-A), an absent one
-        when it is reported not found."""
+        A present lesion counts as correct when it is found inside its box (SAM §IV-A), an absent
+        one when it is reported not found.
+
+        Parameters
+        ----------
+        follow_up_images : list of images
+            ``Image``, ``SimpleITK.Image`` or paths.
+        boxes : array-like of shape (n_images, n_lesions, 2 * ndim)
+            Each lesion's true box in each follow-up (min corner, max corner, world mm), or a NaN
+            row where the lesion is absent from that scan.
+
+        Returns
+        -------
+        float
+            The accuracy, in [0, 1].
+
+        Raises
+        ------
+        ValueError
+            When ``boxes`` has the wrong shape or rows with only some values NaN.
+        """
         check_is_fitted(self, "template_local_")
         ims = check_images(follow_up_images, name="follow_up_images")
         b = np.asarray(boxes, dtype=np.float64)

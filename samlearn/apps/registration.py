@@ -30,9 +30,10 @@ from ..matching.search import SEARCH_RADIUS_CONSTRAINT
 from ..transforms import ROBUST_FITS, AffineTransform, fit_affine
 from ._base import POSITIVE_INT, POSITIVE_MM, SCORE, FrozenComponentMixin, embed_images, resolve_embedder
 
-__all__ = ["SAMAffineRegistrar", "Matches", "RegistrationError", "REGISTRAR_DOCS"]
+__all__ = ["SAMAffineRegistrar", "Matches", "REGISTRAR_DOCS"]
 
-#: the parameters of :class:`SAMAffineRegistrar`, which :class:`SAMDeformableRegistrar` inherits
+#: the parameters of :class:`SAMAffineRegistrar`, which :class:`SAMDeformableRegistrar` inherits (the
+#: intensity refinement's apart: they come last in both signatures)
 REGISTRAR_DOCS = {"registrar_parameters": """
 %(embedder)s
 grid_spacing_mm : float, default 16
@@ -75,7 +76,8 @@ refine_radius_mm : float, default 12
 random_state : int or None, default None
     Seeds the subsampling of grid points and RANSAC (a ``numpy.random.Generator`` per fit).
 %(batch_size)s
-%(chunk_size)s
+%(chunk_size)s""",
+                  "registrar_ncc_parameters": """
 ncc_radius_mm : float or None, default None
     Intensity refinement of the matches made on aligned images (:mod:`samlearn.matching.ncc`;
     samlearn's, off when None): in every refinement pass (and in
@@ -93,9 +95,21 @@ ncc_radius_mm : float or None, default None
 
 @dataclass
 class Matches:
-    """Confident point matches of a registration: ``fixed_points`` (n, ndim) and
-    ``moving_points`` (n, ndim) world mm, ``scores`` (n,) in [-1, 1], and
-    ``cycle_distances_mm`` (n,) when cycle consistency was checked (else None)."""
+    """Confident point matches of a registration.
+
+    Each parameter is kept as an attribute of the same name; ``len(matches)`` is n.
+
+    Parameters
+    ----------
+    fixed_points : ndarray of shape (n, ndim)
+        Points of the fixed image, world mm.
+    moving_points : ndarray of shape (n, ndim)
+        Their matches in the moving image, world mm.
+    scores : ndarray of shape (n,)
+        Peak scores, in [-1, 1].
+    cycle_distances_mm : ndarray of shape (n,) or None, default None
+        Forward-backward distances (mm) when cycle consistency was checked, else None.
+    """
 
     fixed_points: np.ndarray
     moving_points: np.ndarray
@@ -119,6 +133,7 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
     Parameters
     ----------
     %(registrar_parameters)s
+    %(registrar_ncc_parameters)s
 
     Attributes
     ----------
@@ -126,19 +141,26 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         Fixed -> moving world mm; its ``reference`` is the fixed grid.
     matches_ : Matches
         The confident matches the fit saw.
-    inlier_mask_ : ndarray of shape (len(matches_),), bool
+    inlier_mask_ : ndarray of bool, one per match in ``matches_``
         The matches the robust fit kept.
     n_grid_points_, n_body_points_, n_matched_ : int
         Grid points, of which in the body (and matched, after ``max_points``); of these,
         ``len(matches_)`` were confident.
-    residuals_mm_ : ndarray of shape (len(matches_),)
+    residuals_mm_ : ndarray, one per match in ``matches_``
         Distances between ``transform_(fixed)`` and the matched points.
     n_refinements_done_ : int
         Refinement passes that changed the affine.
     timings_ : dict
         Seconds of each stage (embed, match, fit, refine, total).
     embedder_ : SAMEmbedder
+        The embedder used (the loaded model when ``embedder`` is a path).
     ndim_ : int
+        Image dimension.
+
+    See Also
+    --------
+    samlearn.SAMDeformableRegistrar : Adds a smooth displacement field.
+    samlearn.transforms.fit_affine : The (robust) affine fit.
     """
 
     _parameter_constraints = {
@@ -230,8 +252,27 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     def fit(self, fixed, moving, y=None):
-        """Register ``moving`` to ``fixed`` (each one Image, SimpleITK image or path). ``y`` is
-        ignored. Sets ``transform_`` (fixed -> moving world points) and the diagnostics."""
+        """Register ``moving`` to ``fixed``: estimate ``transform_`` and the diagnostics.
+
+        Parameters
+        ----------
+        fixed : Image, SimpleITK image or path
+            The fixed image; its grid is the reference of ``transform_``.
+        moving : Image, SimpleITK image or path
+            The moving image, of the same dimension.
+        y : None
+            Ignored (scikit-learn API).
+
+        Returns
+        -------
+        self : SAMAffineRegistrar
+            The fitted registrar; ``transform_`` maps FIXED world points to MOVING world points.
+
+        Raises
+        ------
+        RegistrationError
+            When too few grid points lie in the body or too few matches are confident.
+        """
         t_start = time.perf_counter()
         self._check_params()
         embedder = resolve_embedder(self.embedder, type(self).__name__)
@@ -378,11 +419,40 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ helpers
     def transform_points(self, points) -> np.ndarray:
-        """``transform_.transform_points``: FIXED world points -> MOVING world points."""
+        """Map FIXED world points to MOVING world points (``transform_.transform_points``).
+
+        Parameters
+        ----------
+        points : array-like of shape (n, ndim) or (ndim,)
+            Points of the fixed image, world mm (x, y[, z]).
+
+        Returns
+        -------
+        ndarray of shape (n, ndim) or (ndim,)
+            The corresponding points of the moving image, world mm.
+        """
         check_is_fitted(self, "transform_")
         return self.transform_.transform_points(points)
 
     def resample(self, moving_image, **kwargs) -> Image:
-        """``transform_.resample``: the moving image on the fixed grid."""
+        """Resample the moving image onto the fixed grid (``transform_.resample``).
+
+        The output voxel at fixed world position ``x`` takes the moving image's value at
+        ``transform_points(x)``.
+
+        Parameters
+        ----------
+        moving_image : Image, SimpleITK image or path
+            The moving image.
+        **kwargs
+            Arguments of :meth:`samlearn.transforms.AffineTransform.resample`: ``reference`` (the
+            output grid; default the fixed image's), ``interpolator`` ("linear", "nearest" or
+            "bspline"), ``default_value`` (outside the moving image; default its minimum).
+
+        Returns
+        -------
+        Image
+            The moving image on the fixed grid.
+        """
         check_is_fitted(self, "transform_")
         return self.transform_.resample(moving_image, **kwargs)

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from .._version import __version__
 from .files import CLIError, collect_images, image_stem, one_line, read_lesions_csv, read_points_csv, write_csv
 
 
@@ -81,8 +82,6 @@ def _cmd_info(args) -> int:
     import numpy
     import SimpleITK
     import torch
-
-    from .._version import __version__
 
     print(f"samlearn {__version__}")
     print(f"torch {torch.__version__} (cuda available: {torch.cuda.is_available()})")
@@ -323,6 +322,16 @@ def _template_query_args(p, images_help, template_help):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``samlearn`` command.
+
+    Subcommands: ``info``, ``demo``, ``train``, ``embed``, ``detect``, ``match-lesions`` and
+    ``register``; each sets ``func``, the function that runs it.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser.
+    """
     p = argparse.ArgumentParser(
         prog="samlearn",
         description="Self-supervised anatomical embeddings (SAM) for CT and X-ray: one-shot landmarks, "
@@ -463,6 +472,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the ``samlearn`` command line.
+
+    Errors are printed as ``samlearn COMMAND: error: <one line>`` to stderr, without a traceback
+    (set ``SAMLEARN_DEBUG=1`` to raise it instead).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit code: 0 on success, 2 for bad input (or no command), 1 for a failure while
+        running, 130 when interrupted.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

@@ -47,14 +47,12 @@ __all__ = ["run_demo", "affine_baseline", "DEMO_PARAMS", "DEMO_REGISTRATION"]
 #: SAMEmbedder parameters the demo sets on top of ``preset="ct-lite"``: a time budget (set from
 #: ``minutes``) and sizes that let a 2-core CPU learn enough in a few minutes. Three network stages
 #: instead of four: at 4 mm the fourth makes global voxels 16 x 128 x 128 mm, too coarse to tell
-#: the phantoms' organs apart (1 thread, 4 minutes: detector MRE 56.5 -> 27.1 mm, SAM-coarse
-#: 11.2 -> 11.1 mm; benchmarks/RESULTS.md "The demo").
+#: the phantoms' organs apart (benchmarks/RESULTS.md, "Demo").
 DEMO_PARAMS = dict(batch_size=2, spacing_mm=4.0, n_stages=3)
 
 #: SAMDeformableRegistrar parameters of the demo: a SAM-coarse field smoothed over 16 mm instead of
-#: the default 32 mm. Chosen on validation phantoms drawn apart from the demo's (random_state 9000 +
-#: seed), with the 4-minute models of seeds 0 and 1: mean error 10.22 -> 9.66 and 10.36 -> 9.85 mm
-#: (SimpleITK affine 10.79 and 12.23 mm there; benchmarks/RESULTS.md "The demo").
+#: the default 32 mm, chosen on validation phantoms drawn apart from the demo's (random_state 9000 +
+#: seed; benchmarks/RESULTS.md, "Demo").
 DEMO_REGISTRATION = dict(smoothing_mm=16.0)
 
 # phantom landmark used for the similarity-map panel of the figure
@@ -62,13 +60,34 @@ _FIGURE_LANDMARK = "carina"
 
 
 def affine_baseline(fixed, moving, points, *, threads=None, seed=0):
-    """Map ``points`` (world mm of ``fixed``) into ``moving`` with SimpleITK's intensity-based
-    affine registration: Mattes mutual information (32 bins, 20 % random samples), regular-step
-    gradient descent (the optimiser that converged here, PEERS.md), a centred geometric
-    initialisation and three resolution levels (shrink 8, 4, 2; smoothing 4, 2, 1 voxels).
-    ``fixed`` is the template and ``moving`` the query, so the transform SimpleITK returns maps
-    fixed (template) points to moving (query) points and is applied to them directly.
-    Returns ``(points in moving world mm, seconds)``."""
+    """Map points into another image with SimpleITK's intensity-based affine registration.
+
+    Mattes mutual information (32 bins, 20 % random samples), regular-step gradient descent (the
+    optimiser that converged on these images), a centred geometric initialisation and three
+    resolution levels (shrink 8, 4, 2; smoothing 4, 2, 1 voxels). ``fixed`` is the template and
+    ``moving`` the query, so the transform SimpleITK returns maps fixed (template) points to
+    moving (query) points and is applied to them directly.
+
+    Parameters
+    ----------
+    fixed : Image
+        The template.
+    moving : Image
+        The query.
+    points : array-like of shape (n, ndim)
+        Points of ``fixed``, world mm.
+    threads : int or None, default None
+        SimpleITK threads of the registration (None: its default).
+    seed : int, default 0
+        Seeds the metric's random sampling.
+
+    Returns
+    -------
+    points : ndarray of shape (n, ndim)
+        The points in ``moving``, world mm.
+    seconds : float
+        Wall time of the registration.
+    """
 
     t0 = time.perf_counter()
     pts = check_points(points, fixed.ndim, name="points")
@@ -130,18 +149,42 @@ class _Say:
 
 def run_demo(*, minutes=4.0, out="samlearn-demo", seed=0, n_train=20, n_test=10, threads=None,
              device="auto", baseline=True, figure=True, verbose=1, embedder_params=None) -> dict:
-    """Run the demo (see the module docstring) and return its results as a dict (also written to
-    ``out/results.json``).
+    """Run the demo (see the module docstring) and return its results.
 
     Parameters
     ----------
-    minutes : float
-        Training time. n_train, n_test : int -- training and held-out phantoms.
-    out : path -- output folder (created). seed : int -- seeds phantoms, training and baseline.
-    threads : int or None -- torch / SimpleITK CPU threads (None: their defaults, all cores).
-    device : "auto", "cpu", "cuda"... (the embedder's ``device``).
-    baseline, figure : bool -- run the SimpleITK affine baseline / write ``demo.png``.
-    embedder_params : dict, optional -- more ``SAMEmbedder`` parameters (override :data:`DEMO_PARAMS`).
+    minutes : float, default 4
+        Training time of the embedder.
+    out : str or path, default "samlearn-demo"
+        Output folder (created): ``model.samlearn``, ``landmarks.csv``, ``results.json`` and
+        ``demo.png``.
+    seed : int, default 0
+        Seeds the phantoms, the training and the baseline.
+    n_train, n_test : int, default 20 and 10
+        Training and held-out phantoms.
+    threads : int or None, default None
+        torch / SimpleITK CPU threads (None: their defaults, all cores).
+    device : str, default "auto"
+        The embedder's ``device`` ("auto", "cpu", "cuda", ...).
+    baseline : bool, default True
+        Run the SimpleITK affine baseline (:func:`affine_baseline`).
+    figure : bool, default True
+        Write ``demo.png`` (needs matplotlib).
+    verbose : int, default 1
+        Progress messages and the final table (0: silent).
+    embedder_params : dict, optional
+        More ``SAMEmbedder`` parameters (override :data:`DEMO_PARAMS`).
+
+    Returns
+    -------
+    dict
+        The results also written to ``out/results.json``: error statistics (mm) and seconds per
+        query of each method, per-landmark errors, training facts and the printed table.
+
+    Raises
+    ------
+    ValueError
+        When ``out`` is a file.
     """
 
     say = _Say(verbose)

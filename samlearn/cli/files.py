@@ -14,6 +14,8 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["CLIError", "IMAGE_SUFFIXES", "collect_images", "read_points_csv", "read_lesions_csv",
            "write_csv", "image_stem", "one_line"]
 
@@ -27,7 +29,18 @@ class CLIError(Exception):
 
 
 def one_line(exc: BaseException) -> str:
-    """The exception's message on one line (no traceback, no newlines)."""
+    """The message of an exception on one line (no traceback, no newlines).
+
+    Parameters
+    ----------
+    exc : BaseException
+        The exception.
+
+    Returns
+    -------
+    str
+        Its message with whitespace runs collapsed, or its type's name when the message is empty.
+    """
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
 
@@ -53,8 +66,25 @@ def _images_in_folder(folder: Path) -> list:
 
 
 def collect_images(sources) -> list:
-    """Images from folders (see :func:`_images_in_folder`), glob patterns (sorted matches) and
-    file paths, in the order given, without duplicates."""
+    """Image paths from folders, glob patterns and file paths, in order, without duplicates.
+
+    Parameters
+    ----------
+    sources : iterable of str or path
+        Each one a file, a folder (its image files, sorted, not recursive; a folder of ``.dcm``
+        files is one DICOM series; otherwise its sub-folders that are DICOM series) or a glob
+        pattern (its matches, sorted).
+
+    Returns
+    -------
+    list of str
+        The image paths (a DICOM series as its folder).
+
+    Raises
+    ------
+    CLIError
+        For a source that is none of these, or a folder or pattern without images.
+    """
     out, seen = [], set()
     for src in sources:
         p = Path(src)
@@ -80,7 +110,18 @@ def collect_images(sources) -> list:
 
 
 def image_stem(path) -> str:
-    """File name without its image suffix (``a/b/ct_01.nii.gz`` -> ``ct_01``)."""
+    """File name without its image suffix.
+
+    Parameters
+    ----------
+    path : str or path
+        An image path.
+
+    Returns
+    -------
+    str
+        Its name without a known image suffix (``a/b/ct_01.nii.gz`` gives ``ct_01``).
+    """
     name = Path(path).name
     low = name.lower()
     for suf in sorted(IMAGE_SUFFIXES + (".dcm",), key=len, reverse=True):
@@ -119,10 +160,28 @@ def _numbers(row, cols, lineno, path, what):
 
 
 def read_points_csv(path, what: str = "points"):
-    """``(names, points)`` from a CSV with header ``name,x,y[,z]`` (world mm). Returns a list of
-    names and a list of (x, y[, z]) float lists."""
-    import numpy as np
+    """Read a point file: a CSV with header ``name,x,y[,z]`` (world mm).
 
+    Parameters
+    ----------
+    path : str or path
+        The CSV file.
+    what : str, default "points"
+        What the file holds, for the error messages.
+
+    Returns
+    -------
+    names : list of str
+        Point names (``point<i>`` for empty ones); every name is unique.
+    points : ndarray of shape (n, ndim), float64
+        The points, world mm (x, y[, z]).
+
+    Raises
+    ------
+    CLIError
+        For a missing or unreadable file, a wrong header, no rows, a value that is not a finite
+        number, or repeated names.
+    """
     header, rows = _read_rows(path, what)
     axes = [a for a in ("x", "y", "z") if a in header]
     if "name" not in header or axes not in (["x", "y"], ["x", "y", "z"]):
@@ -144,10 +203,27 @@ def read_points_csv(path, what: str = "points"):
 
 
 def read_lesions_csv(path):
-    """``(names, array)`` from a lesion CSV: centres ``name,x,y[,z]`` -> (n, ndim), or boxes
-    ``name,x0,y0[,z0],x1,y1[,z1]`` -> (n, 2 * ndim) (min corner, max corner), world mm."""
-    import numpy as np
+    """Read a lesion file: a CSV of centres or of boxes, world mm.
 
+    Parameters
+    ----------
+    path : str or path
+        The CSV file, with header ``name,x,y[,z]`` (centres) or ``name,x0,y0[,z0],x1,y1[,z1]``
+        (boxes: minimum corner, then maximum corner).
+
+    Returns
+    -------
+    names : list of str
+        Lesion names (``lesion<i>`` for empty ones).
+    lesions : ndarray of shape (n, ndim) or (n, 2 * ndim), float64
+        The centres, or the boxes (min corner, max corner).
+
+    Raises
+    ------
+    CLIError
+        For a missing or unreadable file, a wrong header, no rows, or a value that is not a
+        finite number.
+    """
     header, rows = _read_rows(path, "lesions")
     box3 = ["x0", "y0", "z0", "x1", "y1", "z1"]
     box2 = ["x0", "y0", "x1", "y1"]
@@ -173,7 +249,24 @@ def read_lesions_csv(path):
 
 
 def write_csv(path, header, rows) -> None:
-    """Write rows as CSV to ``path``, or to standard output when ``path`` is None or ``-``."""
+    """Write rows as CSV to a file or to standard output.
+
+    A file is written to a temporary name first, then renamed (no half-written file).
+
+    Parameters
+    ----------
+    path : str, path or None
+        The output file (its folder is created), or standard output when None or ``"-"``.
+    header : sequence of str
+        The header row.
+    rows : iterable of sequences
+        The rows.
+
+    Raises
+    ------
+    CLIError
+        When ``path`` is a folder.
+    """
     if path in (None, "-"):
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(header)

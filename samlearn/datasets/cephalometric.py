@@ -383,6 +383,7 @@ def choose_labelled_ids(template_id: str, n: int, seed: int = 0,
     seed : int, default=0
         Seed of ``numpy.random.default_rng`` for the draw.
     train_ids : sequence of str, default=CEPH_TRAIN_IDS
+        The training ids to draw from.
 
     Returns
     -------

@@ -24,8 +24,23 @@ __all__ = ["EmbeddingCache", "model_fingerprint", "image_key", "cache_folder"]
 
 
 def cache_folder(memory):
-    """The folder of a ``memory`` parameter: None (no cache), a path, or an object with a
-    ``location`` (``joblib.Memory``)."""
+    """The folder of a ``memory`` parameter.
+
+    Parameters
+    ----------
+    memory : str, path, joblib.Memory or None
+        None (no cache), a folder path, or an object with a ``location`` (``joblib.Memory``).
+
+    Returns
+    -------
+    pathlib.Path or None
+        The folder, or None for no cache.
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+    """
     if memory is None:
         return None
     if isinstance(memory, (str, os.PathLike)):
@@ -47,7 +62,18 @@ def _update_array(h, arr):
 
 
 def image_key(image) -> str:
-    """Hex digest of an image's voxel values (dtype and shape included) and its geometry."""
+    """The cache key of an image's content.
+
+    Parameters
+    ----------
+    image : Image
+        The image.
+
+    Returns
+    -------
+    str
+        Hex digest of its voxel values (dtype and shape included) and its geometry.
+    """
     h = hashlib.blake2b(digest_size=20)
     _update_array(h, image.array)
     g = image.geometry
@@ -58,9 +84,22 @@ def image_key(image) -> str:
 
 
 def model_fingerprint(net, config: dict, amp_dtype=None) -> str:
-    """Hex digest of what determines an embedding besides the image: every weight and buffer of
-    ``net`` (a state dict, by name), the resolved configuration (architecture and preprocessing)
-    and the inference precision."""
+    """The fingerprint of what determines an embedding besides the image.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network; every weight and buffer of its state dict counts, by name.
+    config : dict
+        The resolved configuration (architecture and preprocessing), JSON-serialisable.
+    amp_dtype : torch.dtype or None, default None
+        The inference precision.
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
     h = hashlib.blake2b(digest_size=20)
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(str(amp_dtype).encode())
@@ -74,10 +113,26 @@ def model_fingerprint(net, config: dict, amp_dtype=None) -> str:
 
 
 class EmbeddingCache:
-    """Embeddings on disk under ``folder/<model fingerprint>/<image key>.pt``: maps in float16
-    (half the memory of float32; unit vectors lose about 5e-4 per component), geometry as JSON.
-    Files are written atomically and read with ``torch.load(weights_only=True)``; an unreadable
-    file is treated as missing (and rewritten)."""
+    """Embeddings on disk under ``folder/<model fingerprint>/<image key>.pt``.
+
+    Maps are stored in float16 (half the memory of float32; unit vectors lose about 5e-4 per
+    component), geometry as JSON. Files are written atomically and read with
+    ``torch.load(weights_only=True)``; an unreadable file is treated as missing (and rewritten).
+
+    Parameters
+    ----------
+    folder : str or path
+        The cache folder.
+    fingerprint : str
+        The model's :func:`model_fingerprint`; its first 32 characters name the sub-folder.
+
+    Attributes
+    ----------
+    folder : pathlib.Path
+        The sub-folder of this model.
+    fingerprint : str
+        The fingerprint, also stored in (and checked against) every entry.
+    """
 
     FORMAT = 1
 
@@ -89,6 +144,21 @@ class EmbeddingCache:
         return self.folder / f"{key}.pt"
 
     def load(self, key: str, device):
+        """Read an entry.
+
+        Parameters
+        ----------
+        key : str
+            The image's :func:`image_key`.
+        device : torch.device or str
+            Where the maps go (as float32).
+
+        Returns
+        -------
+        Embedding or None
+            The embedding, or None when the entry is missing, of another format or model, or
+            unreadable (with a warning).
+        """
         path = self._path(key)
         if not path.is_file():
             return None
@@ -108,6 +178,20 @@ class EmbeddingCache:
             return None
 
     def save(self, key: str, embedding) -> Path:
+        """Write an entry atomically (maps as float16).
+
+        Parameters
+        ----------
+        key : str
+            The image's :func:`image_key`.
+        embedding : Embedding
+            What to store.
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+        """
         path = self._path(key)
         self.folder.mkdir(parents=True, exist_ok=True)
         geo = {"global": embedding.global_map.geometry.to_dict(), "local": embedding.local_map.geometry.to_dict(),

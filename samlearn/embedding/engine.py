@@ -7,6 +7,8 @@
   volume (up to float rounding: convolution algorithms may sum in another order). Padding to a
   multiple of the global stride is done once, on the whole volume, with each image's own fill
   value (:func:`pad_batch`), so one-pass, tiled and batched passes all see the same input.
+  ``SAMEmbedder(tile_shape=...)`` gives the cores in working-grid voxels (numpy order), rounded
+  down to multiples of the global stride.
 * **Memory model** (:func:`estimate_pass_bytes`, :func:`auto_tile_shape`): the bytes of the live
   activations of one pass, from the architecture; ``tile_shape="auto"`` tiles only when one pass
   would exceed the budget.
@@ -36,14 +38,30 @@ def _padded(spatial, stride):
 
 def estimate_pass_bytes(config: NetworkConfig, spatial: Sequence[int], batch: int = 1,
                         element_bytes: int = 4) -> int:
-    """Estimated peak bytes of the activations of one no-grad pass of :class:`SAMNet` over ``batch``
-    inputs of shape ``spatial`` (numpy order), outputs included; weights excluded.
+    """Estimated peak bytes of the activations of one no-grad pass of :class:`SAMNet`.
 
     The model follows the forward pass: the stem (input, pooled input, convolution and BatchNorm
     outputs), each residual block (its input, two convolution outputs, the shortcut, the sum, and
     every earlier stage output, which the FPN keeps), then the FPN and heads at the local level
     (every stage output, lateral, upsampled and summed maps, head output and its normalised copy).
-    Times 1.25 for allocator rounding and convolution workspaces."""
+    Times 1.25 for allocator rounding and convolution workspaces.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The architecture.
+    spatial : sequence of int
+        Input shape (numpy order), padded to a multiple of the global stride here.
+    batch : int, default 1
+        Inputs per pass.
+    element_bytes : int, default 4
+        Bytes per activation value (4: float32).
+
+    Returns
+    -------
+    int
+        Bytes, outputs included, weights excluded.
+    """
     cfg = config
     S = _padded(spatial, cfg.global_stride)
     V = float(np.prod(S))
@@ -69,14 +87,43 @@ def estimate_pass_bytes(config: NetworkConfig, spatial: Sequence[int], batch: in
 
 
 def halo(config: NetworkConfig) -> Tuple[int, ...]:
-    """Input voxels of context each tile needs on every side (numpy order): the larger receptive
-    reach of the two maps, rounded up to a multiple of the global stride."""
+    """Input voxels of context each tile needs on every side.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The architecture.
+
+    Returns
+    -------
+    tuple of int
+        Per axis (numpy order): the larger receptive reach of the two maps, rounded up to a
+        multiple of the global stride.
+    """
     g, loc = receptive_reach(config)
     return tuple(int(math.ceil(max(a, b) / s)) * s for a, b, s in zip(g, loc, config.global_stride))
 
 
 def check_tile_shape(tile_shape, ndim: int):
-    """Validate the ``tile_shape`` parameter: None, "auto" or ``ndim`` positive integers."""
+    """Validate the ``tile_shape`` parameter.
+
+    Parameters
+    ----------
+    tile_shape : None, "auto" or sequence of int
+        ``ndim`` positive integers (working-grid voxels, numpy order) when a sequence.
+    ndim : int
+        The model's dimensionality.
+
+    Returns
+    -------
+    None, "auto" or tuple of int
+        The value, a sequence as a tuple of ints.
+
+    Raises
+    ------
+    ValueError
+        For anything else.
+    """
     if tile_shape is None or (isinstance(tile_shape, str) and tile_shape == "auto"):
         return tile_shape
     if isinstance(tile_shape, (list, tuple)) and len(tile_shape) == ndim and all(
@@ -96,13 +143,32 @@ def _axis_tiles(n, g, hh, core):
 
 def auto_tile_shape(config: NetworkConfig, spatial: Sequence[int], budget_bytes: float,
                     element_bytes: int = 4, max_overhead: float = 2.0) -> Optional[Tuple[int, ...]]:
-    """The tile core (numpy order, input voxels, multiples of the global stride) for embedding
-    ``spatial`` within ``budget_bytes`` per pass, or None when one pass fits.
+    """The tile core for embedding a volume within a memory budget per pass.
 
     Every tiling (number of tiles per axis) is considered: among those whose largest tile fits the
     budget, the one with the least computation (halos are computed twice) wins. When none fits
     (the halo alone is too large), the tiling with the smallest tiles among those that at most
-    ``max_overhead`` times the computation of one pass is used (None if tiling cannot help)."""
+    ``max_overhead`` times the computation of one pass is used.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The architecture.
+    spatial : sequence of int
+        The volume's shape (numpy order, working-grid voxels).
+    budget_bytes : float
+        Bytes one pass may use (:func:`estimate_pass_bytes`).
+    element_bytes : int, default 4
+        Bytes per activation value.
+    max_overhead : float, default 2.0
+        Largest computation, relative to one pass, of a tiling that does not fit the budget.
+
+    Returns
+    -------
+    tuple of int or None
+        The core (numpy order, input voxels, multiples of the global stride), or None when one
+        pass fits or tiling cannot help.
+    """
     G = config.global_stride
     if estimate_pass_bytes(config, spatial, element_bytes=element_bytes) <= budget_bytes:
         return None
@@ -129,8 +195,17 @@ def auto_tile_shape(config: NetworkConfig, spatial: Sequence[int], budget_bytes:
 
 @dataclass(frozen=True)
 class Tile:
-    """One tile: the input slice (of the padded volume) and, per map, where its core goes in the
-    whole map (``*_out``) and where that core lies in the tile's own map (``*_src``)."""
+    """One tile of a tiled network pass.
+
+    Parameters
+    ----------
+    input : tuple of slice
+        The input slice of the padded volume (core and halo).
+    global_out, local_out : tuple of slice
+        Where the tile's core goes in the whole global / local map.
+    global_src, local_src : tuple of slice
+        Where that core lies in the tile's own global / local map.
+    """
 
     input: Tuple[slice, ...]
     global_out: Tuple[slice, ...]
@@ -140,9 +215,24 @@ class Tile:
 
 
 def plan_tiles(config: NetworkConfig, spatial: Sequence[int], core_shape: Sequence[int]) -> List[Tile]:
-    """Tiles covering a volume of shape ``spatial`` (numpy order; padded to a multiple of the global
-    stride by the caller) with cores of ``core_shape`` input voxels (rounded down to a multiple of
-    the global stride, at least one global voxel) and the halo of :func:`halo`."""
+    """Tiles covering a volume, with the halo of :func:`halo`.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The architecture.
+    spatial : sequence of int
+        The volume's shape (numpy order; padded to a multiple of the global stride by the
+        caller).
+    core_shape : sequence of int
+        Tile cores in input voxels (rounded down to a multiple of the global stride, at least one
+        global voxel).
+
+    Returns
+    -------
+    list of Tile
+        The tiles, in C order of their position.
+    """
     G, L = config.global_stride, config.local_stride
     h = halo(config)
     S = _padded(spatial, G)
@@ -174,8 +264,25 @@ def _product(lists):
 
 
 def pad_batch(arrays: Sequence[np.ndarray], pad_values: Sequence[float], stride) -> np.ndarray:
-    """Stack same-shape arrays into (B, 1, *S'), each padded at the far end to a multiple of
-    ``stride`` with its own fill value (what :meth:`SAMNet.forward` does for one image)."""
+    """Stack same-shape arrays into one padded batch.
+
+    Each array is padded at the far end to a multiple of ``stride`` with its own fill value (what
+    :meth:`SAMNet.forward` does for one image).
+
+    Parameters
+    ----------
+    arrays : sequence of ndarray
+        Same-shape arrays (numpy order).
+    pad_values : sequence of float
+        One fill value per array.
+    stride : sequence of int
+        The network's global stride (numpy order).
+
+    Returns
+    -------
+    ndarray of float32, shape ``(B, 1, *S')``
+        The batch, ``S'`` the padded shape.
+    """
     shape = arrays[0].shape
     S = _padded(shape, stride)
     out = np.empty((len(arrays), 1) + S, dtype=np.float32)
@@ -187,11 +294,30 @@ def pad_batch(arrays: Sequence[np.ndarray], pad_values: Sequence[float], stride)
 
 def run_network(net, x: torch.Tensor, spatial: Sequence[int], *, amp_dtype=None,
                 tile_core: Optional[Sequence[int]] = None, channels_last: bool = False):
-    """Global and local maps (float32, on ``x``'s device) of a padded batch ``x`` (B, 1, *S'),
-    cropped to the maps of the unpadded ``spatial`` shape: ``ceil(spatial / stride)``.
+    """Global and local maps of a padded batch, by one pass or by tiles.
 
-    With ``tile_core`` the pass is tiled (see :func:`plan_tiles`); the maps are the same as one
-    pass up to float rounding. ``net`` must be in eval mode."""
+    Parameters
+    ----------
+    net : SAMNet
+        The network, in eval mode.
+    x : torch.Tensor, shape ``(B, 1, *S')``
+        The padded batch (:func:`pad_batch`), on the network's device.
+    spatial : sequence of int
+        The unpadded shape (numpy order).
+    amp_dtype : torch.dtype or None, default None
+        Autocast precision (None: float32).
+    tile_core : sequence of int, optional
+        Tile the pass with these cores (:func:`plan_tiles`); the maps are the same as one pass up
+        to float rounding. None: one pass.
+    channels_last : bool, default False
+        Feed the input in the channels-last memory format.
+
+    Returns
+    -------
+    global_map, local_map : torch.Tensor
+        float32 maps (B, C, ...) on ``x``'s device, cropped to those of the unpadded shape:
+        ``ceil(spatial / stride)``.
+    """
     cfg = net.config
     device = x.device
     ndim = cfg.ndim

@@ -1,23 +1,10 @@
 """``SAMEmbedder``: trains SAM on unlabelled images and maps images to global and local embeddings.
 
-``SAMEmbedder().fit(images)`` runs the paper's self-supervised training loop (patch pairs with exact
-correspondences, coarse-to-fine network, pixel-level InfoNCE with hard and diverse negatives,
-:mod:`samlearn.training`) on a GPU when there is one and on the CPU otherwise;
-``transform(images)`` returns, per image, an :class:`~samlearn.embedding.Embedding` whose maps carry
-the world geometry of their grids.
-
-``fit(images, y)`` with landmark labels for a few images adds the paper's semi-supervised positives
-(§IV-H); ``backbone_state_dict()`` exports the trained encoder to initialise other networks (§IV-G).
-
-Preprocessing, the same in ``fit`` and ``transform``, is :func:`samlearn.embedding.preprocess`:
-the canonical working grid (``spacing_mm`` or ``image_size``) and the ``intensity`` preset.
-
-Scale: ``fit`` reads and preprocesses images one at a time (``n_jobs`` threads), so only the
-working-resolution arrays stay in memory; under ``torchrun`` it trains data-parallel.
-``transform`` embeds large volumes by tiles that give the same maps as one pass (``tile_shape``,
-``max_memory_gb``, :mod:`samlearn.embedding.engine`), runs many images in parallel on the CPU
-(``n_jobs``) or batched on a GPU, and can cache embeddings on disk in float16 (``memory``,
-:mod:`samlearn.embedding.cache`).
+``fit`` runs the paper's self-supervised training (:mod:`samlearn.training`; with landmark labels
+for a few images, also its semi-supervised positives, §IV-H) on a GPU when there is one, else on
+the CPU; ``transform`` returns one :class:`~samlearn.embedding.Embedding` per image, with world
+geometry (:mod:`samlearn.embedding.inference`); ``backbone_state_dict`` exports the encoder
+(§IV-G). Both see images through :func:`samlearn.embedding.preprocess`.
 """
 from __future__ import annotations
 
@@ -45,20 +32,19 @@ from .fitting import make_optimizer, new_network, resumed_network, training_arra
 from .inference import InferenceEngine, inference_network, memory_budget
 from .labels import check_landmark_labels
 from .maps import Embedding
-from .model_file import (check_checkpointing, embedder_meta, network_from_state, read_checkpoint,
-                         read_embedder_meta, save_payload, to_cpu, to_jsonable)
+from .model_file import (check_checkpointing, embedder_meta, read_checkpoint,
+                         save_payload, to_cpu, to_jsonable)
 from .preprocessing import preprocess
 
 __all__ = ["SAMEmbedder"]
 
 
 class SAMEmbedder(BaseEstimator):
-    """Self-supervised anatomical embedding (SAM) model: trains on unlabelled images, then maps
-    every image to a coarse global and a fine local embedding map with world geometry.
+    """Self-supervised anatomical embedding (SAM) of medical images.
 
-    All parameters are keyword-only. The configuration parameters (``spacing_mm`` ...
-    ``transform_scale``) default to None, which takes the value of the ``preset``; they are checked
-    in ``fit`` together with the preset (:mod:`samlearn.embedding.config`).
+    Trains on unlabelled images, then maps every image to a coarse global and a fine local
+    embedding map with world geometry. Parameters are keyword-only; ``spacing_mm`` ...
+    ``transform_scale`` default to the ``preset``'s value (:mod:`samlearn.embedding.config`).
 
     Parameters
     ----------
@@ -66,12 +52,10 @@ class SAMEmbedder(BaseEstimator):
         Named configuration (:mod:`samlearn.presets`). "ct" and "xray" are the paper's; the
         "-lite" variants are samlearn's, small enough to learn on a CPU. "auto" picks "ct" / "xray"
         on a GPU and the "-lite" variants on a CPU, by the dimensionality of the training images.
-    spacing_mm, image_size : float, tuple of int or None
-        Working resolution: isotropic spacing in mm (3D) or size in pixels, numpy order (2D).
-    intensity : {"ct", "xray", "none"} or None
-        Intensity normalisation (:func:`samlearn.image.normalize_intensity`).
-    patch_shape : tuple of int or None
-        Training patch shape in numpy order ((z, y, x) or (y, x)).
+    spacing_mm, image_size, intensity, patch_shape : float, tuple of int, str, tuple of int
+        Working resolution: isotropic spacing in mm (3D) or size in pixels, numpy order (2D);
+        intensity normalisation ("ct", "xray", "none": :func:`samlearn.image.normalize_intensity`);
+        training patch shape in numpy order ((z, y, x) or (y, x)). Each None by default.
     depth, width, stem_stride, stem_kernel, stage_strides, n_stages, local_level, fpn_channels, embed_dim, head : optional
         Network architecture (:class:`samlearn.nn.NetworkConfig`).
     batch_size, lr, warmup_iter, lr_schedule, weight_decay : optional
@@ -85,99 +69,68 @@ class SAMEmbedder(BaseEstimator):
     overlap, scale, rotation_deg, elastic, intensity_jitter : optional
         Patch-pair augmentation (:class:`samlearn.training.PatchPairSampler`).
     transform_scale : float or None
-        Resolution of ``transform`` relative to the training resolution: 2D images are embedded at
-        ``image_size`` x ``transform_scale`` pixels (rounded), 3D volumes at ``spacing_mm`` /
-        ``transform_scale`` mm. Read when ``transform`` runs, so ``set_params`` changes it on a
-        fitted model (the fitted value is ``config_["transform_scale"]``; models saved before it
-        existed use 1.0). The "xray-lite" preset embeds at 0.75 of its training size (chosen on
-        the cephalometric development split; see benchmarks/RESULTS.md).
+        Resolution of ``transform`` relative to training: 2D at ``image_size`` x scale pixels
+        (rounded), 3D at ``spacing_mm`` / scale mm. Read by ``transform``: ``set_params`` changes
+        it on a fitted model (fitted: ``config_["transform_scale"]``; 1.0 before it existed).
     label_positive_prob : float in [0, 1], default 0.5
-        Only used when ``fit`` gets landmark labels ``y``: the probability that a training pair
-        drawn from a labelled image is a labelled pair (patch 1 around landmark ``k`` of this
-        image, patch 2 around landmark ``k`` of another labelled image, positives = the shared
-        landmarks) instead of two augmented crops of one image. 0.5 is the paper's value; it found
-        always using labelled pairs overfits.
+        With landmark labels ``y`` in ``fit``: the probability that a pair drawn from a labelled
+        image is a labelled pair (:class:`~samlearn.training.PairStream`) instead of two crops of
+        one image. The paper's value; it found that always using labelled pairs overfits.
     pretrained : str, path or None, default None
         A local torchvision-format ResNet state dict to initialise the backbone (I3D inflation for
         3D). Nothing is ever downloaded; None is random initialisation.
     device : "auto", str or torch.device, default "auto"
-        "cpu", "cuda", "cuda:N"; "auto" is a GPU when there is one. Resolved in ``fit`` into
-        ``device_``.
+        "cpu", "cuda", "cuda:N"; "auto": a GPU when there is one. Resolved in ``fit`` (``device_``).
     amp : {"auto", "bf16", "fp16", "none"}, default "auto"
         Autocast precision: "auto" is bf16 on CUDA and off on the CPU.
-    num_workers : int or None, default None
-        DataLoader worker processes (None: 1 on the CPU, 4 on a GPU).
-    n_threads : int or None, default None
-        torch and BLAS CPU threads during ``fit`` and ``transform`` (None: leave the settings).
+    num_workers, n_threads : int or None, default None
+        DataLoader worker processes (None: 1 on the CPU, 4 on a GPU); torch and BLAS CPU threads
+        during ``fit`` and ``transform`` (None: leave the settings).
     channels_last : "auto" or bool, default "auto"
-        Channels-last memory format (``channels_last_3d`` in 3D). "auto": for inference on the CPU,
-        where it is faster with identical maps up to float rounding, the default format otherwise;
-        True: for training and inference; False: never.
+        Channels-last memory format (``channels_last_3d`` in 3D). "auto": for inference on the CPU
+        (faster, same maps up to float rounding); True: training and inference; False: never.
     compile : bool, default False
         Wrap the network with ``torch.compile`` for training.
-    checkpoint_path : str, path or None, default None
-        Write an atomic checkpoint there every ``checkpoint_every`` iterations, at the end and on
-        interruption. Under data-parallel training only rank 0 writes it.
-    checkpoint_every : int or None, default None
-    resume : bool, default False
-        Continue an existing checkpoint at ``checkpoint_path`` (every rank resumes from it).
+    checkpoint_path, checkpoint_every, resume : path or None, int or None, bool
+        Write an atomic checkpoint to the path every ``checkpoint_every`` iterations (None: not
+        periodically), at the end and on interruption (only rank 0 when data-parallel);
+        ``resume=True`` continues an existing one there (every rank resumes from it).
     warm_start : bool, default False
-        When already fitted, ``fit`` continues training the current network until the total budget
-        is reached instead of starting over: ``max_iter`` / ``max_time`` as set now (totals,
-        counting the training done so far), else the fitted ones (an interrupted run then finishes
-        its budget). Every other setting stays the fitted one.
+        When fitted, ``fit`` continues the current network until the total budget is reached:
+        ``max_iter`` / ``max_time`` as set now (totals, counting the training done), else the
+        fitted ones (an interrupted run finishes its budget). Other settings stay fitted.
     random_state : int or None, default None
         Seeds weights, patch sampling and negatives (separate streams); the same seed on the CPU
         gives identical weights. Global random generators are never touched.
     verbose : int, default 0
-        0 silent; 1 progress bars (tqdm): training with loss and it/s, ``transform`` of several
-        images.
+        0 silent; 1 progress bars (tqdm): training (loss, it/s), ``transform`` of several images.
     distributed : "auto" or bool, default "auto"
-        Data-parallel training with ``DistributedDataParallel`` (:mod:`samlearn.training.distributed`).
-        "auto": when launched by ``torchrun`` with ``WORLD_SIZE > 1`` (or a process group is
-        already initialised), join it (NCCL on CUDA, Gloo on the CPU; this rank's GPU is
-        ``cuda:LOCAL_RANK``); True: the same but an error otherwise; False: never. With at least
-        two images per rank the images are sharded between the ranks. Every rank ends with the
-        same weights; save the model on rank 0 only (``if est.rank_ == 0: est.save(path)``).
-        ``samlearn train --nproc-per-node N`` launches it from the command line.
+        Data-parallel training (:mod:`samlearn.training.distributed`): "auto" joins the group when
+        launched by ``torchrun`` with ``WORLD_SIZE > 1`` (or a process group exists); True: the
+        same, an error otherwise; False: never. Save on rank 0 only (``if est.rank_ == 0: ...``).
     tile_shape : "auto", tuple of int or None, default "auto"
-        Inference by tiles (working-grid voxels, numpy order, rounded down to multiples of the
-        global stride) with a halo covering the network's receptive field, so the maps equal those
-        of one pass up to float rounding. "auto": tiles only when one pass would need more than
-        ``max_memory_gb``; None: always one pass.
+        Tile cores of inference (working-grid voxels, numpy order), giving the maps of one pass
+        (:mod:`samlearn.embedding.engine`). "auto": tiles only when one pass would need more
+        than ``max_memory_gb``; None: always one pass.
     max_memory_gb : float or None, default None
-        Memory budget of one network pass at inference (activations; the output maps come on
-        top). None: half the free memory of the GPU, or 2 GB on the CPU. Also bounds how many
-        same-size images are batched on a GPU.
+        Memory budget of one network pass at inference (activations; output maps on top); also
+        bounds GPU batches of same-size images. None: half the GPU's free memory, 2 GB on a CPU.
     memory : str, path, joblib.Memory or None, default None
-        Cache embeddings in this folder (float16 on disk, float32 when read back), keyed by the
-        image's content and geometry and by the model's fingerprint (weights, configuration,
-        precision); a changed model never reads stale embeddings.
+        Cache embeddings in this folder (:mod:`samlearn.embedding.cache`), keyed by image content
+        and model fingerprint: a changed model never reads stale embeddings.
     n_jobs : int or None, default None
-        On the CPU, ``transform`` of several images runs in ``n_jobs`` threads, each with its
-        share of the torch threads; ``fit`` reads and preprocesses images in ``n_jobs`` threads;
-        on a GPU, images are preprocessed by ``n_jobs`` threads ahead of the network, which takes
-        same-size images in batches. None: 1; -1: all cores.
+        Threads over images: CPU ``transform`` (each with a share of torch's threads), reading and
+        preprocessing in ``fit`` and ahead of the network on a GPU. None: 1; -1: all cores.
 
     Attributes
     ----------
-    preset_ : str
-        The preset used.
-    config_ : dict
-        The resolved configuration.
-    ndim_ : int
-        Dimensionality of the training images (2 or 3).
-    device_ : torch.device
-    network_ : SAMNet
-        The trained network (eval mode).
-    n_iter_ : int
-        Iterations trained in total.
-    history_ : list of dict
-        Per iteration: loss, loss_global, loss_local, lr, time, step_time, ...
-    train_time_ : float
-        Seconds of training in total.
-    interrupted_ : bool
-        True when Ctrl-C or SIGTERM stopped training early (a partially trained model).
+    preset_, config_, ndim_ : str, dict, int
+        The preset used, the resolved configuration, the training images' dimensionality (2, 3).
+    device_, network_ : torch.device, SAMNet
+        The trained network (eval mode) and its device.
+    n_iter_, train_time_, history_, interrupted_ : int, float, list of dict, bool
+        Iterations and seconds of training in total; per iteration: loss, loss_global,
+        loss_local, lr, time, step_time, ...; True when Ctrl-C or SIGTERM stopped training early.
     world_size_, rank_ : int
         Data-parallel group of the last ``fit`` (1 and 0 for one process).
 
@@ -280,7 +233,6 @@ class SAMEmbedder(BaseEstimator):
         self.memory = memory
         self.n_jobs = n_jobs
 
-
     # ------------------------------------------------------------------ configuration
     def _inference_config(self) -> dict:
         """``config_`` with the working grid of ``transform`` (``transform_scale`` applied)."""
@@ -294,21 +246,18 @@ class SAMEmbedder(BaseEstimator):
     def fit(self, images, y=None):
         """Train SAM on unlabelled images (and, optionally, a few landmark labels).
 
-        With ``warm_start=True`` a fitted model continues until its total budget is reached; with
-        ``resume=True`` an existing checkpoint at ``checkpoint_path`` is continued.
-
         Parameters
         ----------
         images : image or list of images
-            Paths, :class:`~samlearn.Image` or ``SimpleITK.Image`` objects; read one at a time.
+            Paths, :class:`~samlearn.Image` or ``SimpleITK.Image`` objects, read and preprocessed
+            one at a time (``n_jobs`` threads): only the working-resolution arrays are kept.
         y : None or list, default None
-            Semi-supervised landmark labels (paper §IV-H): None (self-supervised only), or one
-            entry per image, None for an unlabelled image or an ``(n_landmarks, ndim)`` array of
-            world mm ((x, y[, z]), as SimpleITK reports them) with NaN rows for landmarks not
-            labelled on that image. Row ``k`` is the same landmark on every image; a
-            ``(n_images, n_landmarks, ndim)`` array works too. At least two images must carry
-            labels, sharing at least one landmark. ``y=None`` (or every entry None) gives exactly
-            the self-supervised run (same seed, same weights).
+            Semi-supervised landmark labels (paper §IV-H): None, or per image None (unlabelled) or
+            an ``(n_landmarks, ndim)`` array of world mm ((x, y[, z]), as SimpleITK reports them),
+            NaN rows for landmarks not labelled on it; row ``k`` is the same landmark on every
+            image (an ``(n_images, n_landmarks, ndim)`` array works too). At least two images must
+            carry labels, sharing a landmark. ``y=None`` (or every entry None) gives exactly the
+            self-supervised run (same seed, same weights).
 
         Returns
         -------
@@ -322,13 +271,11 @@ class SAMEmbedder(BaseEstimator):
 
         Parameters
         ----------
-        images : image or list of images
-            As in :meth:`fit`.
-        y : None or list, default None
-            Landmark labels for these images, as in :meth:`fit` (for this call only).
+        images, y : image or list of images, None or list
+            As in :meth:`fit` (the labels ``y`` of these images, for this call only).
         n_iter : int or None, default None
-            Iterations to add (default: the configuration's ``max_iter``); ``max_time``, when set,
-            also bounds this call. An unfitted model starts a new one.
+            Iterations to add (default: the configuration's ``max_iter``; ``max_time``, when set,
+            also bounds this call). An unfitted model starts a new one.
 
         Returns
         -------
@@ -442,15 +389,10 @@ class SAMEmbedder(BaseEstimator):
     def transform(self, images) -> list:
         """Embed images: one :class:`~samlearn.embedding.Embedding` per image, in order.
 
-        Images given as paths are read one at a time. Large volumes are embedded by tiles
-        (``tile_shape``, ``max_memory_gb``); several images run in ``n_jobs`` threads on the CPU
-        or in batches of same-size images on a GPU; with ``memory`` embeddings are cached on
-        disk. ``verbose`` shows a progress bar over the images.
-
         Parameters
         ----------
         images : image or list of images
-            Paths, :class:`~samlearn.Image` or ``SimpleITK.Image`` objects.
+            Paths (read one at a time), :class:`~samlearn.Image` or ``SimpleITK.Image`` objects.
 
         Returns
         -------
@@ -469,17 +411,17 @@ class SAMEmbedder(BaseEstimator):
             return list(self._engine().iter_embeddings(items, self.ndim_))
 
     def fit_transform(self, images, y=None):
-        """Fit on ``images`` (and labels ``y``), then embed them: ``fit(images, y).transform(images)``.
+        """Fit on ``images`` (and labels ``y``), then embed them.
 
         Parameters
         ----------
-        images : image or list of images
-        y : None or list, default None
-            Landmark labels, as in :meth:`fit`.
+        images, y : image or list of images, None or list
+            As in :meth:`fit`.
 
         Returns
         -------
         list of Embedding
+            ``fit(images, y).transform(images)``.
         """
         return self.fit(images, y).transform(images)
 
@@ -487,9 +429,8 @@ class SAMEmbedder(BaseEstimator):
         """The image as the fitted network sees it in ``transform``.
 
         Resampled onto the canonical working grid (identity direction, ``spacing_mm`` or
-        ``image_size`` of the configuration scaled by ``transform_scale``) and intensity
-        normalised; its geometry maps the working grid to the input's world mm. Use it to feed
-        other networks initialised from :meth:`backbone_state_dict` with the same inputs.
+        ``image_size`` scaled by ``transform_scale``) and intensity normalised; its geometry maps
+        it to the input's world mm. Feeds networks initialised by :meth:`backbone_state_dict`.
 
         Parameters
         ----------
@@ -499,6 +440,7 @@ class SAMEmbedder(BaseEstimator):
         Returns
         -------
         Image
+            The working image.
         """
         check_is_fitted(self, "network_")
         image = check_images(image, name="image")
@@ -515,10 +457,12 @@ class SAMEmbedder(BaseEstimator):
         Parameters
         ----------
         image : Image, SimpleITK.Image or path
+            One image.
 
         Returns
         -------
         Embedding
+            Its global and local maps.
         """
         return self.transform(image)[0]
 
@@ -528,27 +472,17 @@ class SAMEmbedder(BaseEstimator):
 
     # ------------------------------------------------------------------ backbone export
     def backbone_state_dict(self) -> dict:
-        """The trained encoder as a state dict of detached CPU tensors (copies), to initialise
-        another network, e.g. a segmentation U-Net's encoder (paper §IV-G).
+        """The trained encoder, to initialise another network (e.g. a U-Net's, paper §IV-G).
 
-        The encoder is the ResNet of the network, without FPN and heads. Keys are the names of
-        :class:`samlearn.nn.SAMBackbone` (and of ``network_``):
-
-        * ``stem.1.weight`` (stem convolution; ``stem.0`` is the stem's pooling, without weights),
-          ``stem.2.*`` (its BatchNorm: ``weight``, ``bias``, ``running_mean``, ``running_var``,
-          ``num_batches_tracked``);
-        * ``stages.<i>.<j>.*`` for stage ``i`` = 0 .. n_stages - 1 (Conv2_x, Conv3_x, ...), block
-          ``j`` (in stage 0, ``j = 0`` is the max pool, so its blocks start at 1):
-          ``conv1.weight``, ``bn1.*``, ``conv2.weight``, ``bn2.*`` and, for blocks that change
-          resolution or width, ``downsample.1.weight`` (1x1 conv) and ``downsample.2.*`` (BN).
-
-        It loads strictly into ``SAMBackbone(embedder.network_.config)`` (see :meth:`backbone`);
-        stage ``i`` outputs ``network_.config.channels[i]`` channels at total stride
-        ``network_.config.level_strides()[i]`` (numpy axis order).
+        The ResNet of the network, without FPN and heads. Its keys (``stem.*``,
+        ``stages.<i>.<j>.*``: :class:`samlearn.nn.SAMBackbone` lists them, with the stages'
+        channels and strides) are those of ``network_``; it loads strictly into
+        ``SAMBackbone(network_.config)`` (:meth:`backbone`).
 
         Returns
         -------
         dict of str to torch.Tensor
+            Detached CPU copies of the weights and buffers.
         """
         check_is_fitted(self, "network_")
         out = {}
@@ -614,12 +548,11 @@ class SAMEmbedder(BaseEstimator):
     def save(self, path):
         """Save the fitted model: parameters and metadata as JSON, weights as a state dict.
 
-        The file is written atomically and loads without running code (:mod:`samlearn.embedding.model_file`).
-
         Parameters
         ----------
         path : str or path
-            The model file; load it with :func:`samlearn.load`.
+            The model file, written atomically; :func:`samlearn.load` loads it without running
+            code (:mod:`samlearn.embedding.model_file`).
 
         Returns
         -------
@@ -638,26 +571,6 @@ class SAMEmbedder(BaseEstimator):
         tensors = {"network": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                    "optimizer": to_cpu(optimizer.state_dict())}
         save_payload(path, "SAMEmbedder", meta, tensors)
-
-    @classmethod
-    def _from_payload(cls, meta, tensors, header, source=None):
-        params, fitted, net_cfg = read_embedder_meta(meta, cls._get_param_names(), source)
-        net = network_from_state(net_cfg, tensors, f"model file {source!r}")
-        est = cls(**params)
-        device = est._resolve_device_for_load()
-        est.network_ = net.to(device).eval()
-        est.device_ = device
-        for name, value in fitted.items():
-            setattr(est, name, value)
-        if isinstance(tensors, dict) and "optimizer" in tensors:
-            est._optimizer_state = tensors["optimizer"]
-        return est
-
-    def _resolve_device_for_load(self):
-        try:
-            return resolve_device(self.device)
-        except ValueError:
-            return torch.device("cpu")
 
     def __getstate__(self):
         state = self.__dict__.copy()

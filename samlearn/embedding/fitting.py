@@ -80,12 +80,21 @@ def training_arrays(items, first, cfg: dict, device, labels, ctx: DistributedCon
 
 
 def new_network(net_cfg: NetworkConfig, seed: np.random.SeedSequence, pretrained=None) -> SAMNet:
-    """A new network, its weights drawn from ``seed`` (torch's global generator is left as it
-    was), optionally initialised from a local torchvision ResNet state dict ``pretrained``.
+    """A new network with seeded weights.
+
+    Parameters
+    ----------
+    net_cfg : NetworkConfig
+        The architecture.
+    seed : numpy.random.SeedSequence
+        The weights are drawn from it (torch's global generator is left as it was).
+    pretrained : str, path or None, default None
+        A local torchvision ResNet state dict to initialise the backbone from.
 
     Returns
     -------
     SAMNet
+        The network, on the CPU.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed.generate_state(1)[0]))
@@ -110,8 +119,16 @@ def resumed_network(net_cfg: NetworkConfig, checkpoint, path) -> tuple:
     Returns
     -------
     net : SAMNet
+        The network, on the CPU.
     state : TrainState
+        Iterations, time and history of the checkpoint.
     optimizer_state : dict or None
+        The optimiser state, when the checkpoint holds one.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint was written by a different architecture.
     """
     meta, tensors = checkpoint
     try:
@@ -126,12 +143,23 @@ def resumed_network(net_cfg: NetworkConfig, checkpoint, path) -> tuple:
 
 
 def make_optimizer(net, cfg: dict, state=None, source: str = "this model") -> torch.optim.RAdam:
-    """RAdam over ``net`` at the configuration's ``lr`` and ``weight_decay``, its state restored
-    from ``state`` when given (``source`` names where it came from in errors).
+    """The RAdam optimiser over ``net``, its state restored when given.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network.
+    cfg : dict
+        The configuration; its ``lr`` and ``weight_decay`` are used.
+    state : dict, optional
+        An optimiser state dict to restore.
+    source : str, default "this model"
+        Where ``state`` came from, for errors.
 
     Returns
     -------
     torch.optim.RAdam
+        The optimiser.
 
     Raises
     ------

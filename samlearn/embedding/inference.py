@@ -39,6 +39,7 @@ def inference_network(network, device: torch.device, channels_last) -> tuple:
     network : SAMNet
         The fitted network (unchanged).
     device : torch.device
+        Where the copy runs.
     channels_last : "auto" or bool
         "auto": channels-last on the CPU only.
 
@@ -61,8 +62,20 @@ def inference_network(network, device: torch.device, channels_last) -> tuple:
 
 
 def memory_budget(max_memory_gb, device: torch.device) -> float:
-    """Bytes one network pass may use: ``max_memory_gb``, or half the free memory of the GPU, or
-    2 GB on the CPU."""
+    """Bytes one network pass may use.
+
+    Parameters
+    ----------
+    max_memory_gb : float or None
+        The budget in GB ``(2**30 bytes)``; None: half the free memory of the GPU, or 2 GB on the CPU.
+    device : torch.device
+        Where the network runs.
+
+    Returns
+    -------
+    float
+        Bytes.
+    """
     if max_memory_gb is not None:
         return float(max_memory_gb) * 2 ** 30
     if device.type == "cuda":
@@ -114,7 +127,18 @@ class InferenceEngine:
         self.verbose = verbose
 
     def tile_core(self, spatial):
-        """The tile core for a working array of shape ``spatial``, or None for one pass."""
+        """The tile core for a working array, or None for one pass.
+
+        Parameters
+        ----------
+        spatial : sequence of int
+            Shape of the working array (numpy order).
+
+        Returns
+        -------
+        tuple of int or None
+            The core (input voxels, numpy order), or None when one pass is used.
+        """
         ts = self.tile_shape
         if ts is None:
             return None
@@ -125,15 +149,36 @@ class InferenceEngine:
         return ts
 
     def batch_limit(self, spatial) -> int:
-        """How many working arrays of shape ``spatial`` one pass may take (1 when tiled)."""
+        """How many working arrays of one shape a network pass may take.
+
+        Parameters
+        ----------
+        spatial : sequence of int
+            Shape of the working arrays (numpy order).
+
+        Returns
+        -------
+        int
+            Between 1 (always when tiled) and 64, within the memory budget.
+        """
         if self.tile_core(spatial) is not None:
             return 1
         per = estimate_pass_bytes(self.network.config, spatial)
         return max(1, min(_MAX_BATCH, int(self.budget_bytes // max(per, 1))))
 
     def embed_group(self, group) -> list:
-        """Embeddings of a group of ``(image, working image)`` pairs of one working shape, from
-        one (possibly tiled) network pass.
+        """Embed a group of images of one working shape in one (possibly tiled) network pass.
+
+        Parameters
+        ----------
+        group : list of tuple
+            ``(image, working image)`` pairs: the image as given (its geometry becomes the
+            source geometry) and its preprocessed :class:`~samlearn.Image`.
+
+        Returns
+        -------
+        list of Embedding
+            One per pair, in order, with the world geometry of each map.
 
         Raises
         ------
@@ -178,6 +223,7 @@ class InferenceEngine:
         Returns
         -------
         list of Embedding
+            In the order of ``items``.
         """
         per = max(1, torch.get_num_threads() // n_jobs)
         bar = progress_bar(self.verbose, len(items), "embedding")
@@ -208,6 +254,7 @@ class InferenceEngine:
         Yields
         ------
         Embedding
+            One per item, in order (from the cache when it holds it).
         """
         cache = self.cache
         cuda = self.device.type == "cuda"

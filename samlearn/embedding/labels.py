@@ -7,9 +7,30 @@ __all__ = ["check_landmark_labels", "check_labels_inside"]
 
 
 def check_landmark_labels(y, n, ndim):
-    """Validate the semi-supervised labels of ``fit``: None (or all entries None) -> None; else a
-    list with, per image, None or an (n_landmarks, ndim) float64 array in world mm (NaN rows for
-    unlabelled landmarks). Raises ValueError / TypeError naming ``y``."""
+    """Validate the semi-supervised labels of ``fit``.
+
+    Parameters
+    ----------
+    y : None, sequence or ndarray
+        None, or one entry per image: None or an (n_landmarks, ndim) array in world mm
+        ((x, y[, z]) order; NaN rows for unlabelled landmarks); a (n_images, n_landmarks, ndim)
+        array works too. At least two images must carry labels, sharing at least one landmark.
+    n : int
+        Number of images.
+    ndim : int
+        Their dimensionality.
+
+    Returns
+    -------
+    list or None
+        None for ``y=None`` (or every entry None); else, per image, None or an
+        (n_landmarks, ndim) float64 array.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Naming ``y``, for labels of the wrong kind, shape or content.
+    """
     if y is None:
         return None
     if isinstance(y, np.ndarray):
@@ -67,7 +88,22 @@ def check_landmark_labels(y, n, ndim):
 
 
 def check_labels_inside(arr, image, i):
-    """Landmark labels of ``images[i]`` must lie inside it (NaN rows: not labelled)."""
+    """Check that the landmark labels of ``images[i]`` lie inside it.
+
+    Parameters
+    ----------
+    arr : ndarray, shape (n_landmarks, ndim)
+        The labels in world mm (NaN rows: not labelled).
+    image : Image
+        The image.
+    i : int
+        Its index, for messages.
+
+    Raises
+    ------
+    ValueError
+        For a label outside the image.
+    """
     have = ~np.isnan(arr).all(1)
     if have.any():
         inside = image.geometry.contains(arr[have])

@@ -20,10 +20,24 @@ __all__ = ["EmbeddingMap", "Embedding", "sample_map", "save_embedding", "load_em
 
 
 def sample_map(data: torch.Tensor, array_index, normalize: bool = True) -> torch.Tensor:
-    """Interpolate a ``(C, *spatial)`` map at continuous array indices ``(n, ndim)`` (numpy order,
-    integer values at voxel centres). Linear interpolation, positions clamped to the grid border.
-    With ``normalize`` the vectors are L2-normalised again (interpolating unit vectors shortens them).
-    Returns ``(n, C)`` in the map's dtype and device."""
+    """Interpolate a map at continuous array indices.
+
+    Linear interpolation, positions clamped to the grid border.
+
+    Parameters
+    ----------
+    data : torch.Tensor, shape ``(C, *spatial)``
+        The map (spatial axes in numpy order).
+    array_index : array-like or torch.Tensor, shape (n, ndim)
+        Continuous array indices (numpy order, integer values at voxel centres).
+    normalize : bool, default True
+        L2-normalise the vectors again (interpolating unit vectors shortens them).
+
+    Returns
+    -------
+    torch.Tensor, shape (n, C)
+        The vectors, in the map's dtype and on its device.
+    """
     ndim = data.dim() - 1
     idx = torch.as_tensor(np.asarray(array_index, dtype=np.float32) if not torch.is_tensor(array_index)
                           else array_index, dtype=torch.float32, device=data.device)
@@ -45,7 +59,22 @@ def sample_map(data: torch.Tensor, array_index, normalize: bool = True) -> torch
 
 
 class EmbeddingMap:
-    """An L2-normalised embedding map ``data`` (C, *spatial) on the grid ``geometry``."""
+    """An L2-normalised embedding map on a grid with world geometry.
+
+    Parameters
+    ----------
+    data : torch.Tensor or array-like, shape ``(C, *spatial)``
+        The map (spatial axes in numpy order); arrays are converted to tensors.
+    geometry : ImageGeometry
+        The grid of the map's voxels; its array shape must be ``spatial``.
+
+    Attributes
+    ----------
+    data : torch.Tensor
+        The map.
+    geometry : ImageGeometry
+        Its grid.
+    """
 
     __slots__ = ("data", "geometry")
 
@@ -60,26 +89,71 @@ class EmbeddingMap:
 
     @property
     def n_channels(self) -> int:
+        """Number of channels ``C``."""
         return self.data.shape[0]
 
     @property
     def ndim(self) -> int:
+        """Number of spatial axes (2 or 3)."""
         return self.geometry.ndim
 
     def vectors_at(self, points) -> torch.Tensor:
-        """Embedding vectors (n, C) at world points (n, ndim) in mm, interpolated and renormalised."""
+        """Embedding vectors at world points, interpolated and renormalised.
+
+        Parameters
+        ----------
+        points : array-like, shape (n, ndim) or (ndim,)
+            World points in mm ((x, y[, z]) order).
+
+        Returns
+        -------
+        torch.Tensor, shape (n, C)
+            Unit vectors.
+        """
         return sample_map(self.data, self.geometry.world_to_array_index(np.atleast_2d(points)))
 
     def similarity(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of each of ``vectors`` (K, C) with every voxel: (K, *spatial)."""
+        """Cosine similarity of each of ``vectors`` with every voxel.
+
+        Parameters
+        ----------
+        vectors : torch.Tensor, shape (K, C)
+            Unit vectors (moved to the map's device and dtype).
+
+        Returns
+        -------
+        torch.Tensor, shape ``(K, *spatial)``
+            The similarity maps.
+        """
         v = vectors.to(self.data.device, self.data.dtype)
         flat = self.data.reshape(self.n_channels, -1)
         return (v @ flat).reshape(v.shape[0], *self.data.shape[1:])
 
     def to(self, device=None, dtype=None) -> "EmbeddingMap":
+        """Return a copy on another device and / or dtype, with the same geometry.
+
+        Parameters
+        ----------
+        device : torch.device or str, optional
+            Target device (None: unchanged).
+        dtype : torch.dtype, optional
+            Target dtype (None: unchanged).
+
+        Returns
+        -------
+        EmbeddingMap
+            The moved map.
+        """
         return EmbeddingMap(self.data.to(device=device, dtype=dtype), self.geometry)
 
     def numpy(self) -> np.ndarray:
+        """Return the map as a float32 numpy array.
+
+        Returns
+        -------
+        ndarray of float32, shape ``(C, *spatial)``
+            A CPU copy of ``data``.
+        """
         return self.data.detach().float().cpu().numpy()
 
     def __repr__(self) -> str:
@@ -96,9 +170,25 @@ class EmbeddingMap:
 class Embedding:
     """Global and local embedding maps of one image.
 
-    ``image_geometry`` is the grid of the preprocessed image the network saw (e.g. the 2 mm CT or
-    the 512 x 512 X-ray); ``source_geometry`` is the grid of the image as given. All maps and points
-    share the same world space, so results are reported in the source image's world mm.
+    All maps and points share the same world space, so results are reported in the source
+    image's world mm.
+
+    Parameters
+    ----------
+    global_map : EmbeddingMap
+        The coarse global map.
+    local_map : EmbeddingMap
+        The fine local map.
+    image_geometry : ImageGeometry
+        The grid of the preprocessed image the network saw (e.g. the 2 mm CT or the 512 x 512
+        X-ray).
+    source_geometry : ImageGeometry, optional
+        The grid of the image as given (default: ``image_geometry``).
+
+    Attributes
+    ----------
+    global_map, local_map, image_geometry, source_geometry
+        The parameters (``source_geometry`` filled in).
     """
 
     __slots__ = ("global_map", "local_map", "image_geometry", "source_geometry")
@@ -112,9 +202,24 @@ class Embedding:
 
     @property
     def ndim(self) -> int:
+        """Number of spatial axes (2 or 3)."""
         return self.image_geometry.ndim
 
     def to(self, device=None, dtype=None) -> "Embedding":
+        """Return a copy with both maps on another device and / or dtype.
+
+        Parameters
+        ----------
+        device : torch.device or str, optional
+            Target device (None: unchanged).
+        dtype : torch.dtype, optional
+            Target dtype (None: unchanged).
+
+        Returns
+        -------
+        Embedding
+            The moved embedding, with the same geometries.
+        """
         return Embedding(self.global_map.to(device, dtype), self.local_map.to(device, dtype),
                          self.image_geometry, self.source_geometry)
 
@@ -147,12 +252,27 @@ def _geometry_from(fields: dict, prefix: str, path) -> ImageGeometry:
 
 
 def save_embedding(embedding: Embedding, path) -> Path:
-    """Write ``embedding`` to ``path``: ``.npz`` (numpy arrays) or ``.pt`` (a dict of torch tensors,
-    readable with ``torch.load(weights_only=True)``). Both hold the global and local maps
-    (``global``, ``local``: float32 (C, *spatial), numpy axis order) and, for the maps, the
-    preprocessed image and the source image, their grids as ``<name>_size`` / ``_spacing`` /
-    ``_origin`` / ``_direction`` (x, y[, z] order, as SimpleITK). Written atomically (temporary file,
-    then rename). Read it back with :func:`load_embedding`."""
+    """Write an embedding to a ``.npz`` or ``.pt`` file.
+
+    Both formats hold the global and local maps (``global``, ``local``: float32 ``(C, *spatial)``,
+    numpy axis order) and, for the maps, the preprocessed image and the source image, their grids
+    as ``<name>_size`` / ``_spacing`` / ``_origin`` / ``_direction`` (x, y[, z] order, as
+    SimpleITK), ``<name>`` one of ``global``, ``local``, ``image``, ``source``. Written
+    atomically (temporary file, then rename). Read it back with :func:`load_embedding`.
+
+    Parameters
+    ----------
+    embedding : Embedding
+        What to write.
+    path : str or path
+        Ends in ``.npz`` (numpy arrays) or ``.pt`` (a dict of torch tensors, readable with
+        ``torch.load(weights_only=True)``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     if not isinstance(embedding, Embedding):
         raise TypeError(f"embedding must be a samlearn.embedding.Embedding, got {type(embedding).__name__}")
     path = Path(path)
@@ -180,8 +300,26 @@ def save_embedding(embedding: Embedding, path) -> Path:
 
 
 def load_embedding(path) -> Embedding:
-    """Read an :class:`Embedding` written by :func:`save_embedding` (``.npz`` or ``.pt``; the
-    latter is loaded with ``torch.load(weights_only=True)``, so it never executes code)."""
+    """Read an :class:`Embedding` written by :func:`save_embedding`.
+
+    Parameters
+    ----------
+    path : str or path
+        A ``.npz`` or ``.pt`` file; the latter is loaded with ``torch.load(weights_only=True)``,
+        so it never executes code.
+
+    Returns
+    -------
+    Embedding
+        Maps as float32 CPU tensors, with their geometries.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        For another suffix, or a file that is not a samlearn embedding file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embedding file does not exist: '{path}'")

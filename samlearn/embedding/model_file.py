@@ -27,7 +27,7 @@ from ..nn.network import SAMNet
 from .config import network_config
 
 __all__ = ["save_payload", "load_payload", "check_checkpointing", "read_checkpoint", "network_from_state", "embedder_meta",
-           "read_embedder_meta", "to_jsonable", "FORMAT_VERSION", "ModelFileError"]
+           "read_embedder_meta", "to_jsonable", "FORMAT_VERSION"]
 
 
 FORMAT_VERSION = 1
@@ -37,8 +37,24 @@ MAGIC = "samlearn-model"
 
 
 def save_payload(path, kind: str, meta: dict, tensors: dict) -> Path:
-    """Write ``meta`` (JSON-serialisable) and ``tensors`` (nested dicts of tensors / numbers)
-    atomically to ``path``."""
+    """Write a model file atomically.
+
+    Parameters
+    ----------
+    path : str or path
+        The file (not a folder); missing parent folders are created.
+    kind : str
+        The kind of model (e.g. ``"SAMEmbedder"``), checked by :func:`load_payload`.
+    meta : dict
+        JSON-serialisable metadata.
+    tensors : dict
+        Nested dicts of tensors / numbers.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"path '{path}' is a folder; give a file name for the model")
@@ -122,8 +138,33 @@ def _version_tuple(v: str):
 
 
 def load_payload(path, kind: str | None = None) -> tuple:
-    """Read a model file written by :func:`save_payload`. Returns ``(kind, meta, tensors, header)``.
-    Raises :class:`ModelFileError` for anything that is not an intact samlearn model file."""
+    """Read a model file written by :func:`save_payload`.
+
+    Parameters
+    ----------
+    path : str or path
+        The model file.
+    kind : str, optional
+        The kind of model expected (None: any).
+
+    Returns
+    -------
+    kind : str
+        The kind of model in the file.
+    meta : dict
+        Its metadata.
+    tensors : dict
+        Its tensors (on the CPU).
+    header : dict
+        The whole payload (versions, checksum, ...).
+
+    Raises
+    ------
+    ModelFileError
+        For anything that is not an intact samlearn model file (of ``kind``).
+    FileNotFoundError, IsADirectoryError, TypeError
+        For a missing file, a folder, or a ``path`` that is not a path.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
@@ -185,6 +226,7 @@ def check_checkpointing(path, every, resume) -> None:
     every : int or None
         ``checkpoint_every``.
     resume : bool
+        ``resume``.
 
     Raises
     ------
@@ -210,6 +252,26 @@ def check_checkpointing(path, every, resume) -> None:
 
 
 def read_checkpoint(path):
+    """Read a training checkpoint of a ``SAMEmbedder``.
+
+    Parameters
+    ----------
+    path : str or path
+        The checkpoint.
+
+    Returns
+    -------
+    meta : dict
+        Its metadata, with ``n_iter`` (int), ``train_time`` (float), ``history`` (list) and
+        ``config`` (dict) checked.
+    tensors : dict
+        Its tensors (``network``, ``optimizer``).
+
+    Raises
+    ------
+    ModelFileError
+        For a damaged file or damaged metadata.
+    """
     _, meta, tensors, _ = load_payload(path, kind="SAMEmbedder")
     try:
         meta = dict(meta)
@@ -226,10 +288,31 @@ def read_checkpoint(path):
 
 
 def network_from_state(net_cfg, tensors, what):
-    """Build a SAMNet for ``net_cfg`` and load ``tensors["network"]`` into it, refusing (with
-    :class:`~samlearn.exceptions.ModelFileError`) weights whose names, shapes or dtypes do not match
-    the architecture, or that are not finite. The architecture is first built on the "meta" device
-    (no memory), so a tampered configuration cannot make samlearn allocate a huge network."""
+    """Build a SAMNet and load checked weights into it.
+
+    The architecture is first built on the "meta" device (no memory), so a tampered configuration
+    cannot make samlearn allocate a huge network.
+
+    Parameters
+    ----------
+    net_cfg : NetworkConfig
+        The architecture.
+    tensors : dict
+        The file's tensors; ``tensors["network"]`` is the state dict.
+    what : str
+        Names the file in error messages.
+
+    Returns
+    -------
+    SAMNet
+        The network on the CPU, weights loaded.
+
+    Raises
+    ------
+    ModelFileError
+        For weights whose names, shapes or dtypes do not match the architecture, or that are not
+        finite, and for an invalid configuration.
+    """
     state = tensors.get("network") if isinstance(tensors, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ModelFileError(f"{what} holds no network weights (a dict of tensors)")
@@ -266,15 +349,22 @@ def embedder_meta(params: dict, config: dict, preset: str, n_iter: int, train_ti
     config : dict
         The resolved configuration.
     preset : str
+        The preset used.
     n_iter : int
+        Iterations trained.
     train_time : float
+        Seconds of training.
     interrupted : bool
+        Whether training was interrupted.
     history : list of dict
+        Per-iteration records.
     checkpoint : bool, default False
+        Mark the metadata as a checkpoint's.
 
     Returns
     -------
     dict
+        JSON-serialisable metadata.
     """
     meta = {"params": params, "config": to_jsonable(config), "preset": preset, "ndim": config["ndim"],
             "n_iter": n_iter, "train_time": train_time, "interrupted": bool(interrupted),
@@ -328,6 +418,7 @@ def read_embedder_meta(meta: dict, param_names, source) -> tuple:
 
 
 def to_cpu(obj):
+    """Detached CPU copies of the tensors in nested dicts / lists / tuples (others unchanged)."""
     if torch.is_tensor(obj):
         return obj.detach().cpu()
     if isinstance(obj, dict):
@@ -338,6 +429,24 @@ def to_cpu(obj):
 
 
 def to_jsonable(obj):
+    """Convert a parameter value to plain JSON data.
+
+    Parameters
+    ----------
+    obj : object
+        Nested dicts, lists and tuples of numbers, strings, None, numpy scalars and arrays,
+        ``torch.device`` and paths.
+
+    Returns
+    -------
+    object
+        The same as dicts (str keys), lists, numbers, strings and None.
+
+    Raises
+    ------
+    TypeError
+        For a value that cannot be stored in a model file.
+    """
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -358,6 +467,7 @@ def to_jsonable(obj):
 
 
 def untuple(v):
+    """Turn the JSON lists of a stored parameter back into tuples (recursively)."""
     if isinstance(v, list):
         return tuple(untuple(x) for x in v)
     return v

@@ -156,15 +156,31 @@ def _sparse_on(device: torch.device) -> bool:
 
 
 def resample_canonical(image, target: ImageGeometry, device=None, default_value=None):
-    """``image.resample_to_geometry(target, interpolator="linear")`` (anti-aliasing Gaussian
-    included) for the common case of a canonical target and a source whose direction is a signed
-    permutation (axes aligned with the world: identity or flipped / permuted axes): one small
-    matrix product per axis instead of a full-resolution Gaussian filter and a point-by-point
-    resampling: on the CPU a scipy.sparse product (the embedders' CPU preprocessing: 1.5-2x faster
-    than the SimpleITK path for an X-ray, benchmarks/RESULTS.md), elsewhere torch on ``device``.
-    Returns None when the geometry is not of that kind.
+    """Fast ``image.resample_to_geometry(target, interpolator="linear")`` for axis-aligned images.
 
-    Agrees with the SimpleITK path to float32 rounding (tests/test_inference.py)."""
+    Anti-aliasing Gaussian included. For the common case of a canonical target and a source whose
+    direction is a signed permutation (axes aligned with the world: identity or flipped /
+    permuted axes): one small matrix product per axis instead of a full-resolution Gaussian
+    filter and a point-by-point resampling; on the CPU a scipy.sparse product (faster than the
+    SimpleITK path, benchmarks/RESULTS.md), elsewhere torch on ``device``. Agrees with the
+    SimpleITK path to float32 rounding (tests/test_inference.py).
+
+    Parameters
+    ----------
+    image : Image
+        The source image.
+    target : ImageGeometry
+        The canonical (identity-direction) target grid.
+    device : str or torch.device, optional
+        Where to resample: the CPU (scipy.sparse) when None or "cpu", else torch on it.
+    default_value : float, optional
+        Value outside the source (default: the image's minimum).
+
+    Returns
+    -------
+    Image or None
+        The resampled float32 image, or None when the geometry is not of that kind.
+    """
     src = image.geometry
     maps = _axis_map(src, target)
     if maps is None:

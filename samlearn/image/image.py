@@ -9,14 +9,7 @@ Images are read through SimpleITK (:func:`read_image`): NIfTI, NRRD, MHA/MHD, a 
 folder, and PNG / JPEG / TIFF / BMP for X-rays; damage that SimpleITK would read silently wrong is
 refused first (:mod:`samlearn.image.integrity`). Resampling (to a spacing, to a size, onto another
 grid) keeps the geometry exact, so a world point lands on the same anatomy before and after.
-
-Intensity presets (:func:`normalize_intensity`):
-
-* ``"ct"``: Hounsfield units clipped to ``[-1024, 2048]`` and divided by 1024, so air is -1, water 0,
-  dense bone 1 and metal saturates at 2. Linear inside the window, so relative contrast is kept.
-* ``"xray"``: percentile based, for images with no physical unit: the 1st and 99th percentiles map to
-  -1 and 1, values beyond are clipped to ``[-1.5, 1.5]``.
-* ``"none"``: values unchanged (cast to float32).
+Intensity presets: :func:`normalize_intensity`.
 """
 from __future__ import annotations
 
@@ -37,10 +30,10 @@ __all__ = ["Image", "read_image", "normalize_intensity", "INTENSITY_PRESETS", "R
 
 _COLOUR_PIXEL_IDS = (sitk.sitkVectorUInt8, sitk.sitkVectorUInt16)
 
-
+#: file suffixes read as 2D raster pictures (X-rays), written as 8-bit by :meth:`Image.save`
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
-
+#: the presets of :func:`normalize_intensity`
 INTENSITY_PRESETS = ("ct", "xray", "none")
 
 
@@ -52,6 +45,20 @@ class Image:
 
     Build one with :meth:`from_file`, :meth:`from_sitk` or :meth:`from_array`; export with
     :meth:`to_sitk` or :meth:`save`. Pixel values are stored as float32 and must be finite.
+
+    Parameters
+    ----------
+    array : array-like of shape (z, y, x) or (y, x)
+        Real, finite pixel values (cast to float32).
+    geometry : ImageGeometry
+        The grid; its ``shape`` must equal the array's.
+    source : str or None, default None
+        Where the image came from (a path), for messages.
+
+    Attributes
+    ----------
+    array, geometry, source
+        The parameters, validated (``array`` as a float32 ndarray).
     """
 
     __slots__ = ("array", "geometry", "source")
@@ -71,16 +78,42 @@ class Image:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_array(cls, array, spacing=1.0, origin=0.0, direction=None, *, source=None) -> "Image":
-        """From a numpy array in numpy order ((z, y, x) or (y, x)) and geometry vectors in
-        (x, y[, z]) order (SimpleITK's conventions)."""
+        """From a numpy array in numpy order, geometry vectors in (x, y[, z]) order (SimpleITK's).
+
+        Parameters
+        ----------
+        array : array-like of shape (z, y, x) or (y, x)
+            Real, finite pixel values.
+        spacing, origin, direction
+            As in :class:`ImageGeometry` (mm, ``(x, y[, z])`` order; None: identity direction).
+        source : str or None, default None
+            Where the image came from.
+
+        Returns
+        -------
+        Image
+            The image.
+        """
         arr = _check_pixel_array(array, "array")
         geom = ImageGeometry(tuple(reversed(arr.shape)), spacing, origin, direction)
         return cls(arr, geom, source)
 
     @classmethod
     def from_sitk(cls, image: sitk.Image, *, source=None) -> "Image":
-        """From a ``SimpleITK.Image`` (scalar, or RGB/RGBA which is converted to luminance).
-        A 3D image with a single slice whose direction keeps that axis apart becomes 2D."""
+        """From a ``SimpleITK.Image`` (a single-slice 3D one with that axis kept apart: 2D).
+
+        Parameters
+        ----------
+        image : SimpleITK.Image
+            A scalar image, or a 2D 8/16-bit colour picture (RGB, RGBA, grey + alpha).
+        source : str or None, default None
+            Where the image came from.
+
+        Returns
+        -------
+        Image
+            The image.
+        """
         if not isinstance(image, sitk.Image):
             raise TypeError(f"image must be a SimpleITK.Image, got {type(image).__name__}")
         ncomp = image.GetNumberOfComponentsPerPixel()
@@ -107,32 +140,51 @@ class Image:
 
     @classmethod
     def from_file(cls, path: PathLike, *, series_id: str | None = None) -> "Image":
-        """Read NIfTI, NRRD, MHA/MHD, PNG / JPEG / TIFF / BMP, or a folder holding a DICOM series."""
+        """Read an image file or a DICOM series folder (:func:`read_image`).
+
+        Parameters
+        ----------
+        path : str or path
+            The file or DICOM folder.
+        series_id : str or None, default None
+            The DICOM series to read from a folder holding several (see :func:`read_image`).
+
+        Returns
+        -------
+        Image
+            The image.
+        """
         return read_image(path, series_id=series_id)
 
     # ------------------------------------------------------------------ properties
     @property
     def ndim(self) -> int:
+        """Number of spatial dimensions, 2 or 3."""
         return self.geometry.ndim
 
     @property
     def shape(self) -> tuple:
+        """Array shape in numpy order (z, y, x)."""
         return self.array.shape
 
     @property
     def spacing(self) -> np.ndarray:
+        """Voxel spacing (mm), ``(x, y[, z])`` order."""
         return self.geometry.spacing
 
     @property
     def origin(self) -> np.ndarray:
+        """World position (mm) of the first voxel's centre, ``(x, y[, z])``."""
         return self.geometry.origin
 
     @property
     def direction(self) -> np.ndarray:
+        """Direction matrix: its columns are the world directions of the index axes."""
         return self.geometry.direction
 
     @property
     def size(self) -> tuple:
+        """Voxels per axis, ``(x, y[, z])`` order."""
         return self.geometry.size
 
     def __repr__(self) -> str:
@@ -141,34 +193,122 @@ class Image:
 
     # coordinate helpers forwarded to the geometry
     def world_to_index(self, points):
+        """World mm -> continuous index ``(i, j[, k])`` (:meth:`ImageGeometry.world_to_index`).
+
+        Parameters
+        ----------
+        points : array-like of shape (n_points, ndim) or (ndim,)
+            World points (mm), ``(x, y[, z])`` order.
+
+        Returns
+        -------
+        ndarray of shape (n_points, ndim) or (ndim,)
+        """
         return self.geometry.world_to_index(points)
 
     def index_to_world(self, indices):
+        """Continuous index ``(i, j[, k])`` -> world mm (:meth:`ImageGeometry.index_to_world`).
+
+        Parameters
+        ----------
+        indices : array-like of shape (n_points, ndim) or (ndim,)
+            Continuous indices, x, y, z order.
+
+        Returns
+        -------
+        ndarray of shape (n_points, ndim) or (ndim,)
+        """
         return self.geometry.index_to_world(indices)
 
     def world_to_array_index(self, points):
+        """World mm -> continuous index in numpy array order ``(z, y, x)``.
+
+        Parameters
+        ----------
+        points : array-like of shape (n_points, ndim) or (ndim,)
+            World points (mm), ``(x, y[, z])`` order.
+
+        Returns
+        -------
+        ndarray of shape (n_points, ndim) or (ndim,)
+        """
         return self.geometry.world_to_array_index(points)
 
     def array_index_to_world(self, indices):
+        """Continuous index in numpy array order ``(z, y, x)`` -> world mm ``(x, y[, z])``.
+
+        Parameters
+        ----------
+        indices : array-like of shape (n_points, ndim) or (ndim,)
+            Continuous array indices.
+
+        Returns
+        -------
+        ndarray of shape (n_points, ndim) or (ndim,)
+        """
         return self.geometry.array_index_to_world(indices)
 
     def contains(self, points, margin: float = 0.5):
+        """Which world points fall inside the image (:meth:`ImageGeometry.contains`).
+
+        Parameters
+        ----------
+        points : array-like of shape (n_points, ndim) or (ndim,)
+            World points (mm), ``(x, y[, z])`` order.
+        margin : float, default 0.5
+            Tolerance in voxels beyond the outer voxel centres (0.5: up to the voxel borders).
+
+        Returns
+        -------
+        ndarray of bool, shape (n_points,)
+        """
         return self.geometry.contains(points, margin)
 
     def with_array(self, array) -> "Image":
-        """Same geometry, new pixels (same shape)."""
+        """Same geometry, new pixels (same shape).
+
+        Parameters
+        ----------
+        array : array-like
+            The new pixels, of this image's shape.
+
+        Returns
+        -------
+        Image
+            The new image (same geometry and source).
+        """
         return Image(array, self.geometry, self.source)
 
     def copy(self) -> "Image":
+        """A copy with its own pixel array (the immutable geometry is shared).
+
+        Returns
+        -------
+        Image
+            The copy.
+        """
         return Image(self.array.copy(), self.geometry, self.source)
 
     # ------------------------------------------------------------------ export
     def to_sitk(self) -> sitk.Image:
+        """Export as a float32 ``SimpleITK.Image`` with this geometry.
+
+        Returns
+        -------
+        SimpleITK.Image
+            The image.
+        """
         img = sitk.GetImageFromArray(self.array, isVector=False)
         return self.geometry.apply_to_sitk(img)
 
     def save(self, path: PathLike) -> None:
-        """Write with SimpleITK (format from the suffix), atomically: a temporary file then rename."""
+        """Write with SimpleITK (format from the suffix), atomically: a temporary file then rename.
+
+        Parameters
+        ----------
+        path : str or path
+            The output file; raster formats (PNG, JPEG, TIFF, BMP) get values rescaled to 0-255.
+        """
         path = Path(path)
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
@@ -185,10 +325,24 @@ class Image:
     # ------------------------------------------------------------------ resampling
     def resample_to_geometry(self, geometry: ImageGeometry, *, interpolator: str = "linear",
                              default_value: float | None = None, antialias: bool = True) -> "Image":
-        """Resample onto another grid (world positions preserved). ``interpolator`` is ``"linear"``,
-        ``"nearest"`` or ``"bspline"``. With ``antialias`` a Gaussian pre-filter suppresses aliasing
-        along axes where the target spacing is coarser. Outside the field of view the image gets
-        ``default_value`` (default: the image minimum, i.e. air for CT)."""
+        """Resample onto another grid (world positions preserved).
+
+        Parameters
+        ----------
+        geometry : ImageGeometry
+            The target grid, of the same dimension.
+        interpolator : {"linear", "nearest", "bspline"}, default "linear"
+        default_value : float or None, default None
+            The value outside the field of view; None is the image minimum (air for CT).
+        antialias : bool, default True
+            A Gaussian pre-filter suppresses aliasing along axes where the target spacing is
+            coarser (not with ``"nearest"``).
+
+        Returns
+        -------
+        Image
+            The resampled image.
+        """
         if not isinstance(geometry, ImageGeometry):
             raise TypeError(f"geometry must be an ImageGeometry, got {type(geometry).__name__}")
         if geometry.ndim != self.ndim:
@@ -224,19 +378,59 @@ class Image:
         return self.with_array(gaussian_filter(self.array, sigma=sigma_vox[::-1], mode="nearest"))
 
     def resample_to_spacing(self, spacing, **kwargs) -> "Image":
-        """Resample to a new spacing (mm, scalar or per axis x, y, z) over the same physical
-        extent, e.g. ``image.resample_to_spacing(2.0)`` for the CT presets."""
+        """Resample to a new spacing over the same physical extent (e.g. 2.0 for the CT presets).
+
+        Parameters
+        ----------
+        spacing : float or sequence of float
+            The new spacing (mm), scalar or per axis x, y, z.
+        **kwargs
+            Passed to :meth:`resample_to_geometry`.
+
+        Returns
+        -------
+        Image
+            The resampled image.
+        """
         return self.resample_to_geometry(self.geometry.with_spacing(spacing), **kwargs)
 
     def resize(self, size, **kwargs) -> "Image":
-        """Resample to a fixed number of voxels (x, y[, z]) covering exactly the same physical
-        extent, e.g. ``image.resize((512, 512))`` for X-rays. Spacing changes accordingly, so
-        world points are unchanged."""
+        """Resample to a fixed number of voxels covering exactly the same physical extent.
+
+        E.g. ``image.resize((512, 512))`` for X-rays; spacing changes, world points do not.
+
+        Parameters
+        ----------
+        size : int or sequence of int
+            The new size ``(x, y[, z])`` (an int for every axis).
+        **kwargs
+            Passed to :meth:`resample_to_geometry`.
+
+        Returns
+        -------
+        Image
+            The resampled image.
+        """
         size = np.broadcast_to(np.asarray(size), (self.ndim,))
         return self.resample_to_geometry(self.geometry.with_size(size), **kwargs)
 
     def sample(self, points, order: int = 1, cval: float | None = None) -> np.ndarray:
-        """Pixel values at world points (interpolated; ``order`` 0 nearest, 1 linear, 3 cubic)."""
+        """Pixel values at world points, interpolated.
+
+        Parameters
+        ----------
+        points : array-like of shape (n_points, ndim) or (ndim,)
+            World points (mm), ``(x, y[, z])`` order.
+        order : int, default 1
+            Spline order: 0 nearest, 1 linear, 3 cubic.
+        cval : float or None, default None
+            The value outside the image; None is the image minimum.
+
+        Returns
+        -------
+        ndarray of shape (n_points,)
+            The values.
+        """
         idx = np.atleast_2d(self.world_to_array_index(points))
         if cval is None:
             cval = float(self.array.min())
@@ -274,7 +468,31 @@ def _check_pixel_array(array, name: str) -> np.ndarray:
 
 
 def read_image(path: PathLike, *, series_id: str | None = None) -> Image:
-    """Read an image file (NIfTI, NRRD, MHA/MHD, PNG, JPEG, TIFF, BMP...) or a DICOM series folder."""
+    """Read an image file (NIfTI, NRRD, MHA/MHD, PNG, JPEG, TIFF, BMP...) or a DICOM series folder.
+
+    Damage that SimpleITK would read silently wrong (truncation, NaN, missing DICOM slices, ...)
+    is refused first (:mod:`samlearn.image.integrity`).
+
+    Parameters
+    ----------
+    path : str or path
+        The image file, or a folder of DICOM slices.
+    series_id : str or None, default None
+        The DICOM series to read from a folder; None reads the only one, or the largest (with a
+        warning) when the folder holds several.
+
+    Returns
+    -------
+    Image
+        The image, its ``source`` the path.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the path does not exist.
+    ValueError
+        For an unreadable, damaged or unsupported file or series.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     p = Path(path)
@@ -341,7 +559,24 @@ def _check_dicom_slices(reader, folder: Path, n: int) -> None:
 
 
 def normalize_intensity(image: Image, preset: str = "ct") -> Image:
-    """Map raw intensities to a network-friendly range with a documented preset (see module doc)."""
+    """Map raw intensities to a network-friendly range with a documented preset.
+
+    Parameters
+    ----------
+    image : Image
+        The image.
+    preset : {"ct", "xray", "none"}, default "ct"
+        ``"ct"``: Hounsfield units clipped to ``[-1024, 2048]`` and divided by 1024, so air is -1,
+        water 0, dense bone 1 and metal saturates at 2; linear inside the window, so relative
+        contrast is kept. ``"xray"``: percentile based, for images with no physical unit: the 1st
+        and 99th percentiles map to -1 and 1, values beyond are clipped to ``[-1.5, 1.5]``.
+        ``"none"``: values unchanged (cast to float32).
+
+    Returns
+    -------
+    Image
+        The normalised image (same geometry); ``"xray"`` refuses a constant image.
+    """
     if not isinstance(image, Image):
         raise TypeError(f"image must be a samlearn Image, got {type(image).__name__}")
     if preset not in INTENSITY_PRESETS:

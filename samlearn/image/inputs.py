@@ -19,8 +19,20 @@ __all__ = ["image_items", "read_item", "load_item", "check_images"]
 
 
 def read_item(item, what: str) -> Image:
-    """One item of :func:`image_items` as an :class:`Image` (read from disk when a path);
-    ``what`` names it in error messages (e.g. ``"images[3]"``)."""
+    """One item of :func:`image_items` as an :class:`Image` (read from disk when a path).
+
+    Parameters
+    ----------
+    item : Image, SimpleITK.Image, str or path
+        The item.
+    what : str
+        Its name in error messages (e.g. ``"images[3]"``).
+
+    Returns
+    -------
+    Image
+        The image (an ``Image`` passes through unchanged).
+    """
     if isinstance(item, Image):
         return item
     if isinstance(item, sitk.Image):
@@ -29,9 +41,30 @@ def read_item(item, what: str) -> Image:
 
 
 def image_items(images, name: str = "images") -> list:
-    """The items of one image or a list of images (``Image``, ``SimpleITK.Image`` or path), types
-    checked, without reading any file: :func:`check_images` reads them all at once, the lazy paths
-    (:func:`load_item`) one at a time."""
+    """The items of one image or a list of images, types checked, without reading any file.
+
+    :func:`check_images` reads them all at once, the lazy paths (:func:`load_item`) one at a time.
+
+    Parameters
+    ----------
+    images : Image, SimpleITK.Image, str, path or sequence of these
+        One image or a list of images.
+    name : str, default "images"
+        The argument's name in error messages.
+
+    Returns
+    -------
+    list
+        The items, unread.
+
+    Raises
+    ------
+    TypeError
+        For numpy arrays (their spacing and origin are unknown: wrap them with
+        ``Image.from_array``) and other types.
+    ValueError
+        For an empty list.
+    """
     if isinstance(images, np.ndarray):
         raise TypeError(
             f"{name} must be an Image, a SimpleITK.Image, a path or a list of these; got a numpy "
@@ -59,10 +92,22 @@ def image_items(images, name: str = "images") -> list:
 def check_images(images, *, ndim: int | None = None, name: str = "images") -> list:
     """Turn one image or a list of images into a list of :class:`Image`.
 
-    Accepts an :class:`Image`, a ``SimpleITK.Image``, a path (file or DICOM folder), or a list /
-    tuple of these. Idempotent (Images pass through unchanged). Rejects raw numpy arrays (their
-    geometry would be guessed: use ``Image.from_array``), empty lists, and lists that mix 2D and 3D.
-    ``ndim`` (2 or 3), when given, is the dimensionality every image must have.
+    Idempotent (Images pass through unchanged). Rejects raw numpy arrays (their geometry would be
+    guessed: use ``Image.from_array``), empty lists, and lists that mix 2D and 3D.
+
+    Parameters
+    ----------
+    images : Image, SimpleITK.Image, str, path or list / tuple of these
+        The images; a path is a file or a DICOM folder.
+    ndim : {2, 3} or None, default None
+        When given, the dimensionality every image must have.
+    name : str, default "images"
+        The argument's name in error messages.
+
+    Returns
+    -------
+    list of Image
+        The images, read.
     """
     out = [read_item(item, f"{name}[{i}]") for i, item in enumerate(image_items(images, name=name))]
     dims = [im.ndim for im in out]
@@ -81,8 +126,26 @@ def _is_sequence(obj) -> bool:
 
 
 def load_item(item, ndim: Optional[int], name: str, index: int, why: Optional[str] = None) -> Image:
-    """Read one item of :func:`image_items` into an :class:`Image`; ``ndim`` (when given) is the
-    dimensionality it must have, ``why`` the reason, for the error message."""
+    """Read one item of :func:`image_items` into an :class:`Image`, checking its dimensionality.
+
+    Parameters
+    ----------
+    item : Image, SimpleITK.Image, str or path
+        The item.
+    ndim : {2, 3} or None
+        When given, the dimensionality it must have.
+    name : str
+        The name of the list it comes from, for error messages.
+    index : int
+        Its position in that list, for error messages.
+    why : str or None, default None
+        Why ``ndim`` is required, for the error message (default: the list mixes 2D and 3D).
+
+    Returns
+    -------
+    Image
+        The image.
+    """
     im = read_item(item, f"{name}[{index}]")
     if ndim is not None and im.ndim != ndim:
         why = why or f"{name} mixes 2D and 3D images ({name}[0] is {ndim}D)"

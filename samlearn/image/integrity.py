@@ -33,9 +33,21 @@ _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
 def verify_image_file(path: Path) -> None:
-    """Raise ``ValueError`` if ``path`` is an image file that SimpleITK would read silently wrong
-    (see the module docstring). Files of other formats pass unchecked (SimpleITK itself raises on
-    their damage: MHA, NRRD, PNG, TIFF were measured)."""
+    """Raise ``ValueError`` if ``path`` is an image file that SimpleITK would read silently wrong.
+
+    NIfTI, JPEG and BMP files are checked (see the module docstring). Files of other formats pass
+    unchecked (SimpleITK itself raises on their damage: MHA, NRRD, PNG, TIFF were measured).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The image file.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the damage.
+    """
     name = path.name.lower()
     if name.endswith(".nii") or name.endswith(".nii.gz"):
         _verify_nifti(path, gz=name.endswith(".gz"))
@@ -223,10 +235,27 @@ def _verify_bmp(path: Path) -> None:
 # ---------------------------------------------------------------------------------------- DICOM
 
 def check_slice_positions(folder, positions, normal, rtol: float = 0.05) -> None:
-    """Raise ``ValueError`` if the slices of a DICOM series (``positions``: (n, 3) ImagePosition-
-    Patient of each file, in the reader's order; ``normal``: slice normal) are not evenly spaced,
-    i.e. slices are missing or duplicated. SimpleITK only prints a warning and builds a volume with
-    a uniform spacing, which puts every slice after a gap at the wrong position."""
+    """Raise ``ValueError`` if the slices of a DICOM series are not evenly spaced.
+
+    Uneven gaps mean missing or duplicated slices. SimpleITK only prints a warning and builds a
+    volume with a uniform spacing, which puts every slice after a gap at the wrong position.
+
+    Parameters
+    ----------
+    folder : str or path
+        The series folder, for the message.
+    positions : array-like of shape (n_slices, 3)
+        ImagePositionPatient of each file, in the reader's order.
+    normal : array-like of shape (3,)
+        The slice normal.
+    rtol : float, default 0.05
+        Largest accepted deviation of a gap from the smallest gap, relative to it.
+
+    Raises
+    ------
+    ValueError
+        For duplicated slices or uneven gaps.
+    """
     pos = np.asarray(positions, dtype=np.float64)
     if len(pos) < 3:
         return

@@ -17,16 +17,41 @@ __all__ = ["upsample_to_grid", "GridIndex", "index_affine", "interp", "taps", "l
 
 
 def index_affine(src: ImageGeometry, dst: ImageGeometry) -> Tuple[np.ndarray, np.ndarray]:
-    """(M, t) with ``src_array_index = M @ dst_array_index + t`` (numpy order, continuous)."""
+    """The affine map from array indices of one grid to array indices of another.
+
+    Parameters
+    ----------
+    src, dst : ImageGeometry
+        The two grids.
+
+    Returns
+    -------
+    M : ndarray of shape (ndim, ndim)
+        Linear part.
+    t : ndarray of shape (ndim,)
+        Offset: ``src_array_index = M @ dst_array_index + t`` (continuous indices, numpy order).
+    """
     a = (src.direction.T @ dst.direction) * dst.spacing[None, :] / src.spacing[:, None]
     b = (src.direction.T @ (dst.origin - src.origin)) / src.spacing
     return a[::-1, ::-1].copy(), b[::-1].copy()
 
 
 def interp(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Multilinear interpolation of ``values`` (B, Cv, *S) at continuous array indices ``idx``
-    (B, n, ndim) (clamped to the grid, i.e. constant beyond the outer voxel centres).
-    Returns (B, Cv, n)."""
+    """Multilinear interpolation of maps at continuous array indices.
+
+    Parameters
+    ----------
+    values : torch.Tensor of shape ``(B, Cv, *S)``
+        Maps on a grid of shape ``S``.
+    idx : torch.Tensor of shape (B, n, ndim)
+        Continuous array indices (numpy order), clamped to the grid: the values are constant
+        beyond the outer voxel centres.
+
+    Returns
+    -------
+    torch.Tensor of shape (B, Cv, n)
+        The interpolated values.
+    """
     b, n, ndim = idx.shape
     sizes = torch.tensor(values.shape[2:], dtype=idx.dtype, device=idx.device)
     idx = torch.minimum(idx.clamp(min=0), sizes - 1)
@@ -38,9 +63,28 @@ def interp(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def taps(n_out: int, scale: float, offset: float, n_in: int, device):
-    """Linear interpolation taps along one axis: output voxel i sits at input index
-    ``scale * i + offset`` (clamped to the input); returns (i0, i1, w) with value
-    ``(1 - w) * x[i0] + w * x[i1]``."""
+    """Linear interpolation taps along one axis.
+
+    Output voxel ``i`` sits at input index ``scale * i + offset`` (clamped to the input).
+
+    Parameters
+    ----------
+    n_out : int
+        Output length.
+    scale, offset : float
+        The affine map from output to input index.
+    n_in : int
+        Input length.
+    device : torch.device or str
+        Device of the returned tensors.
+
+    Returns
+    -------
+    i0, i1 : torch.Tensor of shape (n_out,), int64
+        The two input neighbours of each output voxel.
+    w : torch.Tensor of shape (n_out,), float32
+        Weights: the output is ``(1 - w) * x[i0] + w * x[i1]``.
+    """
     pos = (torch.arange(n_out, dtype=torch.float64, device=device) * scale + offset).clamp(0, n_in - 1)
     i0 = pos.floor().long().clamp(max=max(n_in - 2, 0))
     i1 = (i0 + 1).clamp(max=n_in - 1)
@@ -48,6 +92,22 @@ def taps(n_out: int, scale: float, offset: float, n_in: int, device):
 
 
 def lerp_axis(x: torch.Tensor, dim: int, i0, i1, w) -> torch.Tensor:
+    """Interpolate ``x`` along one axis with the taps of :func:`taps`.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        The values.
+    dim : int
+        The axis of ``x`` to interpolate along.
+    i0, i1, w : torch.Tensor
+        Taps (:func:`taps`): output ``j`` is ``(1 - w[j]) * x[i0[j]] + w[j] * x[i1[j]]`` along ``dim``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``x`` with axis ``dim`` of length ``len(w)``.
+    """
     shape = [1] * x.dim()
     shape[dim] = -1
     a, b = x.index_select(dim, i0), x.index_select(dim, i1)
@@ -55,12 +115,29 @@ def lerp_axis(x: torch.Tensor, dim: int, i0, i1, w) -> torch.Tensor:
 
 
 def upsample_to_grid(values, src_geometry: ImageGeometry, dst_geometry: ImageGeometry) -> torch.Tensor:
-    """Resample maps ``values`` (K, *src_geometry.shape) onto ``dst_geometry`` (K, *dst.shape).
+    """Resample maps from one grid onto another through world space.
 
     Each destination voxel centre is mapped through world space to a continuous index of the
     source grid and the maps are interpolated linearly there (exact for maps that are linear in
     world coordinates, whatever the strides, offsets and directions); beyond the outermost source
     voxel centres the border value is kept. This is how ``S^g`` reaches the local grid.
+
+    Parameters
+    ----------
+    values : torch.Tensor or array-like of shape ``(K, *src_geometry.shape)``
+        The maps.
+    src_geometry, dst_geometry : ImageGeometry
+        Their grid and the grid to resample onto (same ``ndim``).
+
+    Returns
+    -------
+    torch.Tensor of shape ``(K, *dst_geometry.shape)``, float32
+        The resampled maps, on the device of ``values``.
+
+    Raises
+    ------
+    ValueError
+        When ``values`` does not fit ``src_geometry`` or the two grids differ in ``ndim``.
     """
     values = torch.as_tensor(values)
     if tuple(values.shape[1:]) != src_geometry.shape:
@@ -77,7 +154,26 @@ def upsample_to_grid(values, src_geometry: ImageGeometry, dst_geometry: ImageGeo
 
 
 class GridIndex:
-    """Array indices of a grid, by slab of leading rows or from flat indices."""
+    """Array indices of a grid, by slab of leading rows or from flat indices.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Grid shape (numpy order).
+    device : torch.device or str
+        Device of the index tensors.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        The grid shape.
+    ndim, n, row_size : int
+        Number of axes, of voxels, and of voxels per index of axis 0.
+    strides, sizes : torch.Tensor of shape (ndim,), int64
+        C-order strides of flat indices, and the shape.
+    device : torch.device or str
+        As given.
+    """
 
     def __init__(self, shape, device):
         self.shape = tuple(int(s) for s in shape)
@@ -90,29 +186,79 @@ class GridIndex:
         self.sizes = torch.as_tensor(self.shape, dtype=torch.long, device=device)
 
     def rows(self, r0: int, r1: int) -> torch.Tensor:
-        """(n, ndim) float32 array indices of rows ``r0:r1`` along axis 0, in flat order."""
+        """Array indices of the voxels of rows ``r0:r1`` along axis 0.
+
+        Parameters
+        ----------
+        r0, r1 : int
+            First and one-past-last index along axis 0.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, ndim), float32
+            Array indices, in flat (C) order.
+        """
         axes = [torch.arange(r0, r1, device=self.device, dtype=torch.float32)]
         axes += [torch.arange(s, device=self.device, dtype=torch.float32) for s in self.shape[1:]]
         mesh = torch.meshgrid(*axes, indexing="ij")
         return torch.stack([m.reshape(-1) for m in mesh], dim=-1)
 
     def unravel(self, flat: torch.Tensor) -> torch.Tensor:
+        """Array indices of flat voxel indices.
+
+        Parameters
+        ----------
+        flat : torch.Tensor of int64
+            Flat (C-order) indices, any shape.
+
+        Returns
+        -------
+        torch.Tensor of shape ``(*flat.shape, ndim)``, int64
+            Array indices (numpy order).
+        """
         return (flat.unsqueeze(-1) // self.strides) % self.sizes
 
     def ravel(self, idx: torch.Tensor) -> torch.Tensor:
+        """Flat voxel indices of array indices (the inverse of :meth:`unravel`).
+
+        Parameters
+        ----------
+        idx : torch.Tensor of shape (..., ndim), int64
+            Array indices (numpy order).
+
+        Returns
+        -------
+        torch.Tensor of shape (...), int64
+            Flat (C-order) indices.
+        """
         return (idx * self.strides).sum(-1)
 
 
 def outside_fov(grid: ImageGeometry, source: ImageGeometry, device) -> Optional[torch.Tensor]:
-    """Flat boolean mask of the voxels of ``grid`` (a map of the working grid) that do not overlap
-    the query image ``source``, or None when every voxel does (always for axis-aligned images).
+    """Which voxels of a map's grid lie outside the query image.
 
     The working grid is the axis-aligned bounding box of the image, so for an image stored with a
     rotated direction its corners are padding; a peak there would put a landmark outside the image.
     A voxel counts as overlapping when its centre lies within the image's extent widened by the
     voxel's diagonal (generous on purpose: a voxel's box reaches half a diagonal from its centre, and
     the working grid may fall short of the image's box by half a working voxel; so some voxel is
-    always valid, whatever the image's size and orientation)."""
+    always valid, whatever the image's size and orientation).
+
+    Parameters
+    ----------
+    grid : ImageGeometry
+        The grid of a map (of the working grid).
+    source : ImageGeometry
+        The query image's own grid.
+    device : torch.device or str
+        Device of the mask.
+
+    Returns
+    -------
+    torch.Tensor of shape (prod(grid.shape),), bool, or None
+        Flat mask of the voxels of ``grid`` that do not overlap ``source``; None when every voxel
+        does (always for axis-aligned images).
+    """
     if grid.allclose(source, atol=1e-9):
         return None
     pad = float(np.linalg.norm(grid.spacing)) / np.asarray(source.spacing)  # in source voxels, per axis
@@ -135,8 +281,23 @@ def outside_fov(grid: ImageGeometry, source: ImageGeometry, device) -> Optional[
 
 
 def clip_to_image(points: np.ndarray, source: ImageGeometry) -> np.ndarray:
-    """Move points lying just outside the image (a peak voxel overlapping its border, or the
-    sub-voxel refinement) onto its border: a landmark is never reported outside the image."""
+    """Move points lying just outside an image onto its border.
+
+    A peak voxel overlapping the image's border, or the sub-voxel refinement, can put a point
+    just outside; a landmark is never reported outside the image.
+
+    Parameters
+    ----------
+    points : ndarray of shape (n, ndim)
+        World points (mm).
+    source : ImageGeometry
+        The image's grid; its border is half a voxel beyond the outer voxel centres.
+
+    Returns
+    -------
+    ndarray of shape (n, ndim)
+        The points, clipped (``points`` itself when none was outside).
+    """
     if len(points) == 0:
         return points
     idx = source.world_to_index(points)
@@ -147,9 +308,23 @@ def clip_to_image(points: np.ndarray, source: ImageGeometry) -> np.ndarray:
 
 
 def max_filter(x: torch.Tensor, half: Sequence[int]) -> torch.Tensor:
-    """Box maximum over +-half[i] voxels along each spatial axis of ``x`` (k, *spatial); beyond
-    the borders counts as -inf. Separable, and per axis by doubling (max of shifted views of
-    widths 1, 2, 4, ...), so the cost grows with log(width): measured 3x faster than max_pool."""
+    """Box maximum over +-``half[i]`` voxels along each spatial axis.
+
+    Separable, and per axis by doubling (max of shifted views of widths 1, 2, 4, ...), so the cost
+    grows with log(width) (faster than ``max_pool``).
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape ``(k, *spatial)``
+        The values; beyond the borders counts as -inf.
+    half : sequence of int
+        Half-width of the box along each spatial axis (0: no filtering along it).
+
+    Returns
+    -------
+    torch.Tensor of shape ``(k, *spatial)``
+        The maximum over the box around each voxel.
+    """
     for ax, h in enumerate(half):
         h, dim = int(h), ax + 1
         if h <= 0:
@@ -173,16 +348,48 @@ def max_filter(x: torch.Tensor, half: Sequence[int]) -> torch.Tensor:
 
 
 def nearest_voxel(centres: torch.Tensor, g: GridIndex) -> torch.Tensor:
+    """The voxel of a grid nearest to each continuous array index.
+
+    Parameters
+    ----------
+    centres : torch.Tensor of shape (k, ndim)
+        Continuous array indices (numpy order).
+    g : GridIndex
+        The grid; indices outside it are clamped to its border voxels.
+
+    Returns
+    -------
+    torch.Tensor of shape (k, ndim)
+        Rounded, clamped array indices, in the dtype of ``centres``.
+    """
     return torch.minimum(torch.round(centres).clamp(min=0), (g.sizes - 1).to(centres.dtype))
 
 
 def ball_mask(axes, centres: torch.Tensor, spacing: Sequence[float], radius: float,
                nearest: torch.Tensor) -> torch.Tensor:
-    """(k, n_0, ..., n_{d-1}) mask of voxels within ``radius`` mm of ``centres`` (k, ndim array
-    indices), on the grid spanned by per-axis array coordinates ``axes[i]`` ((k, n_i) or (1, n_i)).
-    The voxel ``nearest`` (k, ndim) to each centre always counts. Separable: the squared distance
-    is a broadcast sum of per-axis terms (directions are orthonormal, so index offsets times
-    spacings give world distances)."""
+    """Mask of the voxels within a radius (mm) of each centre.
+
+    Separable: the squared distance is a broadcast sum of per-axis terms (directions are
+    orthonormal, so index offsets times spacings give world distances).
+
+    Parameters
+    ----------
+    axes : sequence of torch.Tensor
+        Per axis ``i``, the array coordinates spanning the grid, (k, n_i) or (1, n_i).
+    centres : torch.Tensor of shape (k, ndim)
+        Ball centres, continuous array indices (numpy order).
+    spacing : sequence of float
+        Voxel spacing (mm) per array axis (numpy order).
+    radius : float
+        Ball radius (mm).
+    nearest : torch.Tensor of shape (k, ndim)
+        The voxel nearest to each centre (:func:`nearest_voxel`); it always counts.
+
+    Returns
+    -------
+    torch.Tensor of shape (k, n_0, ..., n_{d-1}), bool
+        True for voxels in the ball.
+    """
     nd = len(axes)
     d2 = 0.0
     at_nearest = True

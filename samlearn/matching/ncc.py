@@ -42,8 +42,23 @@ NCC_PARAMETER_CONSTRAINTS = {
 
 
 def ncc_step_mm(radius_mm: float, spacing, ndim: int) -> float:
-    """Sampling step (mm) of a patch of half-width ``radius_mm``: the finest voxel spacing of the
-    image, coarsened when the patch would need more than ``_MAX_HALF`` steps per half-axis."""
+    """Sampling step (mm) of a patch of half-width ``radius_mm``.
+
+    Parameters
+    ----------
+    radius_mm : float
+        Half-width of the patch (mm).
+    spacing : array-like of float
+        Voxel spacing of the image (mm).
+    ndim : {2, 3}
+        Image dimension.
+
+    Returns
+    -------
+    float
+        The finest voxel spacing of the image, coarsened when the patch would need more than
+        ``_MAX_HALF[ndim]`` steps per half-axis (32 in 2D, 12 in 3D: bounds the cost).
+    """
     return float(max(float(np.min(spacing)), float(radius_mm) / _MAX_HALF[ndim]))
 
 
@@ -57,9 +72,27 @@ def _offsets(half: int, step: float, ndim: int) -> Tuple[np.ndarray, tuple]:
 
 
 def sample_patches(image: Image, points_world, half: int, step: float) -> np.ndarray:
-    """Intensities of ``image`` on world-axis-aligned grids of (2 half + 1)^ndim samples, ``step`` mm
-    apart, centred on each world point: array (n_points, *grid) with grid axes in (z, y, x) order.
-    Linear interpolation; samples beyond the image take the nearest border value."""
+    """Intensities of an image on world-axis-aligned grids of samples around points.
+
+    Linear interpolation; samples beyond the image take the nearest border value.
+
+    Parameters
+    ----------
+    image : Image
+        The image.
+    points_world : array-like of shape (n_points, ndim)
+        Grid centres, world mm (x, y[, z]).
+    half : int
+        Each grid has ``2 * half + 1`` samples per axis.
+    step : float
+        Distance between samples (mm).
+
+    Returns
+    -------
+    ndarray of shape ``(n_points, *grid)``, float32
+        The samples; grid axes in (z, y, x) order (array axis j runs along world axis
+        ``ndim - 1 - j``).
+    """
     pts = np.asarray(points_world, dtype=np.float64)
     ndim = image.ndim
     offsets, shape = _offsets(int(half), float(step), ndim)
@@ -131,9 +164,24 @@ def _sample_separable(arr: np.ndarray, base: np.ndarray, axes, half: int, step: 
 
 
 def template_patches(images, point_sets, radius_mm: float):
-    """The patches of radius ``radius_mm`` around each template's points, all sampled at the step
-    of the first template (:func:`ncc_step_mm`): ``(patches (n_templates, n_points, *grid) float32,
-    step)``."""
+    """The intensity patches of templates around their points.
+
+    Parameters
+    ----------
+    images : sequence of Image
+        The template images.
+    point_sets : sequence of array-like of shape (n_points, ndim)
+        Each template's points, world mm (the same points in the same order).
+    radius_mm : float
+        Half-width of the patches (mm).
+
+    Returns
+    -------
+    patches : ndarray of shape ``(n_templates, n_points, *grid)``, float32
+        The patches (:func:`sample_patches`).
+    step : float
+        Their sampling step (mm): :func:`ncc_step_mm` of the first template, used for all.
+    """
     step = ncc_step_mm(radius_mm, images[0].spacing, images[0].ndim)
     half = max(1, int(round(float(radius_mm) / step)))
     patches = np.stack([sample_patches(im, p, half, step) for im, p in zip(images, point_sets)])
@@ -141,14 +189,28 @@ def template_patches(images, point_sets, radius_mm: float):
 
 
 def resolve_search_mm(search_mm, embedding) -> float:
-    """``ncc_search_mm`` in mm: "auto" is one voxel (the largest spacing) of the embedding's local grid."""
+    """The intensity refinement's search distance (mm) for a query.
+
+    Parameters
+    ----------
+    search_mm : "auto" or float
+        The ``ncc_search_mm`` parameter; "auto" is one voxel (the largest spacing) of the
+        embedding's local grid.
+    embedding : Embedding
+        The query image's embedding.
+
+    Returns
+    -------
+    float
+        The distance in mm.
+    """
     if isinstance(search_mm, str) and search_mm == "auto":
         return float(np.max(embedding.local_map.geometry.spacing))
     return float(search_mm)
 
 
 def _box_sums(x: np.ndarray, win) -> np.ndarray:
-    """Sums of ``x`` (B, *R) over every window of shape ``win`` that fits inside R ('valid')."""
+    """Sums of ``x`` ``(B, *R)`` over every window of shape ``win`` that fits inside R ('valid')."""
     out = x
     for ax, w in enumerate(win, start=1):
         pad = [(0, 0)] * out.ndim
@@ -163,8 +225,8 @@ def _box_sums(x: np.ndarray, win) -> np.ndarray:
 
 
 def _ncc_block(region: np.ndarray, patches: np.ndarray) -> np.ndarray:
-    """NCC of each point's template patches (T, B, *P) at every shift within its region (B, *R):
-    (B, *S) with S = R - P + 1, averaged over the templates whose patch has contrast; -1 where no
+    """NCC of each point's template patches ``(T, B, *P)`` at every shift within its region ``(B, *R)``:
+    ``(B, *S)`` with S = R - P + 1, averaged over the templates whose patch has contrast; -1 where no
     patch has contrast or where the region's window is flat (relative to the region's own
     variation, so exact background next to tissue never correlates)."""
     ndim = region.ndim - 1
@@ -211,33 +273,42 @@ def _ncc_block(region: np.ndarray, patches: np.ndarray) -> np.ndarray:
 
 def ncc_refine(template_patches, image: Image, points_world, *, step: float, search_mm: float,
                penalty: float = 0.05):
-    """Move each point to the shift of best NCC between its template patch(es) and ``image``.
+    """Move each point to the shift of best NCC between its template patch(es) and an image.
 
     Parameters
     ----------
-    template_patches : (n_templates, n_points, *grid) array
-        From :func:`sample_patches` on each template (same ``step``); with several templates the
-        NCC maps are averaged.
+    template_patches : ndarray of shape ``(n_templates, n_points, *grid)``
+        From :func:`sample_patches` on each template (same ``step``; grid axes of equal, odd
+        sizes); with several templates the NCC maps are averaged.
     image : Image
         The query image.
-    points_world : (n_points, ndim)
+    points_world : array-like of shape (n_points, ndim)
         The matched points (world mm) around which to search.
     step : float
         Sampling step (mm) of the patches, also the step of the searched shifts.
     search_mm : float
         Shifts up to this far along each world axis (a box of (2 m + 1)^ndim shifts, m = search_mm /
         step rounded, at least 1).
-    penalty : float
+    penalty : float, default 0.05
         Subtracted from the NCC in proportion to the squared shift: ``penalty * (|shift| / search)^2``
         (NCC units at the edge of the search); ties and flat NCC surfaces stay near the match.
 
     Returns
     -------
-    points : (n_points, ndim) refined world points; a point whose patches are flat (no contrast:
-        their standard deviation below 0.1% of their RMS) or whose best NCC is not positive is
-        returned unchanged.
-    peak_ncc : (n_points,) the NCC at the chosen shift (NaN where the point was left unchanged).
+    points : ndarray of shape (n_points, ndim)
+        Refined world points (a parabola fit gives sub-step shifts); a point whose patches are flat
+        (no contrast: their standard deviation below 0.1% of their RMS) or whose best NCC is not
+        positive is returned unchanged.
+    peak_ncc : ndarray of shape (n_points,)
+        The NCC at the chosen shift (NaN where the point was left unchanged).
 
+    Raises
+    ------
+    ValueError
+        When ``template_patches`` does not fit the points and the image's dimension.
+
+    Notes
+    -----
     The correlations of all points are computed together by FFT, in blocks of bounded memory.
     """
     tp = np.asarray(template_patches, dtype=np.float32)
@@ -287,8 +358,31 @@ def ncc_refine(template_patches, image: Image, points_world, *, step: float, sea
 
 
 class NCCRefiner:
-    """Template patches of fixed points, kept to refine their matches in one or more images:
-    ``NCCRefiner(template_image, points, radius_mm)(image, matched_points, search_mm)``."""
+    """Template patches of fixed points, kept to refine their matches in one or more images.
+
+    ``NCCRefiner(template_image, points, radius_mm)(image, matched_points, search_mm)`` returns
+    what :func:`ncc_refine` does: ``(points, peak_ncc)``.
+
+    Parameters
+    ----------
+    template_image : Image
+        The template (fixed) image.
+    points_world : array-like of shape (n_points, ndim)
+        Its points, world mm.
+    radius_mm : float
+        Half-width of the patches (mm).
+    penalty : float, default 0.05
+        Shift penalty of :func:`ncc_refine`.
+
+    Attributes
+    ----------
+    patches : ndarray of shape ``(1, n_points, *grid)``, float32
+        The template patches.
+    step : float
+        Their sampling step (mm).
+    penalty : float
+        As given.
+    """
 
     def __init__(self, template_image: Image, points_world, radius_mm: float, penalty: float = 0.05):
         self.patches, self.step = template_patches([template_image], [points_world], radius_mm)

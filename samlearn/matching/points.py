@@ -25,13 +25,28 @@ def _block_reduce(arr, factors):
 
 
 def body_mask(image: Image, threshold: float, *, working_spacing_mm: float = 4.0):
-    """Boolean mask (on a block-averaged copy of ``image``'s grid) of the body and a function
-    ``inside(points) -> bool`` for world points.
+    """The body of an image: a mask and a test for world points.
 
-    Rule: voxels brighter than ``threshold`` (raw intensity units: HU for CT), on a copy averaged in
-    blocks of about ``working_spacing_mm``; the largest connected component is kept (drops the CT
-    table and noise), then holes are filled slice by slice along every axis, so the lungs and bowel
-    gas inside the body count as body.
+    Rule: voxels brighter than ``threshold``, on a copy averaged in blocks of about
+    ``working_spacing_mm``; the largest connected component is kept (drops the CT table and noise),
+    then holes are filled slice by slice along every axis, so the lungs and bowel gas inside the
+    body count as body.
+
+    Parameters
+    ----------
+    image : Image
+        The image.
+    threshold : float
+        Intensity threshold in raw intensity units (HU for CT; see :func:`auto_body_threshold`).
+    working_spacing_mm : float, default 4
+        Approximate block size (mm) of the averaged copy the mask is made on.
+
+    Returns
+    -------
+    mask : ndarray of bool
+        The body on the block-averaged copy of ``image``'s grid (numpy order).
+    inside : callable
+        ``inside(points) -> ndarray of bool``: whether world points (n, ndim) lie in the body.
     """
     factors = np.maximum(1, np.floor(working_spacing_mm / image.spacing[::-1])).astype(int)
     small = _block_reduce(image.array, factors)
@@ -73,21 +88,52 @@ def _xray_body_threshold(array) -> float:
 
 
 def auto_body_threshold(embedder, image: Image) -> float:
-    """The "auto" body threshold of an image for :func:`body_mask`: -500 HU when the embedder
-    normalises intensities as CT (``config_["intensity"] == "ct"``; 3D images when it does not
-    say), otherwise the X-ray rule (only the darkest background is dropped)."""
+    """The "auto" body threshold of an image for :func:`body_mask`.
+
+    Parameters
+    ----------
+    embedder : SAMEmbedder or object
+        Its ``config_["intensity"]`` says whether the images are CT.
+    image : Image
+        The image.
+
+    Returns
+    -------
+    float
+        :data:`CT_BODY_THRESHOLD_HU` (-500 HU) when the embedder normalises intensities as CT
+        (``config_["intensity"] == "ct"``; 3D images when it does not say), otherwise the X-ray rule:
+        the 2nd percentile plus 5% of the 2nd-98th percentile range (only the darkest background,
+        air and collimation, is dropped).
+    """
     preset = (getattr(embedder, "config_", None) or {}).get("intensity")
     is_ct = preset == "ct" or (preset is None and image.ndim == 3)
     return CT_BODY_THRESHOLD_HU if is_ct else _xray_body_threshold(image.array)
 
 
 def grid_points(geometry: ImageGeometry, spacing_mm: float, rng=None) -> np.ndarray:
-    """World points of a regular grid over ``geometry`` with about ``spacing_mm`` between points
-    along each index axis, centred in the field of view. With ``rng`` each point is moved to a
-    uniformly random position inside its grid cell (stratified sampling): the points then take
-    every sub-voxel position relative to the embedding grids, so the sub-voxel biases of the
-    matches average out in a fit instead of all pointing the same way (a regular grid whose step
-    is a multiple of the embedding voxel puts every point at the same sub-voxel phase)."""
+    """World points of a regular grid over an image, optionally stratified.
+
+    The grid has about ``spacing_mm`` between points along each index axis and is centred in the
+    field of view. With ``rng`` each point is moved to a uniformly random position inside its grid
+    cell (stratified sampling): the points then take every sub-voxel position relative to the
+    embedding grids, so the sub-voxel biases of the matches average out in a fit instead of all
+    pointing the same way (a regular grid whose step is a multiple of the embedding voxel puts
+    every point at the same sub-voxel phase).
+
+    Parameters
+    ----------
+    geometry : ImageGeometry
+        The image's grid.
+    spacing_mm : float
+        Approximate spacing of the points (mm).
+    rng : numpy.random.Generator or None, default None
+        Draws the positions inside the cells; None keeps the cell centres.
+
+    Returns
+    -------
+    ndarray of shape (n_points, ndim)
+        World points (mm), (x, y[, z]) order.
+    """
     axes, steps = [], []
     for n, sp in zip(geometry.size, geometry.spacing):
         extent = n * sp
@@ -102,9 +148,30 @@ def grid_points(geometry: ImageGeometry, spacing_mm: float, rng=None) -> np.ndar
 
 
 def body_grid_points(image: Image, spacing_mm: float, max_points: int, rng, threshold=None):
-    """Stratified grid points of ``image`` (:func:`grid_points`, spacing ``spacing_mm``) inside the
-    body (:func:`body_mask` at ``threshold``; None keeps every point), at most ``max_points`` of them
-    (a random subset drawn with ``rng``). Returns ``(points, n_grid, n_body)``."""
+    """Stratified grid points of an image that lie inside the body.
+
+    Parameters
+    ----------
+    image : Image
+        The image.
+    spacing_mm : float
+        Grid spacing (mm; :func:`grid_points`).
+    max_points : int
+        At most this many points are returned (a random subset drawn with ``rng``).
+    rng : numpy.random.Generator
+        Draws the stratified positions and the subset.
+    threshold : float or None, default None
+        Body threshold of :func:`body_mask`; None keeps every point.
+
+    Returns
+    -------
+    points : ndarray of shape (n, ndim)
+        World points (mm).
+    n_grid : int
+        Points of the whole grid.
+    n_body : int
+        Of these, points inside the body (before the ``max_points`` subset).
+    """
     pts = grid_points(image.geometry, spacing_mm, rng)
     n_grid = len(pts)
     if threshold is not None:

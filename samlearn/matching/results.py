@@ -15,26 +15,29 @@ __all__ = ["MatchResult", "CycleResult"]
 class MatchResult:
     """Where each of K template points matched in a query embedding.
 
-    Attributes
+    What :func:`~samlearn.matching.match_points` returns; each parameter is kept as an attribute
+    of the same name, and ``len(result)`` is K.
+
+    Parameters
     ----------
-    points : (K, ndim) float64
+    points : ndarray of shape (K, ndim), float64
         Matched positions, world mm (x, y[, z]); refined to sub-voxel when ``refine`` was set.
-    scores : (K,) float64
+    scores : ndarray of shape (K,), float64
         Peak value of the searched map at the discrete peak voxel: ``(S^g + S^l) / 2`` for mode
         ``"sum"``, ``S^g`` or ``S^l`` for ``"global"`` / ``"local"``; in [-1, 1].
-    index : (K, ndim) int64
+    index : ndarray of shape (K, ndim), int64
         Array index (numpy order, (z, y, x)) of the best voxel on ``grid``.
     grid : ImageGeometry
         The grid searched: the local map's grid, or the global map's for mode ``"global"``.
-    hypotheses : (K, top_k, ndim) float64
+    hypotheses : ndarray of shape (K, top_k, ndim), float64
         The ``top_k`` best distinct peaks per point, best first (``hypotheses[:, 0] == points``);
         rows are NaN where fewer than ``top_k`` distinct peaks exist.
-    hypothesis_scores : (K, top_k) float64
+    hypothesis_scores : ndarray of shape (K, top_k), float64
         Their scores, descending; ``-inf`` for missing hypotheses.
-    global_points : (K, ndim) float64 or None
+    global_points : ndarray of shape (K, ndim), float64, or None, default None
         The (refined) peak of ``S^g`` on the coarse grid that centred the search window, when a
         window was used.
-    search_radius_mm : float or None
+    search_radius_mm : float or None, default None
         The window radius actually used (``None``: whole-grid search).
     """
 
@@ -53,9 +56,21 @@ class MatchResult:
 
 @dataclass
 class CycleResult:
-    """Forward-backward consistency: ``distances_mm`` (K,) between each template point and the
-    point it maps back to after matching template -> query -> template; ``forward`` and
-    ``backward`` are the two :class:`MatchResult`."""
+    """Forward-backward (cycle) consistency of K matches.
+
+    What :func:`~samlearn.matching.cycle_consistency` returns; each parameter is kept as an
+    attribute of the same name.
+
+    Parameters
+    ----------
+    distances_mm : ndarray of shape (K,), float64
+        Distance (mm) between each template point and the point it maps back to after matching
+        template -> query -> template.
+    forward : MatchResult
+        The template -> query matches.
+    backward : MatchResult
+        The matches of the found query points back into the template.
+    """
 
     distances_mm: np.ndarray
     forward: MatchResult

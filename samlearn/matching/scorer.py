@@ -22,24 +22,46 @@ _GATHER_MAX_BOX = 512
 # Many overlapping boxes (e.g. a grid of points searched near an affine prior) are scored on the
 # CPU tile by tile: the points whose box corners fall in one tile (_TILE_FACTOR boxes wide) get one
 # matrix product over the union of their boxes. That computes more voxels than the boxes hold (up
-# to _TILED_MAX_WORK times), but a GEMM costs about 1/100 of copying a voxel's feature vector, the
-# price of the gather (one core of a 2-core EPYC, 128 channels: 961 points with 9 x 9 boxes on a
-# 96 x 96 map, 20-22 ms tiled against 62-70 ms gathered; 2,025 points with 5 x 5 x 5 boxes on a
-# 64 x 64 x 40 map, 230-270 ms against 400-430 ms; tiles 1, 1.5, 2, 4 and 6 boxes wide were slower).
+# to _TILED_MAX_WORK times), but a GEMM costs a small fraction of copying a voxel's feature vector,
+# the price of the gather (benchmarks/speed/matching_speed.py measures both; narrower and wider
+# tiles were slower).
 _TILED_MIN_POINTS = 32
-
-
 _TILED_MIN_POINTS_PER_TILE = 2
-
-
 _TILED_MAX_WORK = 80.0
-
-
 _TILE_FACTOR = 3.0
 
 
 class Scorer:
-    """Values of the searched map for a chunk of k points: by slabs of rows, or at given voxels."""
+    """Values of the searched map for a chunk of k points: by slabs of rows, or at given voxels.
+
+    Voxels of the working grid that do not overlap the query image score -inf (never a match).
+
+    Parameters
+    ----------
+    mode : {"sum", "global", "local"}
+        The searched map: ``(S^g + S^l) / 2`` on the local grid, ``S^g`` on the global grid, or
+        ``S^l`` on the local grid.
+    gv, lv : torch.Tensor of shape (k, C) or None
+        The points' global and local template vectors (float32, on the maps' devices); ``gv`` may
+        be None for mode "local", ``lv`` for mode "global".
+    query : Embedding
+        The query image's embedding.
+    chunk_size : int
+        Upper bound on the floats of an intermediate.
+    sg : torch.Tensor of shape ``(k, *global_shape)``, optional
+        The coarse similarity map ``S^g`` when already computed (by the coarse stage).
+
+    Attributes
+    ----------
+    geometry : ImageGeometry
+        The searched grid.
+    grid : GridIndex
+        Its indices.
+    k : int
+        Number of points.
+    sg : torch.Tensor of shape ``(k, *global_shape)`` or None
+        ``S^g`` (modes "sum" and "global").
+    """
 
     def __init__(self, mode, gv, lv, query: Embedding, chunk_size: int, sg=None):
         self.mode = mode
@@ -86,6 +108,18 @@ class Scorer:
 
     # --- whole slabs: shared positions for the k points
     def rows(self, r0: int, r1: int) -> torch.Tensor:
+        """Values on the slab of rows ``r0:r1`` (along axis 0) of the searched grid.
+
+        Parameters
+        ----------
+        r0, r1 : int
+            First and one-past-last row.
+
+        Returns
+        -------
+        torch.Tensor of shape (k, (r1 - r0) * row_size), float32
+            The k points' values, in flat order.
+        """
         vals = self._rows(r0, r1)
         if self.outside is not None:
             a, b = r0 * self.grid.row_size, r1 * self.grid.row_size
@@ -109,15 +143,28 @@ class Scorer:
 
     # --- per-point boxes (coarse-to-fine windows)
     def box(self, start: torch.Tensor, box: Sequence[int], p0: int = 0) -> torch.Tensor:
-        """Values on each point's own box of voxels, for points ``p0:p0 + len(start)``: ``start``
-        (k, ndim) array indices of the box corners, ``box`` its shape; returns (k, prod(box)) in
-        the box's flat order.
+        """Values on each point's own box of voxels (coarse-to-fine windows).
 
         The local similarities are one matrix-vector product per point over a slice of the map:
-        on a channel-first map this reads contiguous runs and measured 1.5-4x faster on CPU than
+        on a channel-first map this reads contiguous runs and is faster on the CPU than
         one vectorised gather of all the windows' voxels (which reads every channel plane
         voxel by voxel); the loop is over points only, each iteration a large vectorised product,
-        so the interpreter overhead stays negligible next to the arithmetic."""
+        so the interpreter overhead stays negligible next to the arithmetic.
+
+        Parameters
+        ----------
+        start : torch.Tensor of shape (k, ndim), int64
+            Array indices of the boxes' first corners (boxes lie inside the grid).
+        box : sequence of int
+            The box shape (numpy order), the same for every point.
+        p0 : int, default 0
+            The boxes belong to points ``p0:p0 + k`` of the chunk.
+
+        Returns
+        -------
+        torch.Tensor of shape (k, prod(box)), float32
+            Values in the box's flat order.
+        """
         k = start.shape[0]
         nb = int(np.prod(box))
         off = GridIndex(tuple(box), self.device).rows(0, box[0])
@@ -210,8 +257,20 @@ class Scorer:
 
     # --- per-point voxel sets
     def at(self, flat: torch.Tensor, p0: int = 0) -> torch.Tensor:
-        """Values at flat voxel indices ``flat`` (k, n) of each point's own map, for points
-        ``p0:p0 + k``: (k, n)."""
+        """Values of each point's map at given voxels.
+
+        Parameters
+        ----------
+        flat : torch.Tensor of shape (k, n), int64
+            Flat voxel indices of the searched grid, per point.
+        p0 : int, default 0
+            The rows of ``flat`` belong to points ``p0:p0 + k`` of the chunk.
+
+        Returns
+        -------
+        torch.Tensor of shape (k, n), float32
+            The values.
+        """
         vals = self._at(flat, p0)
         if self.outside is not None:
             vals = vals.masked_fill(self.outside[flat], -math.inf)

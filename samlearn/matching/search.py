@@ -13,10 +13,10 @@ This is SAM's inference rule (Yan et al. 2022, §III-D) as a batched, memory-bou
    the maps of one image) the interpolation is done separably, which is cheaper and identical.
 4. **Coarse-to-fine window** (``search_radius_mm``): the ``S^g`` peak is found on the coarse grid
    first, and the combined map is evaluated only at local voxels within ``search_radius_mm`` of it
-   (a ball in world mm). This removes far-away false peaks of the local map (measured on real
-   cephalograms: MRE 34.8 -> 21.5 px, see METHOD.md "Measured here") and is faster; windows
+   (a ball in world mm). This removes far-away false peaks of the local map and is faster; windows
    larger than 1/16 of the local grid are searched as a slab scan with a distance mask instead
-   (same result, cheaper at that size).
+   (same result, cheaper at that size). The window is samlearn's addition: the paper searches the
+   whole image.
 5. **Sub-voxel refinement**: a parabola per axis through the peak and its two neighbours on the
    searched map; the offset is clamped to +-0.5 voxel.
 
@@ -65,14 +65,33 @@ DEFAULT_CHUNK_SIZE = 2 ** 24
 AUTO_RADIUS_GLOBAL_VOXELS = 2.0
 
 
-# Per voxel and point, evaluating a window costs about 25x a voxel of the dense slab scan (a slice
-# copy and a matrix-vector product instead of one large matrix product; measured on a 2-core CPU),
-# so windows holding more than this fraction of the local grid are searched by a slab scan with a
-# distance mask instead (both give identical results).
+# Per voxel and point, evaluating a window costs far more than a voxel of the dense slab scan (a
+# slice copy and a matrix-vector product instead of one large matrix product), so windows holding
+# more than this fraction of the local grid are searched by a slab scan with a distance mask
+# instead (both give identical results).
 _WINDOW_MAX_FRACTION = 1.0 / 16
 
 
 def check_embedding(embedding, name: str) -> Embedding:
+    """Check that an argument is an :class:`~samlearn.embedding.Embedding`.
+
+    Parameters
+    ----------
+    embedding : object
+        The argument.
+    name : str
+        Its name, for the error message.
+
+    Returns
+    -------
+    Embedding
+        ``embedding`` itself.
+
+    Raises
+    ------
+    TypeError
+        When it is not an ``Embedding``.
+    """
     if not isinstance(embedding, Embedding):
         raise TypeError(f"{name} must be a samlearn.embedding.Embedding (what SAMEmbedder.transform "
                         f"returns per image), got {type(embedding).__name__}")
@@ -89,6 +108,7 @@ def check_search_radius(search_radius_mm):
     Parameters
     ----------
     search_radius_mm : "auto", float or None
+        The value to check: "auto", a positive number of mm, or None.
 
     Returns
     -------
@@ -102,8 +122,21 @@ def check_search_radius(search_radius_mm):
 
 
 def resolve_search_radius(search_radius_mm, query: Embedding) -> Optional[float]:
-    """``None`` (whole-grid search), a positive radius in mm, or ``"auto"``:
-    :data:`AUTO_RADIUS_GLOBAL_VOXELS` times the largest spacing of ``query``'s global grid."""
+    """The search radius (mm) that a ``search_radius_mm`` value means for a query.
+
+    Parameters
+    ----------
+    search_radius_mm : "auto", float or None
+        None (whole-grid search), a positive radius in mm, or ``"auto"``:
+        :data:`AUTO_RADIUS_GLOBAL_VOXELS` times the largest spacing of ``query``'s global grid.
+    query : Embedding
+        The query image's embedding.
+
+    Returns
+    -------
+    float or None
+        The radius in mm, or None for a whole-grid search.
+    """
     r = check_search_radius(search_radius_mm)
     if r == "auto":
         return float(AUTO_RADIUS_GLOBAL_VOXELS * np.max(query.global_map.geometry.spacing))
@@ -260,29 +293,29 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
 
     Parameters
     ----------
-    global_vectors, local_vectors : (K, C) tensors or arrays
+    global_vectors, local_vectors : (K, C) tensors or arrays, or None
         Template vectors (:func:`template_vectors`, or :func:`combine_templates`). ``global_vectors``
         may be None for ``mode="local"`` without a window; ``local_vectors`` may be None for
         ``mode="global"``.
     query : Embedding
         The query image's embedding.
-    mode : {"sum", "global", "local"}
+    mode : {"sum", "global", "local"}, default "sum"
         ``"sum"``: peak of ``(S^g + S^l) / 2`` on the local grid (SAM's rule); ``"global"``: peak of
         ``S^g`` on the global grid; ``"local"``: peak of ``S^l`` on the local grid.
-    search_radius_mm : None, float or "auto"
+    search_radius_mm : None, float or "auto", default None
         None: search the whole grid. A radius (mm): coarse-to-fine, search only local voxels within
         this distance of the ``S^g`` peak (modes "sum" and "local"; ignored for "global").
         ``"auto"``: :data:`AUTO_RADIUS_GLOBAL_VOXELS` voxels of the query's global grid.
-    refine : bool
+    refine : bool, default True
         Sub-voxel parabola refinement of every peak.
-    top_k : int
+    top_k : int, default 1
         Number of distinct peaks to report per point (``hypotheses``). A peak is a voxel that is the
         maximum of the box of +-``min_distance_mm`` around it, so reported peaks are more than
         ``min_distance_mm`` apart along at least one axis.
     min_distance_mm : float, optional
         Separation of the ``top_k`` hypotheses; default the largest spacing of the global grid
         (at least one voxel of the searched grid is always used).
-    chunk_size : int
+    chunk_size : int, default 2**24
         Upper bound on the floats of any intermediate (similarity values of a slab of the grid,
         the features of a window copied for its product, window positions); the coarse ``S^g``
         map of a chunk of points is held whole.
@@ -295,6 +328,23 @@ def match_points(global_vectors, local_vectors, query: Embedding, *, mode: str =
         Restrict the coarse (``S^g``) peak of point k to within ``prior_radius_mm`` of
         ``prior_points[k]`` (e.g. where a robust fit of all points says it must be). Applies to the
         coarse stage of a windowed search and to mode ``"global"``.
+
+    Returns
+    -------
+    MatchResult
+        The matched points (world mm of ``query``, never outside its image), their scores (in
+        [-1, 1]), the ``top_k`` hypotheses and the searched grid.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mode``, vectors that do not fit the query's maps or each other, or a
+        ``centers_world`` / ``prior_points`` that the mode and window cannot use.
+
+    See Also
+    --------
+    samlearn.matching.template_vectors : The vectors of template points.
+    samlearn.matching.combine_templates : One search for several templates.
     """
     query = check_embedding(query, "query")
     if mode not in MODES:

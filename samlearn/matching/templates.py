@@ -16,10 +16,26 @@ __all__ = ["template_vectors", "combine_templates", "cycle_consistency"]
 
 
 def template_vectors(embedding: Embedding, points_world) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Global and local embedding vectors, each (K, C), at template points (K, ndim) in world mm.
+    """Global and local embedding vectors of a template at its points.
 
     Vectors are interpolated linearly at the sub-voxel positions of the points on each map's grid
     and L2-normalised again (:meth:`EmbeddingMap.vectors_at`); they stay on the maps' device.
+
+    Parameters
+    ----------
+    embedding : Embedding
+        The template image's embedding.
+    points_world : array-like of shape (K, ndim)
+        Template points, world mm (x, y[, z]).
+
+    Returns
+    -------
+    global_vectors, local_vectors : torch.Tensor of shape (K, C)
+        The vectors of the global and of the local map (each map's own channel count ``C``).
+
+    See Also
+    --------
+    samlearn.matching.match_points : Searches these vectors in a query embedding.
     """
     embedding = check_embedding(embedding, "embedding")
     pts = check_points(points_world, embedding.ndim, name="points_world")
@@ -27,13 +43,28 @@ def template_vectors(embedding: Embedding, points_world) -> Tuple[torch.Tensor, 
 
 
 def combine_templates(vector_sets: Sequence[Tuple[torch.Tensor, torch.Tensor]]):
-    """Combine the ``(global, local)`` vectors of several templates (same K points each) by
-    averaging them *without* renormalising.
+    """Combine the vectors of several templates into one search by averaging them.
 
-    Because cosine similarity with a map is linear in the vector, the similarity map of the mean
-    vector is exactly the mean of the templates' similarity maps, and scores keep their scale
-    (the mean of cosine similarities, in [-1, 1]). One search then serves all templates.
-    Returns ``(global (K, C), local (K, C))``.
+    The vectors are averaged *without* renormalising: because cosine similarity with a map is
+    linear in the vector, the similarity map of the mean vector is exactly the mean of the
+    templates' similarity maps, and scores keep their scale (the mean of cosine similarities, in
+    [-1, 1]). One search then serves all templates.
+
+    Parameters
+    ----------
+    vector_sets : sequence of (global, local) pairs
+        Per template, its ``(global (K, C), local (K, C))`` vectors (:func:`template_vectors`), the
+        same K points in the same order for every template.
+
+    Returns
+    -------
+    global_vectors, local_vectors : torch.Tensor of shape (K, C), float32
+        The mean vectors, on the device of the first template's.
+
+    Raises
+    ------
+    ValueError
+        When ``vector_sets`` is empty or the templates' vectors differ in shape.
     """
     sets = list(vector_sets)
     if not sets:
@@ -59,9 +90,32 @@ def cycle_consistency(template: Embedding, template_points, query: Embedding, *,
     lands from its original template point. Correct matches come back close (within about a voxel
     of the local grid); matches of anatomy that is missing from the query usually do not.
 
-    ``global_vectors`` / ``local_vectors`` default to the template's vectors at ``template_points``
-    (pass combined vectors of several templates to check against one of them). ``match_kwargs``
-    (mode, search_radius_mm, refine, chunk_size, ...) apply to both directions.
+    Parameters
+    ----------
+    template : Embedding
+        The template image's embedding (where the backward search runs).
+    template_points : array-like of shape (K, ndim)
+        Template points, world mm (x, y[, z]).
+    query : Embedding
+        The query image's embedding.
+    global_vectors, local_vectors : (K, C) tensors or arrays, optional
+        Vectors to search in ``query``; default the template's vectors at ``template_points``
+        (pass combined vectors of several templates to check against one of them).
+    forward : MatchResult, optional
+        The forward matches when already computed (the vectors are then not used).
+    **match_kwargs
+        Arguments of :func:`match_points` (mode, search_radius_mm, refine, chunk_size, ...),
+        applied to both directions (``top_k`` only to the forward one).
+
+    Returns
+    -------
+    CycleResult
+        The distances (mm) and both searches' results.
+
+    Raises
+    ------
+    ValueError
+        When the embeddings differ in ``ndim`` or ``forward`` has another number of points.
     """
     template = check_embedding(template, "template")
     query = check_embedding(query, "query")

@@ -21,9 +21,21 @@ __all__ = ["fuse_conv_bn", "pointwise_as_matmul", "fold_small_conv3d"]
 
 
 def fuse_conv_bn(net):
-    """A copy of ``net`` for inference with every BatchNorm folded into the convolution before it
-    (eval-mode BatchNorm is an affine map per channel): the same maps up to float rounding, one
-    pass over memory less per convolution."""
+    """A copy of ``net`` for inference with every BatchNorm folded into the convolution before it.
+
+    Eval-mode BatchNorm is an affine map per channel: the copy gives the same maps up to float
+    rounding, with one pass over memory less per convolution.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network (a :class:`~samlearn.nn.SAMNet`); left unchanged.
+
+    Returns
+    -------
+    torch.nn.Module
+        The fused copy, in eval mode.
+    """
     conv_types = (nn.Conv2d, nn.Conv3d)
     bn_types = (nn.BatchNorm2d, nn.BatchNorm3d)
     out = copy.deepcopy(net).eval()
@@ -59,7 +71,7 @@ class _DepthFoldedConv3d(torch.nn.Module):
     """A stride-1 3D convolution with few input channels computed as a 2D convolution over the
     slices, the kernel's z taps folded into the input channels (``C * kz``), in channels-last
     layout: the result has exactly the ``channels_last_3d`` layout. On the CPU a 2D convolution
-    with 3 input channels is far better optimised than a 3D one with 1 (2.3x measured)."""
+    with 3 input channels is far better optimised than a 3D one with 1."""
 
     def __init__(self, conv):
         super().__init__()
@@ -83,8 +95,26 @@ class _DepthFoldedConv3d(torch.nn.Module):
 
 
 def fold_small_conv3d(net, max_folded_channels: int = 8):
-    """Replace (in place) every stride-1, ungrouped, undilated 3D convolution whose input channels
-    times kernel depth is at most ``max_folded_channels`` (the stem) by :class:`_DepthFoldedConv3d`."""
+    """Compute small 3D convolutions (the stem) as 2D convolutions over the slices, in place.
+
+    Every stride-1, ungrouped, undilated, zero-padded 3D convolution of kernel depth above 1 whose
+    input channels times kernel depth is at most ``max_folded_channels`` is replaced by a module
+    that folds the kernel's z taps into the input channels (``C * kz``) and runs one channels-last
+    2D convolution; the result has exactly the ``channels_last_3d`` layout. On the CPU a 2D
+    convolution with a few input channels is far better optimised than a 3D one with 1.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network, modified in place.
+    max_folded_channels : int, default 8
+        Largest ``in_channels * kernel depth`` folded.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``net`` itself.
+    """
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Conv3d) and child.groups == 1 \
@@ -97,8 +127,22 @@ def fold_small_conv3d(net, max_folded_channels: int = 8):
 
 
 def pointwise_as_matmul(net):
-    """Replace (in place) every 1x1(x1), stride-1, ungrouped convolution by :class:`_PointwiseLinear`
-    (for channels-last inference copies)."""
+    """Compute 1x1(x1) convolutions as matrix products over the channels, in place.
+
+    Every 1x1(x1), stride-1, ungrouped convolution is replaced by one ``F.linear`` over the channel
+    axis of a channels-last tensor (CPU kernels do this shape far better as a GEMM), for
+    channels-last inference copies.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network, modified in place.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``net`` itself.
+    """
     conv_types = (torch.nn.Conv2d, torch.nn.Conv3d)
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):

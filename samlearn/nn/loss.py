@@ -4,12 +4,12 @@ Everything is batched tensor code on the training device: no per-query Python lo
 
 Inputs per batch of ``B`` patch pairs:
 
-* ``g1, g2`` (B, C, *Sg) and ``l1, l2`` (B, C, *Sl): the L2-normalised global / local maps of the
+* ``g1, g2`` ``(B, C, *Sg)`` and ``l1, l2`` ``(B, C, *Sl)``: the L2-normalised global / local maps of the
   two patches of each pair;
 * ``pos1, pos2`` (B, n_pos, ndim): the positive pairs as continuous patch array indices (numpy
   order); pixel ``pos1[b, i]`` of patch 1 and ``pos2[b, i]`` of patch 2 show the same source point;
 * ``pos_mm`` (B, n_pos, ndim): that source point in millimetres;
-* ``cg1, cg2`` (B, ndim, *Sg) and ``cl1, cl2`` (B, ndim, *Sl): the source position in mm of every
+* ``cg1, cg2`` ``(B, ndim, *Sg)`` and ``cl1, cl2`` ``(B, ndim, *Sl)``: the source position in mm of every
   voxel of each map (so negatives closer than ``delta_mm`` to a positive can be excluded);
 * ``image_ids`` (B,): which source image each pair came from (random negatives come only from
   *other* images).
@@ -46,6 +46,26 @@ NEG_INF = float("-inf")
 
 @dataclass
 class LossConfig:
+    """Hyper-parameters of :func:`sam_loss`.
+
+    Parameters
+    ----------
+    tau : float, default 0.5
+        InfoNCE temperature.
+    delta_mm : float, default 3.0
+        Candidates closer than this (mm) to the positive are never negatives.
+    n_hard : int, default 500
+        Global hard negatives per anchor.
+    n_random : int, default 1000
+        Global random negatives per pair, from other images of the batch.
+    n_candidates : int, default 20000
+        Local: the top candidates by S^g + S^l kept (the presets: 2e4 for CT, 5e3 for X-ray).
+    n_local : int, default 500
+        Local: negatives drawn at random among the candidates.
+    global_weight, local_weight : float, default 1.0
+        Weights of L^g and L^l in the total loss.
+    """
+
     tau: float = 0.5
     delta_mm: float = 3.0
     n_hard: int = 500          # global hard negatives
@@ -57,9 +77,24 @@ class LossConfig:
 
 
 def sample_vectors(maps: torch.Tensor, u: torch.Tensor, stride) -> torch.Tensor:
-    """Vectors of ``maps`` (B, C, *S) at continuous patch array indices ``u`` (B, n, ndim) of a map
-    with ``stride`` (per axis): feature index f = (u + 0.5) / s - 0.5. Linear interpolation,
-    renormalised. Returns (B, n, C)."""
+    """Vectors of a map at continuous patch array indices, linearly interpolated and renormalised.
+
+    Patch index ``u`` is feature index ``f = (u + 0.5) / s - 0.5`` of a map with stride ``s``.
+
+    Parameters
+    ----------
+    maps : torch.Tensor of shape ``(B, C, *S)``
+        The maps.
+    u : torch.Tensor of shape (B, n, ndim)
+        Continuous patch array indices (numpy order).
+    stride : sequence of int
+        The map's stride per axis.
+
+    Returns
+    -------
+    torch.Tensor of shape (B, n, C)
+        The L2-normalised vectors.
+    """
     B, C = maps.shape[:2]
     S = maps.shape[2:]
     ndim = len(S)
@@ -74,7 +109,20 @@ def sample_vectors(maps: torch.Tensor, u: torch.Tensor, stride) -> torch.Tensor:
 
 
 def info_nce_from_logits(pos_logit: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
-    """-log(exp(pos) / (exp(pos) + sum exp(neg))) per anchor; ``neg_logits`` may hold -inf."""
+    """-log(exp(pos) / (exp(pos) + sum exp(neg))) per anchor.
+
+    Parameters
+    ----------
+    pos_logit : torch.Tensor of shape (...)
+        The positive's logit of each anchor.
+    neg_logits : torch.Tensor of shape (..., k)
+        The negatives' logits; excluded ones hold -inf.
+
+    Returns
+    -------
+    torch.Tensor of shape (...)
+        The loss of each anchor.
+    """
     logits = torch.cat([pos_logit.unsqueeze(-1), neg_logits], dim=-1)
     return torch.logsumexp(logits, dim=-1) - pos_logit
 
@@ -88,10 +136,28 @@ def _flat_coords(coords):
 
 
 def far_mask(pos_mm, cand_mm, delta_mm: float, pos_mm2=None, n_first=None) -> torch.Tensor:
-    """(B, n, N) mask of the candidates farther than ``delta_mm`` from the positive. ``cand_mm``
-    (B, N, ndim); ``pos_mm`` (B, n, ndim). With ``pos_mm2`` (pairs across two images), the first
-    ``n_first`` candidates (patch 1) are measured from ``pos_mm`` and the rest (patch 2) from
-    ``pos_mm2``."""
+    """Mask of the candidates farther than ``delta_mm`` from the positive.
+
+    Parameters
+    ----------
+    pos_mm : torch.Tensor of shape (B, n, ndim)
+        The positives (mm).
+    cand_mm : torch.Tensor of shape (B, N, ndim)
+        The candidates' source positions (mm).
+    delta_mm : float
+        The exclusion distance (mm).
+    pos_mm2 : torch.Tensor of shape (B, n, ndim) or None, default None
+        For pairs across two images: the positives in patch 2's frame. The first ``n_first``
+        candidates (patch 1) are then measured from ``pos_mm``, the rest (patch 2) from
+        ``pos_mm2``.
+    n_first : int or None, default None
+        Number of patch 1's candidates (with ``pos_mm2``).
+
+    Returns
+    -------
+    torch.Tensor of bool, shape (B, n, N)
+        True where a candidate may be a negative.
+    """
     if pos_mm2 is None:
         return torch.cdist(pos_mm, cand_mm) > delta_mm
     return torch.cat([torch.cdist(pos_mm, cand_mm[:, :n_first]),
@@ -101,9 +167,29 @@ def far_mask(pos_mm, cand_mm, delta_mm: float, pos_mm2=None, n_first=None) -> to
 def hard_negative_indices(sim: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torch.Tensor,
                           k: int, delta_mm: float, far=None):
     """Top-``k`` most similar candidates farther than ``delta_mm`` from the positive.
-    ``sim`` (B, n, N), ``cand_mm`` (B, N, ndim), ``pos_mm`` (B, n, ndim); ``far`` (B, n, N), when
-    given, replaces the distance test (see :func:`far_mask`). Returns the indices (B, n, k) and a
-    validity mask (False where fewer than k candidates qualify)."""
+
+    Parameters
+    ----------
+    sim : torch.Tensor of shape (B, n, N)
+        Similarity of each anchor to each candidate.
+    cand_mm : torch.Tensor of shape (B, N, ndim)
+        The candidates' source positions (mm).
+    pos_mm : torch.Tensor of shape (B, n, ndim)
+        The positives (mm).
+    k : int
+        Negatives per anchor (at most N).
+    delta_mm : float
+        The exclusion distance (mm).
+    far : torch.Tensor of shape (B, n, N) or None, default None
+        When given, replaces the distance test (see :func:`far_mask`).
+
+    Returns
+    -------
+    indices : torch.Tensor of shape (B, n, k)
+        Indices into N.
+    valid : torch.Tensor of bool, shape (B, n, k)
+        False where fewer than k candidates qualify.
+    """
     if far is None:
         far = torch.cdist(pos_mm, cand_mm) > delta_mm
     masked = sim.detach().masked_fill(~far, NEG_INF)
@@ -113,11 +199,29 @@ def hard_negative_indices(sim: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torc
 
 
 def random_negative_indices(image_ids: torch.Tensor, n_per_map: int, k: int, generator=None):
-    """For each pair b, ``k`` random voxel indices into the pooled global voxels of all 2B patches
-    (layout: pair-major, patch 1 then patch 2, each ``n_per_map`` voxels) drawn only from pairs whose
-    source image differs from pair b's. ``image_ids`` (B,) (both patches of a pair from one image) or
-    (B, 2) (the image of each patch): a voxel is allowed when its image is neither of pair b's.
-    Returns indices (B, k) and a validity mask."""
+    """For each pair b, ``k`` random voxels of the pooled global voxels of other images.
+
+    The pool holds the global voxels of all 2B patches (layout: pair-major, patch 1 then patch 2,
+    each ``n_per_map`` voxels); a voxel is allowed when its image is neither of pair b's.
+
+    Parameters
+    ----------
+    image_ids : torch.Tensor of shape (B,) or (B, 2)
+        The source image of each pair (both patches from one image), or of each patch.
+    n_per_map : int
+        Voxels per global map.
+    k : int
+        Negatives per pair.
+    generator : torch.Generator or None, default None
+        Drives the draw (on ``image_ids``' device).
+
+    Returns
+    -------
+    indices : torch.Tensor of shape (B, k)
+        Indices into the pool.
+    valid : torch.Tensor of bool, shape (B, k)
+        False where too few voxels are allowed.
+    """
     if image_ids.dim() == 1:
         B = image_ids.shape[0]
         owner = image_ids[:, None].expand(B, 2 * n_per_map).reshape(-1)  # image id of every pooled voxel
@@ -135,17 +239,46 @@ def random_negative_indices(image_ids: torch.Tensor, n_per_map: int, k: int, gen
 def diverse_local_negative_indices(rank: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torch.Tensor,
                                    n_candidates: int, k: int, delta_mm: float, generator=None,
                                    threshold_sample: int = 2048, far=None):
-    """Rank candidates by ``rank`` (B, n, N) = S^g + S^l, exclude those within ``delta_mm`` of the
-    positive, keep the top ``n_candidates`` and draw ``k`` of them at random without replacement.
-    Returns indices (B, n, k) into N and a validity mask.
+    """Draw ``k`` diverse local negatives among the top ``n_candidates`` by S^g + S^l.
+
+    Candidates within ``delta_mm`` of the positive are excluded; the draw is at random without
+    replacement.
 
     Cost matters here (this runs twice per training step over every local voxel), so neither step
     sorts: the top set is every candidate at or above the ``n_candidates``-th largest value, a
     selection (``kthvalue``) computed on ``threshold_sample`` random columns when N is larger
     (the quantile estimate is within about 1% of N); the random draw walks one shared random
     permutation of the columns and keeps, per row, the first ``k`` qualifying candidates, which
-    is a uniform draw without replacement from that row's top set. ``far`` (B, n, N), when given,
-    replaces the distance test (see :func:`far_mask`)."""
+    is a uniform draw without replacement from that row's top set.
+
+    Parameters
+    ----------
+    rank : torch.Tensor of shape (B, n, N)
+        The ranking score S^g (upsampled to the local grid) + S^l.
+    cand_mm : torch.Tensor of shape (B, N, ndim)
+        The candidates' source positions (mm).
+    pos_mm : torch.Tensor of shape (B, n, ndim)
+        The positives (mm).
+    n_candidates : int
+        Size of the top set.
+    k : int
+        Negatives per anchor.
+    delta_mm : float
+        The exclusion distance (mm).
+    generator : torch.Generator or None, default None
+        Drives the random draws (on ``rank``'s device).
+    threshold_sample : int, default 2048
+        Columns sampled to estimate the top set's threshold when N is larger.
+    far : torch.Tensor of shape (B, n, N) or None, default None
+        When given, replaces the distance test (see :func:`far_mask`).
+
+    Returns
+    -------
+    indices : torch.Tensor of shape (B, n, k)
+        Indices into N.
+    valid : torch.Tensor of bool, shape (B, n, k)
+        False where fewer than k candidates qualify.
+    """
     if far is None:
         far = torch.cdist(pos_mm, cand_mm) > delta_mm
     masked = rank.detach().masked_fill(~far, NEG_INF)
@@ -177,10 +310,42 @@ def diverse_local_negative_indices(rank: torch.Tensor, cand_mm: torch.Tensor, po
 def sam_loss(g1, g2, l1, l2, pos1, pos2, pos_mm, cg1, cg2, cl1, cl2, image_ids,
              global_stride, local_stride, config: LossConfig = LossConfig(), generator=None,
              pos_mm2=None):
-    """The SAM training loss. Returns ``(loss, stats)``; stats holds detached 0-d tensors (no
-    host-device synchronisation: convert them only when logging). ``generator`` is a
-    ``torch.Generator`` on the maps' device driving the random draws. ``pos_mm2`` (B, n_pos, ndim)
-    and ``image_ids`` of shape (B, 2): pairs whose patches may come from two images (module doc)."""
+    """The SAM training loss L = L^g + L^l (the inputs are described in the module docstring).
+
+    Parameters
+    ----------
+    g1, g2 : torch.Tensor of shape ``(B, C, *Sg)``
+        The L2-normalised global maps of the two patches of each pair.
+    l1, l2 : torch.Tensor of shape ``(B, C, *Sl)``
+        The L2-normalised local maps.
+    pos1, pos2 : torch.Tensor of shape (B, n_pos, ndim)
+        The positives as continuous patch array indices (numpy order) in patch 1 and patch 2.
+    pos_mm : torch.Tensor of shape (B, n_pos, ndim)
+        The positives' source points (mm; in patch 1's source frame with ``pos_mm2``).
+    cg1, cg2 : torch.Tensor of shape ``(B, ndim, *Sg)``
+        The source position (mm) of every voxel of the global maps.
+    cl1, cl2 : torch.Tensor of shape ``(B, ndim, *Sl)``
+        The same for the local maps.
+    image_ids : torch.Tensor of shape (B,) or (B, 2)
+        The source image of each pair, or of each patch (pairs across two images).
+    global_stride, local_stride : sequence of int
+        The maps' strides per axis (numpy order).
+    config : LossConfig, default LossConfig()
+        The hyper-parameters.
+    generator : torch.Generator or None, default None
+        On the maps' device, drives the random draws.
+    pos_mm2 : torch.Tensor of shape (B, n_pos, ndim) or None, default None
+        Pairs across two images: the positives in patch 2's source frame.
+
+    Returns
+    -------
+    loss : torch.Tensor
+        The weighted total loss, 0-d.
+    stats : dict of str to torch.Tensor
+        Detached 0-d tensors ``loss_global``, ``loss_local``, ``pos_sim_global``,
+        ``pos_sim_local``, ``top1_global`` and ``top1_local`` (no host-device synchronisation:
+        convert them only when logging).
+    """
     cfg = config
     B = g1.shape[0]
     inv_tau = 1.0 / cfg.tau

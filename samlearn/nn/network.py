@@ -44,7 +44,37 @@ def _tuple(v, ndim):
 
 @dataclass
 class NetworkConfig:
-    """Architecture of :class:`SAMNet`. Strides are per axis in numpy order ((z, y, x) for 3D)."""
+    """Architecture of :class:`SAMNet`. Strides are per axis in numpy order ((z, y, x) for 3D).
+
+    Parameters
+    ----------
+    ndim : {2, 3}, default 3
+        Spatial dimension of the images.
+    depth : {"resnet10", "resnet14", "resnet18", "resnet34"}, default "resnet18"
+        Blocks per stage (:data:`RESNET_LAYERS`); "resnet14" halves the two high-resolution
+        stages of ResNet-18, keeping most of its receptive field.
+    width : float, default 1.0
+        Channel multiplier of the ResNet, in (0, 4] (1.0 = 64-128-256-512).
+    stem_stride : int or sequence of int, default 1
+        Stride of the stem (an average pool before its convolution); the paper's is 1.
+    stem_kernel : int, default 7
+        Kernel size of the stem convolution.
+    stage_strides : sequence, default ((2, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2))
+        Strides of Conv2_x (max pool) .. Conv5_x, each an int or one per axis; the paper's for 3D.
+    n_stages : int, default 4
+        Use the first ``n_stages`` (1 to 4) of Conv2_x .. Conv5_x.
+    local_level : int, default 0
+        Index of the stage whose FPN level gives the local embedding F^l (0 = Conv2_x).
+    fpn_channels : int, default 128
+        Channels of the FPN levels.
+    embed_dim : int, default 128
+        Channels of the global and local embeddings.
+    in_channels : int, default 1
+        Channels of the input images.
+    head : {"conv", "separable"}, default "conv"
+        "conv": a dense 3x3(x3) head (the paper's); "separable": depthwise 3x3(x3) + pointwise,
+        the same receptive field, far cheaper.
+    """
 
     ndim: int = 3
     depth: str = "resnet18"
@@ -59,7 +89,7 @@ class NetworkConfig:
     embed_dim: int = 128
     in_channels: int = 1
     head: str = "conv"                  # "conv": dense 3x3(x3) head (paper); "separable": depthwise
-                                        # 3x3(x3) + pointwise, same receptive field, ~8x cheaper
+                                        # 3x3(x3) + pointwise, same receptive field, far cheaper
 
     def __post_init__(self):
         if self.ndim not in (2, 3):
@@ -81,10 +111,17 @@ class NetworkConfig:
 
     @property
     def channels(self):
+        """Output channels of each used stage (``width`` times 64-128-256-512, at least 8)."""
         return [max(8, int(round(c * self.width))) for c in (64, 128, 256, 512)][: self.n_stages]
 
     def level_strides(self):
-        """Total stride (numpy axis order) of each stage's output."""
+        """Total stride (numpy axis order) of each stage's output.
+
+        Returns
+        -------
+        list of tuple of int
+            One stride tuple per stage, stem stride included.
+        """
         out, cur = [], list(self.stem_stride)
         for s in self.stage_strides:
             cur = [a * b for a, b in zip(cur, s)]
@@ -93,13 +130,22 @@ class NetworkConfig:
 
     @property
     def global_stride(self):
+        """Total stride of the global map (the coarsest stage), numpy axis order."""
         return self.level_strides()[-1]
 
     @property
     def local_stride(self):
+        """Total stride of the local map (stage ``local_level``), numpy axis order."""
         return self.level_strides()[self.local_level]
 
     def to_dict(self):
+        """The configuration as a JSON-serialisable dict (strides as lists).
+
+        Returns
+        -------
+        dict
+            Field name -> value; ``NetworkConfig(**d)`` rebuilds it.
+        """
         d = asdict(self)
         d["stem_stride"] = list(self.stem_stride)
         d["stage_strides"] = [list(s) for s in self.stage_strides]
@@ -197,6 +243,28 @@ class SAMBackbone(nn.Module):
     ``forward(x)`` returns the list of stage outputs (Conv2_x, Conv3_x, ...), stage ``i`` with
     ``config.channels[i]`` channels at total stride ``config.level_strides()[i]``. The input must be
     a multiple of the total stride along every axis (no padding here, unlike :class:`SAMNet`).
+
+    State-dict keys:
+
+    * ``stem.1.weight`` (stem convolution; ``stem.0`` is the stem's pooling, without weights),
+      ``stem.2.*`` (its BatchNorm: ``weight``, ``bias``, ``running_mean``, ``running_var``,
+      ``num_batches_tracked``);
+    * ``stages.<i>.<j>.*`` for stage ``i`` = 0 .. n_stages - 1 (Conv2_x, Conv3_x, ...), block
+      ``j`` (in stage 0, ``j = 0`` is the max pool, so its blocks start at 1): ``conv1.weight``,
+      ``bn1.*``, ``conv2.weight``, ``bn2.*`` and, for blocks that change resolution or width,
+      ``downsample.1.weight`` (1x1 conv) and ``downsample.2.*`` (BN).
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The architecture of the :class:`SAMNet` whose encoder this is.
+
+    Attributes
+    ----------
+    config : NetworkConfig
+        The architecture.
+    stem, stages : torch.nn.Module
+        The stem and the ``ModuleList`` of stages, as in :class:`SAMNet`.
     """
 
     def __init__(self, config: NetworkConfig):
@@ -207,9 +275,23 @@ class SAMBackbone(nn.Module):
 
     @property
     def channels(self):
+        """Output channels of each stage."""
         return list(self.config.channels)
 
     def forward(self, x: torch.Tensor):
+        """The stage outputs of a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape ``(n, in_channels, *spatial)``
+            The input; each spatial size a multiple of the total stride (no padding here).
+
+        Returns
+        -------
+        list of torch.Tensor
+            The outputs of Conv2_x, Conv3_x, ..., stage ``i`` with ``config.channels[i]`` channels
+            at total stride ``config.level_strides()[i]``.
+        """
         tot = self.config.global_stride
         if any(n % s for n, s in zip(x.shape[2:], tot)):
             raise ValueError(f"input spatial shape {tuple(x.shape[2:])} must be a multiple of the "
@@ -223,9 +305,26 @@ class SAMBackbone(nn.Module):
 
 
 class SAMNet(nn.Module):
-    """ResNet + FPN with a global head on the coarsest level and a local head on level
-    ``local_level``. ``forward(x)`` returns ``(F_global, F_local)``, both L2-normalised along the
-    channel axis, cropped to ``ceil(input_size / stride)``."""
+    """ResNet + FPN with a global head on the coarsest level and a local head on ``local_level``.
+
+    See the module docstring for the architecture and its geometry.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The architecture.
+
+    Attributes
+    ----------
+    config : NetworkConfig
+        The architecture.
+    stem, stages : torch.nn.Module
+        The ResNet encoder: the stem, and the ``ModuleList`` of stages (Conv2_x, ...).
+    lateral : torch.nn.ModuleList
+        The FPN's 1x1(x1) lateral convolutions, from stage ``local_level`` to the coarsest.
+    global_head, local_head : torch.nn.Module
+        The heads of the global and local embeddings.
+    """
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
@@ -254,15 +353,42 @@ class SAMNet(nn.Module):
 
     @property
     def total_stride(self):
+        """Total stride of the network (the global map's), numpy axis order."""
         return self.config.global_stride
 
     def output_sizes(self, spatial):
-        """Sizes (numpy order) of the global and local maps for an input of shape ``spatial``."""
+        """Sizes (numpy order) of the global and local maps for an input of shape ``spatial``.
+
+        Parameters
+        ----------
+        spatial : sequence of int
+            The input's spatial shape, numpy order.
+
+        Returns
+        -------
+        global_size, local_size : tuple of int
+            ``ceil(spatial / stride)`` for the global and the local stride.
+        """
         g = tuple(math.ceil(n / s) for n, s in zip(spatial, self.config.global_stride))
         loc = tuple(math.ceil(n / s) for n, s in zip(spatial, self.config.local_stride))
         return g, loc
 
     def forward(self, x: torch.Tensor, pad_value: float | None = None):
+        """The global and local embedding maps of a batch.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape ``(n, in_channels, *spatial)``
+            The input, padded here to a multiple of the total stride.
+        pad_value : float or None, default None
+            The padding value; None is the batch minimum.
+
+        Returns
+        -------
+        F_global, F_local : torch.Tensor
+            The maps, ``(n, embed_dim, *size)``, L2-normalised along the channel axis and cropped
+            to ``ceil(spatial / stride)`` (:meth:`output_sizes`).
+        """
         cfg = self.config
         spatial = x.shape[2:]
         tot = cfg.global_stride
@@ -294,8 +420,7 @@ class SAMNet(nn.Module):
 
 
 def receptive_reach(config: NetworkConfig):
-    """How far (in input voxels, per axis in numpy order) the value of a map voxel can depend on
-    input beyond its own stride cell: ``(global_reach, local_reach)``.
+    """How far (input voxels) a map voxel's value can depend on input beyond its stride cell.
 
     Feature voxel ``i`` of a map with stride ``s`` covers the input cell ``[s*i, s*i + s - 1]``; its
     value depends only on input voxels within ``reach`` of that cell on each side. An upper bound,
@@ -303,6 +428,16 @@ def receptive_reach(config: NetworkConfig):
     two-tap linear upsampling, the 3x3(x3) heads); used to choose the halo of tiled inference, which
     then reproduces a one-pass embedding exactly (up to float rounding) when BatchNorm is in eval
     mode. ``tests/test_inference.py`` checks the bound against gradients of a random network.
+
+    Parameters
+    ----------
+    config : NetworkConfig
+        The architecture.
+
+    Returns
+    -------
+    global_reach, local_reach : tuple of int
+        The reach of the global and of the local map, per axis in numpy order.
     """
     cfg = config
     nd = cfg.ndim

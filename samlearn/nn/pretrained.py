@@ -19,7 +19,19 @@ __all__ = ["load_torchvision_resnet", "torchvision_key_map"]
 
 
 def torchvision_key_map(net: SAMNet) -> dict:
-    """Our backbone parameter / buffer names -> torchvision ResNet names."""
+    """Our backbone parameter / buffer names -> torchvision ResNet names.
+
+    Parameters
+    ----------
+    net : SAMNet
+        The network.
+
+    Returns
+    -------
+    dict
+        Module prefix of ours (e.g. ``"stages.0.1.conv1"``) -> torchvision's (``"layer1.0.conv1"``);
+        the tensor suffixes (``weight``, ``running_mean``, ...) are the same on both sides.
+    """
     mapping = {}
     for ours, theirs in (("stem.1", "conv1"), ("stem.2", "bn1")):
         mapping[ours] = theirs
@@ -47,8 +59,30 @@ def _inflate(w2d: torch.Tensor, target_shape) -> torch.Tensor:
 
 def load_torchvision_resnet(net: SAMNet, path) -> SAMNet:
     """Copy a torchvision ResNet state dict from the local file ``path`` into ``net``'s backbone.
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` when the file does not fit
-    the architecture (use ``width=1.0``, the matching ``depth`` and ``stem_kernel=7``)."""
+
+    2D kernels are inflated for 3D networks and the RGB stem summed over its input channels (see
+    the module docstring); the FPN and heads keep their initialisation.
+
+    Parameters
+    ----------
+    net : SAMNet
+        The network, modified in place.
+    path : str or path
+        A local state-dict file (optionally under a ``"state_dict"`` key); nothing is downloaded.
+
+    Returns
+    -------
+    SAMNet
+        ``net`` itself.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a missing file.
+    ValueError
+        When the file cannot be read or does not fit the architecture (use ``width=1.0``, the
+        matching ``depth`` and ``stem_kernel=7``).
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"pretrained must be a path to a local state-dict file, got {type(path).__name__}")
     path = Path(path)

@@ -1,15 +1,17 @@
 """Data-parallel training under ``torchrun``.
 
-Under ``torchrun`` (environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) the process
-group is initialised (NCCL on CUDA, Gloo on the CPU) and the network wrapped in
-``torch.nn.parallel.DistributedDataParallel``, which averages the gradients of all ranks. Each rank
-draws its own patch pairs and negatives (streams spawned from the run's ``SeedSequence`` by rank)
-and computes the loss on its own batch: random negatives come from the other images *of that
-rank's batch* (the effective batch is ``world_size * batch_size`` pairs; negatives are not
+Under ``torchrun`` (environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; ``samlearn
+train --nproc-per-node N`` launches it) the process group is initialised (NCCL on CUDA, Gloo on
+the CPU; this rank's GPU is ``cuda:LOCAL_RANK``) and the network wrapped in
+``torch.nn.parallel.DistributedDataParallel``, which averages the gradients of all ranks. With at
+least two images per rank (and no landmark labels) the images are sharded between the ranks. Each
+rank draws its own patch pairs and negatives (streams spawned from the run's ``SeedSequence`` by
+rank) and computes the loss on its own batch: random negatives come from the other images *of
+that rank's batch* (the effective batch is ``world_size * batch_size`` pairs; negatives are not
 exchanged between ranks). Stopping is decided identically on every rank (iterations; elapsed time
 is agreed on at every flush of :func:`samlearn.training.train`), logged statistics are averaged
 over the ranks, BatchNorm running statistics are taken from rank 0 at the end
-(:func:`sync_buffers`), and only rank 0 writes checkpoints.
+(:func:`sync_buffers`), so every rank ends with the same weights; only rank 0 writes checkpoints.
 """
 from __future__ import annotations
 
@@ -27,8 +29,20 @@ _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 def torchrun_env() -> dict | None:
-    """``{"rank", "world_size", "local_rank"}`` from the environment set by ``torchrun`` (or any
-    launcher that sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``), or None when they are absent."""
+    """Read the ranks that ``torchrun`` puts in the environment.
+
+    Any launcher that sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` works.
+
+    Returns
+    -------
+    dict or None
+        ``{"rank", "world_size", "local_rank"}`` (ints), or None when the variables are absent.
+
+    Raises
+    ------
+    ValueError
+        If they are not integers or are inconsistent.
+    """
     if not all(v in os.environ for v in _TORCHRUN_VARS):
         return None
     try:
@@ -44,7 +58,21 @@ def torchrun_env() -> dict | None:
 
 @dataclass
 class DistributedContext:
-    """The data-parallel group of a training run (``world_size == 1``: a single process)."""
+    """The data-parallel group of a training run (``world_size == 1``: a single process).
+
+    Parameters
+    ----------
+    rank : int, default 0
+        This process's rank in the group.
+    world_size : int, default 1
+        Number of processes.
+    local_rank : int, default 0
+        Rank on this machine (the CUDA device index).
+    backend : str or None, default None
+        ``"nccl"`` or ``"gloo"``; None for a single process.
+    owns_group : bool, default False
+        True when :func:`setup_distributed` created the process group.
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -54,10 +82,12 @@ class DistributedContext:
 
     @property
     def enabled(self) -> bool:
+        """Whether training is data-parallel (``world_size > 1``)."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0 (the one that logs and writes checkpoints)."""
         return self.rank == 0
 
     def close(self) -> None:
@@ -76,10 +106,30 @@ def _destroy_group_at_exit() -> None:
 
 
 def setup_distributed(mode, device: torch.device) -> DistributedContext:
-    """Join (or create) the process group for ``mode``: ``"auto"`` (data-parallel when launched
-    by ``torchrun`` with ``WORLD_SIZE > 1``, or when a process group is already initialised),
-    ``True`` (the same, but an error when neither is the case) or ``False`` (single process).
-    ``device`` must already be this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
+    """Join (or create) the process group of a training run.
+
+    Parameters
+    ----------
+    mode : {"auto", True, False} or None
+        ``"auto"``: data-parallel when launched by ``torchrun`` with ``WORLD_SIZE > 1``, or when a
+        process group is already initialised; ``True``: the same, but an error when neither is
+        the case; ``False`` (or None): a single process.
+    device : torch.device
+        This rank's device, already chosen (``cuda:LOCAL_RANK`` on GPUs). The backend is NCCL on
+        CUDA, Gloo on the CPU.
+
+    Returns
+    -------
+    DistributedContext
+        The group joined (``world_size == 1`` for a single process).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mode``, or ``mode=True`` outside ``torchrun`` and any process group.
+    RuntimeError
+        If this torch build has no ``torch.distributed``.
+    """
     if mode is False or mode is None:
         return DistributedContext()
     if mode not in ("auto", True):
@@ -109,8 +159,18 @@ def setup_distributed(mode, device: torch.device) -> DistributedContext:
 
 
 def sync_buffers(net, ctx: DistributedContext) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them before
-    each forward pass, so after the last step each rank holds its own update: broadcast once more."""
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts them before each forward pass, so after the last step each rank holds its own
+    update: broadcast once more. Does nothing for a single process.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The (unwrapped) network, its buffers updated in place.
+    ctx : DistributedContext
+        The run's group.
+    """
     if not ctx.enabled:
         return
     with torch.no_grad():

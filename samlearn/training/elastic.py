@@ -27,8 +27,28 @@ SAMPLER_ELASTIC_LIPSCHITZ = 0.5
 # ---------------------------------------------------------------------------------------------
 # uniform cubic B-spline, clamped outside [0, P - 1]
 def bspline_weights(u, length, n_intervals, derivative=False):
-    """Indices (n, 4) of the control points and cubic B-spline weights (n, 4) at positions u
-    (and, with ``derivative``, the weights of d/du, zero where u is clamped)."""
+    """Control-point indices and cubic B-spline weights at positions ``u``.
+
+    Parameters
+    ----------
+    u : ndarray, shape (n,)
+        Positions along one axis, in patch voxels (clamped to ``[0, length - 1]``).
+    length : int
+        Patch size along the axis.
+    n_intervals : int
+        Number of B-spline intervals over ``[0, length - 1]`` (``n_intervals + 3`` control points).
+    derivative : bool, default False
+        Also return the weights of d/du (zero where ``u`` is clamped).
+
+    Returns
+    -------
+    idx : ndarray of int64, shape (n, 4)
+        Indices of the four control points of each position.
+    w : ndarray, shape (n, 4)
+        Their weights.
+    dw : ndarray, shape (n, 4)
+        The weights of d/du; only with ``derivative``.
+    """
     h = (length - 1) / n_intervals
     t = np.clip(u, 0.0, length - 1) / h
     i = np.minimum(np.floor(t), n_intervals - 1)
@@ -46,14 +66,42 @@ def bspline_weights(u, length, n_intervals, derivative=False):
 
 
 def bspline_contract(vals, weights):
-    """(A, n, 4, ..., 4) control values and one (n, 4) weight array per axis -> (A, n)."""
+    """Contract gathered control values with per-axis B-spline weights.
+
+    Parameters
+    ----------
+    vals : ndarray, shape (A, n, 4, ..., 4)
+        Control values of the ``4 ** ndim`` control points of each of ``n`` positions.
+    weights : sequence of ndarray, each of shape (n, 4)
+        One weight array per axis.
+
+    Returns
+    -------
+    ndarray, shape (A, n)
+        The field's components at the positions.
+    """
     for w in reversed(weights):
         vals = np.einsum("an...k,nk->an...", vals, w)
     return vals
 
 
 def bspline_matrix(u, length, n_intervals):
-    """Dense basis matrix (len(u), n_intervals + 3): field on the grid = B @ coefficients."""
+    """Dense B-spline basis matrix: the field on the grid is ``B @ coefficients``.
+
+    Parameters
+    ----------
+    u : ndarray, shape (n,)
+        Positions along one axis, in patch voxels.
+    length : int
+        Patch size along the axis.
+    n_intervals : int
+        Number of B-spline intervals.
+
+    Returns
+    -------
+    ndarray, shape (n, n_intervals + 3)
+        The basis matrix.
+    """
     idx, w = bspline_weights(u, length, n_intervals)
     B = np.zeros((u.size, n_intervals + 3))
     np.put_along_axis(B, idx, w, axis=1)
@@ -61,8 +109,22 @@ def bspline_matrix(u, length, n_intervals):
 
 
 def elastic_lipschitz(coef, patch_shape) -> float:
-    """Upper bound on the spectral norm of the Jacobian of the B-spline field ``coef``
-    (Frobenius norm of the per-entry bounds ``max |diff_b c_a| / h_b``)."""
+    """Upper bound on the spectral norm of the Jacobian of the B-spline field ``coef``.
+
+    The Frobenius norm of the per-entry bounds ``max |diff_b c_a| / h_b``.
+
+    Parameters
+    ----------
+    coef : ndarray, shape (ndim, n_0 + 3, ..., n_{ndim-1} + 3)
+        Control coefficients (patch voxels), ``n_b`` intervals along axis ``b``.
+    patch_shape : tuple of int
+        Patch shape.
+
+    Returns
+    -------
+    float
+        The Lipschitz bound of the displacement.
+    """
     ndim = len(patch_shape)
     total = 0.0
     for b in range(ndim):

@@ -25,8 +25,27 @@ __all__ = ["train", "TrainState", "lr_at"]
 
 
 def lr_at(it: int, progress: float, base_lr: float, warmup: int, schedule: str) -> float:
-    """Linear warm-up over ``warmup`` iterations, then constant or cosine decay to 5% of ``base_lr``
-    over the budget (``progress`` in [0, 1], from iterations or time, whichever runs out first)."""
+    """Learning rate at one iteration: linear warm-up, then constant or cosine decay to 5%.
+
+    Parameters
+    ----------
+    it : int
+        Iteration (0-based).
+    progress : float
+        Fraction of the budget spent, in [0, 1] (from iterations or time, whichever runs out
+        first).
+    base_lr : float
+        The peak learning rate.
+    warmup : int
+        Iterations of linear warm-up.
+    schedule : {"cosine", "constant"}
+        After warm-up: cosine decay to 5% of ``base_lr`` over the budget, or constant.
+
+    Returns
+    -------
+    float
+        The learning rate.
+    """
     if warmup > 0 and it < warmup:
         return base_lr * (it + 1) / warmup
     if schedule == "constant":
@@ -37,7 +56,19 @@ def lr_at(it: int, progress: float, base_lr: float, warmup: int, schedule: str) 
 
 @dataclass
 class TrainState:
-    """Everything needed to continue a run: iteration count, time spent, history."""
+    """Everything needed to continue a run: iteration count, time spent, history.
+
+    Parameters
+    ----------
+    iteration : int, default 0
+        Optimisation steps done.
+    train_time : float, default 0.0
+        Seconds of training so far, across resumed runs.
+    history : list of dict, optional
+        One record per iteration (see :func:`train`); empty by default.
+    interrupted : bool, default False
+        Whether the last run was stopped by Ctrl-C or SIGTERM.
+    """
 
     iteration: int = 0
     train_time: float = 0.0
@@ -54,21 +85,60 @@ def train(net, optimizer, loader, state: TrainState, *, loss_config: LossConfig,
           schedule: str, generator: torch.Generator, checkpoint=None, checkpoint_every: int | None = None,
           progress=None, log_every: int = 10, channels_last: bool = False, config=None,
           dist_ctx: DistributedContext | None = None) -> TrainState:
-    """Optimise ``net`` on batches from ``loader`` until the budget is spent (``max_iter`` total
-    iterations, ``max_time`` total seconds of training, counted across resumed runs).
+    """Optimise ``net`` on batches from ``loader`` until the budget is spent.
 
-    ``net`` may be a ``DistributedDataParallel`` and/or ``torch.compile`` wrapper; ``config`` is
-    the :class:`~samlearn.nn.NetworkConfig` (default ``net.config``). With a data-parallel
-    ``dist_ctx`` every rank must call this with the same budget: the stop decision and the logged
-    statistics are agreed on at each flush (every ``log_every`` iterations).
+    Ctrl-C (``KeyboardInterrupt``) stops the loop cleanly: ``state.interrupted`` is set and the
+    model stays usable. ``state.history`` records per iteration: the loss terms and diagnostics,
+    ``lr``, ``time`` (seconds of training so far) and ``step_time`` (host seconds of the step; on
+    CUDA the device runs behind the host between flushes, so rates over a window of steps are the
+    accurate measure).
 
-    ``checkpoint(state)`` is called every ``checkpoint_every`` iterations, at the end and on
-    interruption. Ctrl-C (``KeyboardInterrupt``) stops the loop cleanly: ``state.interrupted`` is set
-    and the model stays usable. Returns the updated state.
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network; may be a ``DistributedDataParallel`` and/or ``torch.compile`` wrapper. Left
+        in eval mode.
+    optimizer : torch.optim.Optimizer
+        Its optimiser; the learning rate of its groups is set at every step.
+    loader : iterable of dict
+        Batches of :class:`~samlearn.training.PairStream` samples.
+    state : TrainState
+        Updated in place.
+    loss_config : LossConfig
+        The loss and its negatives.
+    device : torch.device or str
+        Where training runs.
+    amp_dtype : torch.dtype or None
+        Autocast precision (None: float32).
+    max_iter : int or None
+        Total iterations, counted across resumed runs (None: no limit).
+    max_time : float or None
+        Total seconds of training, counted across resumed runs (None: no limit).
+    lr, warmup, schedule : float, int, str
+        Learning rate and its schedule (:func:`lr_at`).
+    generator : torch.Generator
+        Draws the loss's random negatives (on ``device``).
+    checkpoint : callable, optional
+        ``checkpoint(state)``, called every ``checkpoint_every`` iterations, at the end and on
+        interruption.
+    checkpoint_every : int, optional
+        Checkpoint period in iterations (None: only at the end and on interruption).
+    progress : tqdm or None, optional
+        A progress bar, updated every step.
+    log_every : int, default 10
+        Iterations between flushes (the only host-device synchronisations).
+    channels_last : bool, default False
+        Feed inputs in the channels-last memory format.
+    config : NetworkConfig, optional
+        The network's :class:`~samlearn.nn.NetworkConfig` (default ``net.config``).
+    dist_ctx : DistributedContext, optional
+        The data-parallel group (default: one process). Every rank must call this with the same
+        budget: the stop decision and the logged statistics are agreed on at each flush.
 
-    ``history`` records per iteration: the loss terms and diagnostics, ``lr``, ``time`` (seconds of
-    training so far) and ``step_time`` (host seconds of the step; on CUDA the device runs behind the
-    host between flushes, so rates over a window of steps are the accurate measure).
+    Returns
+    -------
+    TrainState
+        ``state``, updated.
     """
     net.train()
     cfg = config if config is not None else net.config

@@ -31,8 +31,21 @@ def _inside(u, shape) -> np.ndarray:
 
 
 def estimate_overlap(t1: PatchTransform, t2: PatchTransform, n_per_axis: int = _OVERLAP_GRID):
-    """Fraction of a regular ``n_per_axis ** ndim`` grid over patch 1's box (borders included)
-    whose source points fall inside patch 2's box. 0 means no overlap was found."""
+    """Estimate the fraction of patch 1 that patch 2 also shows.
+
+    Parameters
+    ----------
+    t1, t2 : PatchTransform
+        The transforms of patch 1 and patch 2 (same ndim, same source).
+    n_per_axis : int, default 9
+        Points per axis of a regular grid over patch 1's box (borders included).
+
+    Returns
+    -------
+    float
+        Fraction of the ``n_per_axis ** ndim`` grid points whose source points fall inside patch
+        2's box; 0 means no overlap was found.
+    """
     if not isinstance(t1, PatchTransform) or not isinstance(t2, PatchTransform):
         raise TypeError("t1 and t2 must be PatchTransform objects")
     if t1.ndim != t2.ndim:
@@ -53,14 +66,25 @@ def apply_jitter(patch: np.ndarray, jitter: dict, k: int) -> np.ndarray:
 class PatchPair:
     """Two patches of one source image with exact correspondences.
 
+    Parameters
+    ----------
+    patches : ndarray of float32, shape ``(2, *patch_shape)``
+        Intensity-jittered patches (what the network sees).
+    clean_patches : ndarray of float32, shape ``(2, *patch_shape)``
+        The same before intensity jitter.
+    transforms : pair of PatchTransform
+        Patch indices -> source indices of each patch.
+    jitter : dict
+        The intensity jitter (``gain``, ``bias``, ``noise_std``, ``noise_seed``).
+    spacing : array-like, shape (ndim,)
+        Source spacing, mm per voxel in numpy order (ones when not given).
+    cval : float
+        Value used outside the source.
+
     Attributes
     ----------
-    patches : float32 (2, *patch_shape), intensity-jittered (what the network sees).
-    clean_patches : float32 (2, *patch_shape), the same before intensity jitter.
-    transforms : (PatchTransform, PatchTransform).
-    jitter : dict of the intensity jitter (``gain``, ``bias``, ``noise_std``, ``noise_seed``).
-    spacing : (ndim,) source spacing, mm per voxel in numpy order (ones when not given).
-    cval : value used outside the source.
+    patches, clean_patches, transforms, jitter, spacing, cval
+        The parameters (``transforms`` a tuple, ``spacing`` float64, ``cval`` a float).
     """
 
     def __init__(self, patches, clean_patches, transforms, jitter, spacing, cval):
@@ -74,10 +98,12 @@ class PatchPair:
 
     @property
     def ndim(self) -> int:
+        """Number of axes (2 or 3)."""
         return self.transforms[0].ndim
 
     @property
     def patch_shape(self) -> tuple:
+        """Patch shape (numpy order)."""
         return self.transforms[0].patch_shape
 
     @property
@@ -92,11 +118,30 @@ class PatchPair:
                 f"{self.overlap_fraction:.3f}, transforms={self.transforms})")
 
     def positives(self, n: int, rng) -> np.ndarray:
-        """``n`` positive pairs: float32 (2, n, ndim) continuous patch indices ``u1`` (patch 1)
-        and ``u2`` (patch 2) showing the same source point, drawn uniformly in the overlap
-        (uniform over patch 1's box restricted to the overlap, borders included). Rejection
+        """Draw positive pairs uniformly in the overlap of the two patches.
+
+        Uniform over patch 1's box restricted to the overlap, borders included, by rejection
         sampling; when the overlap is so small that ``n`` distinct points are not found quickly,
-        the points found are reused (drawn with replacement)."""
+        the points found are reused (drawn with replacement).
+
+        Parameters
+        ----------
+        n : int
+            Number of pairs (>= 1).
+        rng : numpy.random.Generator, int or None
+            Random generator (or seed).
+
+        Returns
+        -------
+        ndarray of float32, shape (2, n, ndim)
+            Continuous patch indices ``u1`` (patch 1) and ``u2`` (patch 2) showing the same
+            source point.
+
+        Raises
+        ------
+        RuntimeError
+            If the two patches do not overlap.
+        """
         if not is_int(n) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         rng = as_generator(rng)
@@ -133,12 +178,37 @@ class PatchPair:
         return np.stack([u1[sel], u2[sel]]).astype(np.float32)
 
     def source_index(self, k: int, stride=1) -> np.ndarray:
-        """Source array indices (float32, (ndim, *grid)) of patch ``k``'s stride-``s`` grid."""
+        """Source array indices of the voxel centres of patch ``k``'s stride-``s`` grid.
+
+        Parameters
+        ----------
+        k : {0, 1}
+            Which patch.
+        stride : int or sequence of int, default 1
+            Stride of the grid (1: the patch voxels).
+
+        Returns
+        -------
+        ndarray of float32, shape ``(ndim, *grid)``
+            Source indices (numpy order).
+        """
         return self._transform(k).source_coords(stride)
 
     def source_mm(self, k: int, stride=1) -> np.ndarray:
-        """Source positions in mm (array index times spacing, numpy order; float32,
-        (ndim, *grid)) of the voxel centres of patch ``k``'s stride-``s`` grid."""
+        """Source positions in mm of the voxel centres of patch ``k``'s stride-``s`` grid.
+
+        Parameters
+        ----------
+        k : {0, 1}
+            Which patch.
+        stride : int or sequence of int, default 1
+            Stride of the grid (1: the patch voxels).
+
+        Returns
+        -------
+        ndarray of float32, shape ``(ndim, *grid)``
+            Array index times spacing (numpy order).
+        """
         return self._transform(k).source_mm(self.spacing, stride)
 
     def _transform(self, k) -> PatchTransform:
@@ -148,21 +218,33 @@ class PatchPair:
 
 
 class CrossPatchPair:
-    """Two patches of two *different* source images, centred nowhere in particular but each
-    showing one given point (a labelled landmark) at a random patch position: the positive pair of
+    """Two patches of two *different* source images, each showing one given point.
+
+    The given point (a labelled landmark) sits at a random patch position: the positive pair of
     the semi-supervised variant (paper §IV-H). There is no voxel-wise overlap between the patches;
     the correspondences are the labelled points (see :meth:`points_to_patch`).
 
+    Parameters
+    ----------
+    patches, clean_patches : ndarray of float32, shape ``(2, *patch_shape)``
+        The patches with / without intensity jitter.
+    transforms : pair of PatchTransform
+        Patch ``k`` indices -> source ``k`` indices.
+    jitter : dict
+        The intensity jitter (as :class:`PatchPair`).
+    spacings : array-like, shape (2, ndim)
+        mm per voxel of each source (numpy order).
+    cvals : pair of float
+        Value used outside each source.
+    anchor : array-like, shape (2, ndim)
+        Patch index of the given point in patch 1 and in patch 2 (drawn uniformly in the patch
+        box ``[0, P - 1]``; exact: ``transforms[k].to_source(anchor[k])`` is the given point to
+        rounding).
+
     Attributes
     ----------
-    patches, clean_patches : float32 (2, *patch_shape), with / without intensity jitter.
-    transforms : (PatchTransform, PatchTransform): patch ``k`` indices -> source ``k`` indices.
-    jitter : dict of the intensity jitter (as :class:`PatchPair`).
-    spacings : (2, ndim) mm per voxel of each source (numpy order).
-    cvals : (2,) value used outside each source.
-    anchor : float64 (2, ndim): patch index of the given point in patch 1 and in patch 2 (drawn
-        uniformly in the patch box ``[0, P - 1]``; exact: ``transforms[k].to_source(anchor[k])``
-        is the given point to rounding).
+    patches, clean_patches, transforms, jitter, spacings, cvals, anchor
+        The parameters (tuples, and float64 arrays for ``spacings`` and ``anchor``).
     """
 
     def __init__(self, patches, clean_patches, transforms, jitter, spacings, cvals, anchor):
@@ -176,10 +258,12 @@ class CrossPatchPair:
 
     @property
     def ndim(self) -> int:
+        """Number of axes (2 or 3)."""
         return self.transforms[0].ndim
 
     @property
     def patch_shape(self) -> tuple:
+        """Patch shape (numpy order)."""
         return self.transforms[0].patch_shape
 
     def __repr__(self) -> str:
@@ -187,8 +271,22 @@ class CrossPatchPair:
                 f"transforms={self.transforms})")
 
     def points_to_patch(self, k: int, points) -> tuple:
-        """Source-``k`` array indices ``points`` (n, ndim; NaN rows allowed) -> patch ``k`` indices
-        (n, ndim) and a mask of the points inside the patch box ``[0, P - 1]``."""
+        """Map source-``k`` array indices to patch ``k`` indices.
+
+        Parameters
+        ----------
+        k : {0, 1}
+            Which patch (and source).
+        points : array-like, shape (n, ndim)
+            Source-``k`` array indices (numpy order); NaN rows allowed.
+
+        Returns
+        -------
+        u : ndarray, shape (n, ndim)
+            Patch ``k`` indices (NaN for NaN rows).
+        inside : ndarray of bool, shape (n,)
+            Which points lie inside the patch box ``[0, P - 1]``.
+        """
         t = self._transform(k)
         pts, _ = check_index_points(points, self.ndim, "points")
         u = np.full(pts.shape, np.nan)
@@ -200,12 +298,37 @@ class CrossPatchPair:
         return u, inside
 
     def source_index(self, k: int, stride=1) -> np.ndarray:
-        """Source-``k`` array indices (float32, (ndim, *grid)) of patch ``k``'s stride-``s`` grid."""
+        """Source-``k`` array indices of the voxel centres of patch ``k``'s stride-``s`` grid.
+
+        Parameters
+        ----------
+        k : {0, 1}
+            Which patch.
+        stride : int or sequence of int, default 1
+            Stride of the grid (1: the patch voxels).
+
+        Returns
+        -------
+        ndarray of float32, shape ``(ndim, *grid)``
+            Source-``k`` indices (numpy order).
+        """
         return self._transform(k).source_coords(stride)
 
     def source_mm(self, k: int, stride=1) -> np.ndarray:
-        """Positions in source ``k``'s mm frame (array index times its spacing; float32,
-        (ndim, *grid)) of the voxel centres of patch ``k``'s stride-``s`` grid."""
+        """Positions in source ``k``'s mm frame of the voxel centres of patch ``k``'s grid.
+
+        Parameters
+        ----------
+        k : {0, 1}
+            Which patch.
+        stride : int or sequence of int, default 1
+            Stride of the grid (1: the patch voxels).
+
+        Returns
+        -------
+        ndarray of float32, shape ``(ndim, *grid)``
+            Array index times source ``k``'s spacing (numpy order).
+        """
         return self._transform(k).source_mm(self.spacings[k], stride)
 
     def _transform(self, k) -> PatchTransform:

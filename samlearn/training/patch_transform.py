@@ -44,8 +44,23 @@ _INVERSE_RESIDUAL = 1e-4     # source voxels; larger residual -> NaN
 # ---------------------------------------------------------------------------------------------
 # feature-grid conventions
 def feature_grid_positions(patch_shape, stride=1) -> list:
-    """Patch indices of the voxel centres of a stride-``s`` feature grid, one 1D array per axis:
-    feature voxel ``i`` sits at patch index ``s * i + (s - 1) / 2``; ``ceil(P / s)`` voxels."""
+    """Patch indices of the voxel centres of a stride-``s`` feature grid.
+
+    Feature voxel ``i`` sits at patch index ``s * i + (s - 1) / 2``; ``ceil(P / s)`` voxels per
+    axis.
+
+    Parameters
+    ----------
+    patch_shape : sequence of int
+        Patch shape ``P`` (numpy order, 2 or 3 axes).
+    stride : int or sequence of int, default 1
+        Stride ``s`` of the feature grid, one for all axes or one per axis.
+
+    Returns
+    -------
+    list of ndarray
+        One 1D float64 array of positions per axis.
+    """
     shape = check_patch_shape(patch_shape)
     s = check_stride(stride, len(shape))
     return [sa * np.arange(-(-p // sa), dtype=np.float64) + (sa - 1) / 2.0
@@ -53,8 +68,22 @@ def feature_grid_positions(patch_shape, stride=1) -> list:
 
 
 def patch_to_feature_index(u, stride) -> np.ndarray:
-    """Continuous patch indices ``u`` (n, ndim) -> continuous indices in a stride-``s`` feature
-    map (the inverse of :func:`feature_grid_positions`: ``(u - (s - 1) / 2) / s``)."""
+    """Map continuous patch indices to continuous indices in a stride-``s`` feature map.
+
+    The inverse of :func:`feature_grid_positions`: ``(u - (s - 1) / 2) / s``.
+
+    Parameters
+    ----------
+    u : array-like, shape (n, ndim)
+        Patch indices (numpy order, ``ndim`` 2 or 3).
+    stride : int or sequence of int
+        Stride ``s`` of the feature map, one for all axes or one per axis.
+
+    Returns
+    -------
+    ndarray, shape (n, ndim)
+        Feature-map indices (float64).
+    """
     u = np.asarray(u, dtype=np.float64)
     if u.ndim < 1 or u.shape[-1] not in (2, 3):
         raise ValueError(f"u must have shape (n_points, 2 or 3), got shape {u.shape}")
@@ -74,10 +103,14 @@ class PatchTransform:
 
     Parameters
     ----------
-    patch_shape : sequence of 2 or 3 ints (numpy order), each >= 2.
-    matrix : (ndim, ndim) array, finite, ``det > 0``.
-    offset : (ndim,) array: source index of patch index 0 (without elastic displacement).
-    elastic : None or array as above; its Lipschitz bound must be <= ``MAX_ELASTIC_LIPSCHITZ``.
+    patch_shape : sequence of int
+        2 or 3 sizes (numpy order), each >= 2.
+    matrix : array-like, shape (ndim, ndim)
+        Finite, ``det > 0``.
+    offset : array-like, shape (ndim,)
+        Source index of patch index 0 (without elastic displacement).
+    elastic : array-like or None, default None
+        B-spline coefficients as above; their Lipschitz bound must be <= ``MAX_ELASTIC_LIPSCHITZ``.
     """
 
     def __init__(self, patch_shape, matrix, offset, elastic=None):
@@ -121,9 +154,29 @@ class PatchTransform:
     # --------------------------------------------------------------------------- construction
     @classmethod
     def from_parameters(cls, patch_shape, center, rotation=None, scale=1.0, elastic=None):
-        """Build from readable parameters: the patch centre ``(P - 1) / 2`` maps to source index
-        ``center``; ``matrix = rotation @ diag(scale)`` (scale: source voxels per patch voxel,
-        scalar or per axis; rotation: proper rotation matrix, identity when None)."""
+        """Build from readable parameters.
+
+        The patch centre ``(P - 1) / 2`` maps to source index ``center``, and
+        ``matrix = rotation @ diag(scale)``.
+
+        Parameters
+        ----------
+        patch_shape : sequence of int
+            Patch shape (numpy order).
+        center : float or array-like, shape (ndim,)
+            Source index of the patch centre.
+        rotation : array-like, shape (ndim, ndim), optional
+            A proper rotation matrix (orthonormal, det +1); identity when None.
+        scale : float or array-like, shape (ndim,), default 1.0
+            Source voxels per patch voxel, scalar or per axis (> 0).
+        elastic : array-like or None, default None
+            B-spline coefficients of the elastic displacement (see the class).
+
+        Returns
+        -------
+        PatchTransform
+            The transform.
+        """
         shape = check_patch_shape(patch_shape)
         ndim = len(shape)
         scale = per_axis(scale, ndim, "scale", lo=0.0, lo_open=True)
@@ -140,22 +193,27 @@ class PatchTransform:
     # --------------------------------------------------------------------------- properties
     @property
     def ndim(self) -> int:
+        """Number of axes (2 or 3)."""
         return len(self._shape)
 
     @property
     def patch_shape(self) -> tuple:
+        """Patch shape (numpy order)."""
         return self._shape
 
     @property
     def matrix(self) -> np.ndarray:
+        """The (ndim, ndim) matrix ``M`` (read-only)."""
         return self._M
 
     @property
     def offset(self) -> np.ndarray:
+        """The offset ``t``: source index of patch index 0 (read-only)."""
         return self._t
 
     @property
     def elastic(self):
+        """B-spline coefficients of the elastic displacement (read-only), or None."""
         return self._e
 
     @property
@@ -187,7 +245,13 @@ class PatchTransform:
 
     # --------------------------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
-        """Plain, JSON-serialisable parameters; :meth:`from_dict` replays them exactly."""
+        """Plain, JSON-serialisable parameters; :meth:`from_dict` replays them exactly.
+
+        Returns
+        -------
+        dict
+            ``patch_shape``, ``matrix``, ``offset`` and ``elastic`` (None or nested lists).
+        """
         return {
             "patch_shape": list(self._shape),
             "matrix": self._M.tolist(),
@@ -197,6 +261,18 @@ class PatchTransform:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PatchTransform":
+        """Rebuild a transform from :meth:`to_dict`, bit for bit.
+
+        Parameters
+        ----------
+        d : dict
+            ``patch_shape``, ``matrix``, ``offset`` and, optionally, ``elastic``.
+
+        Returns
+        -------
+        PatchTransform
+            The transform.
+        """
         if not isinstance(d, dict):
             raise TypeError(f"d must be a dict from PatchTransform.to_dict, got {type(d).__name__}")
         missing = {"patch_shape", "matrix", "offset"} - set(d)
@@ -236,7 +312,7 @@ class PatchTransform:
 
     def _elastic_grid(self, positions, coef=None) -> np.ndarray:
         """B-spline field (default: the displacement e) on the tensor grid of 1D ``positions``
-        -> (ndim, *grid), by one separable contraction per axis."""
+        -> ``(ndim, *grid)``, by one separable contraction per axis."""
         out = self._e if coef is None else coef
         for a, p in enumerate(positions):  # contract control axis a + 1 with its basis matrix
             B = bspline_matrix(p, self._shape[a], self._e.shape[a + 1] - 3)
@@ -245,17 +321,39 @@ class PatchTransform:
 
     # --------------------------------------------------------------------------- points
     def to_source(self, u) -> np.ndarray:
-        """Patch indices ``u`` (n, ndim) -> source indices (n, ndim), numpy order (float64)."""
+        """Map patch indices to source indices (numpy order).
+
+        Parameters
+        ----------
+        u : array-like, shape (n, ndim) or (ndim,)
+            Patch indices.
+
+        Returns
+        -------
+        ndarray, shape (n, ndim) or (ndim,)
+            Source indices (float64), shaped like ``u``.
+        """
         u, single = check_index_points(u, self.ndim, "u")
         v = u + self._elastic_at(u) if self._e is not None else u
         x = v @ self._M.T + self._t
         return x[0] if single else x
 
     def from_source(self, x) -> np.ndarray:
-        """Source indices ``x`` (n, ndim) -> patch indices (n, ndim): the exact inverse of
-        :meth:`to_source` (closed form without elastic; with it, a safeguarded Newton iteration
-        on ``u + e(u) = M^-1 (x - t)`` to ~1e-9 voxel). Points that do not converge (or are not
-        finite) come back as NaN."""
+        """Map source indices to patch indices: the exact inverse of :meth:`to_source`.
+
+        Closed form without elastic; with it, a safeguarded Newton iteration on
+        ``u + e(u) = M^-1 (x - t)`` to ~1e-9 voxel.
+
+        Parameters
+        ----------
+        x : array-like, shape (n, ndim) or (ndim,)
+            Source indices (numpy order).
+
+        Returns
+        -------
+        ndarray, shape (n, ndim) or (ndim,)
+            Patch indices (float64); NaN for points that do not converge (or are not finite).
+        """
         x, single = check_index_points(x, self.ndim, "x")
         v = (x - self._t) @ self._Minv.T
         if self._e is None:
@@ -301,7 +399,7 @@ class PatchTransform:
 
     # --------------------------------------------------------------------------- grids
     def _coords64(self, positions) -> np.ndarray:
-        """Source indices (float64, (ndim, *grid)) on the tensor grid of 1D patch ``positions``."""
+        """Source indices (float64, ``(ndim, *grid)``) on the tensor grid of 1D patch ``positions``."""
         ndim = self.ndim
         grids = []
         for a, p in enumerate(positions):
@@ -320,13 +418,37 @@ class PatchTransform:
         return out
 
     def source_coords(self, stride=1) -> np.ndarray:
-        """Source indices (float32, shape ``(ndim, *grid)``) of the patch voxel centres
-        (``stride=1``) or of the voxel centres of a stride-``s`` feature grid (``s`` int or one
-        per axis; voxel ``i`` at patch index ``s * i + (s - 1) / 2``, grid ``ceil(P / s)``)."""
+        """Source indices of the patch voxel centres or of a feature grid's voxel centres.
+
+        Parameters
+        ----------
+        stride : int or sequence of int, default 1
+            1: the patch voxels; ``s``: the voxel centres of a stride-``s`` feature grid (int or
+            one per axis; voxel ``i`` at patch index ``s * i + (s - 1) / 2``, grid
+            ``ceil(P / s)``).
+
+        Returns
+        -------
+        ndarray of float32, shape ``(ndim, *grid)``
+            Source indices (numpy order).
+        """
         return self._coords64(feature_grid_positions(self._shape, stride)).astype(np.float32)
 
     def source_mm(self, spacing, stride=1) -> np.ndarray:
-        """:meth:`source_coords` times the source ``spacing`` (mm per voxel, numpy order)."""
+        """:meth:`source_coords` in millimetres.
+
+        Parameters
+        ----------
+        spacing : float or sequence of float
+            Source spacing (mm per voxel, numpy order).
+        stride : int or sequence of int, default 1
+            As in :meth:`source_coords`.
+
+        Returns
+        -------
+        ndarray of float32, shape ``(ndim, *grid)``
+            Source positions in mm (numpy order).
+        """
         sp = per_axis(spacing, self.ndim, "spacing", lo=0.0, lo_open=True)
         c = self._coords64(feature_grid_positions(self._shape, stride))
         return (c * sp.reshape((-1,) + (1,) * self.ndim)).astype(np.float32)
@@ -337,13 +459,27 @@ class PatchTransform:
                 and not np.any(self._M[1:, 0]))
 
     def apply(self, source_array, cval: float = 0.0) -> np.ndarray:
-        """Resample ``source_array`` (numpy order, same ndim) onto the patch grid: linear
-        interpolation at :meth:`source_coords`, points outside ``[0, S - 1]`` (any axis) set to
-        ``cval``. Same result as ``scipy.ndimage.map_coordinates(source_array,
-        self.source_coords(), order=1, mode="constant", cval=cval)`` (to float32 rounding), computed
-        faster: 2D by a vectorised bilinear gather; 3D without elastic and without tilt out of the
-        axial plane separably (z blend of two slices, then bilinear in (y, x) with indices shared
-        by all slices); other 3D transforms through map_coordinates itself."""
+        """Resample a source array onto the patch grid.
+
+        Linear interpolation at :meth:`source_coords`; points outside ``[0, S - 1]`` (any axis)
+        are set to ``cval``. Same result as ``scipy.ndimage.map_coordinates(source_array,
+        self.source_coords(), order=1, mode="constant", cval=cval)`` (to float32 rounding),
+        computed faster: 2D by a vectorised bilinear gather; 3D without elastic and without tilt
+        out of the axial plane separably (z blend of two slices, then bilinear in (y, x) with
+        indices shared by all slices); other 3D transforms through map_coordinates itself.
+
+        Parameters
+        ----------
+        source_array : array-like
+            The source (numpy order, same ndim as the patch).
+        cval : float, default 0.0
+            Value outside the source.
+
+        Returns
+        -------
+        ndarray of float32, shape patch_shape
+            The patch.
+        """
         src = np.asarray(source_array)
         if src.ndim != self.ndim:
             raise ValueError(
@@ -409,7 +545,7 @@ def _inside_source(shape, *coords) -> np.ndarray:
 
 def _bilinear(planes: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Bilinear interpolation of every plane of ``planes`` (B, H, W) at the same points
-    ``(y, x)`` (float32 arrays of one shape) -> (B, *shape) float32. Indices are clamped to the
+    ``(y, x)`` (float32 arrays of one shape) -> ``(B, *shape)`` float32. Indices are clamped to the
     plane: values at points outside ``[0, H - 1] x [0, W - 1]`` are meaningless (mask them)."""
     b, h, w = planes.shape
     if h < 2 or w < 2:  # one-voxel-thin plane: duplicate it so both neighbours exist

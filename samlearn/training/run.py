@@ -77,6 +77,7 @@ def run_training(net, optimizer, state: TrainState, arrays, spacings, *, sampler
         ``checkpoint(state)``, called every ``checkpoint_every`` iterations, at the end and on
         interruption.
     checkpoint_every : int, optional
+        Checkpoint period in iterations (None: only at the end and on interruption).
     channels_last : bool, default False
         Feed inputs in the channels-last memory format.
 
@@ -141,6 +142,11 @@ def sigterm_as_interrupt():
     Batch schedulers and ``kill`` send SIGTERM before SIGKILL: the training loop then ends after
     the current step, writes a final checkpoint and returns a usable, partially trained model.
     Only possible in the main thread; elsewhere (and on platforms without SIGTERM) nothing changes.
+
+    Yields
+    ------
+    None
+        Control, with the handler installed; the previous handler is restored on exit.
     """
     if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
         yield

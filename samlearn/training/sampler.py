@@ -54,26 +54,37 @@ class PatchPairSampler:
 
     Parameters
     ----------
-    patch_shape : 2 or 3 ints, numpy order (e.g. ``(32, 96, 96)`` CT, ``(400, 400)`` X-ray).
-    overlap : (low, high), ``0 < low <= high <= 1``; overlap ratio per axis, uniform.
-    scale : (low, high), ``0 < low <= high``; source voxels per patch voxel, drawn log-uniformly,
+    patch_shape : sequence of int
+        2 or 3 sizes, numpy order (e.g. ``(32, 96, 96)`` CT, ``(400, 400)`` X-ray).
+    overlap : (float, float), default (0.2, 1.0)
+        ``(low, high)``, ``0 < low <= high <= 1``: overlap ratio per axis, uniform.
+    scale : (float, float) or float, default (0.8, 1.25)
+        ``(low, high)``, ``0 < low <= high``: source voxels per patch voxel, drawn log-uniformly,
         independently for each patch (a scalar means a fixed scale).
-    scale_anisotropy : float >= 0; each axis' scale is further multiplied by a factor drawn
-        log-uniformly in ``[1 / (1 + a), 1 + a]`` (0: isotropic).
-    rotation_deg : float in [0, 180]; per-patch rotation about its centre. 2D: angle uniform in
+    scale_anisotropy : float, default 0.0
+        ``a >= 0``: each axis' scale is further multiplied by a factor drawn log-uniformly in
+        ``[1 / (1 + a), 1 + a]`` (0: isotropic).
+    rotation_deg : float, default 0.0
+        In [0, 180]: per-patch rotation about its centre. 2D: angle uniform in
         ``[-rotation_deg, rotation_deg]``. 3D: a rotation by at most ``rotation_deg``.
-    rotation_axes : ``"axial"`` (3D: in-plane rotation about the z axis, i.e. in the (y, x)
-        plane) or ``"any"`` (3D: uniformly random axis); ignored in 2D.
-    elastic : bool; smooth B-spline deformation of each patch.
-    elastic_magnitude : float >= 0 or one per axis; maximal control-point displacement as a
-        fraction of the patch side along that axis (0.02 of 400 px = 8 px). Fields steeper than a
-        Lipschitz constant of 0.5 are shrunk to it (no folding).
-    elastic_grid : int >= 1 or one per axis; number of B-spline intervals across the patch.
-    intensity_jitter : float in [0, 1); per-patch gain uniform in ``[1 - j, 1 + j]`` and bias
-        uniform in ``[-j, j]`` (intensity units of the normalised image), applied after
-        resampling.
-    noise_std : float >= 0; standard deviation of additive Gaussian noise after the jitter.
-    cval : float or None; value outside the source image, None: the source minimum.
+    rotation_axes : {"axial", "any"}, default "axial"
+        3D: in-plane rotation about the z axis (in the (y, x) plane), or a uniformly random
+        axis; ignored in 2D.
+    elastic : bool, default False
+        Smooth B-spline deformation of each patch.
+    elastic_magnitude : float or sequence of float, default 0.02
+        ``>= 0`` (at most 0.25), one for all axes or one per axis: maximal control-point
+        displacement as a fraction of the patch side along that axis (0.02 of 400 px = 8 px).
+        Fields steeper than a Lipschitz constant of 0.5 are shrunk to it (no folding).
+    elastic_grid : int or sequence of int, default 4
+        ``>= 1``, one for all axes or one per axis: number of B-spline intervals across the patch.
+    intensity_jitter : float, default 0.1
+        ``j`` in [0, 1): per-patch gain uniform in ``[1 - j, 1 + j]`` and bias uniform in
+        ``[-j, j]`` (intensity units of the normalised image), applied after resampling.
+    noise_std : float, default 0.0
+        ``>= 0``: standard deviation of additive Gaussian noise after the jitter.
+    cval : float or None, default None
+        Value outside the source image; None: the source minimum.
     """
 
     def __init__(self, patch_shape, *, overlap=(0.2, 1.0), scale=(0.8, 1.25), scale_anisotropy=0.0,
@@ -107,10 +118,17 @@ class PatchPairSampler:
 
     @property
     def ndim(self) -> int:
+        """Number of axes (2 or 3)."""
         return len(self.patch_shape)
 
     def get_config(self) -> dict:
-        """The constructor parameters as a plain dict (for logs; ``PatchPairSampler(**cfg)``)."""
+        """Return the constructor parameters as a plain dict.
+
+        Returns
+        -------
+        dict
+            JSON-friendly parameters, for logs; ``PatchPairSampler(**cfg)`` rebuilds the sampler.
+        """
         def plain(v):
             if isinstance(v, np.ndarray):
                 return v.tolist()
@@ -159,11 +177,28 @@ class PatchPairSampler:
         return coef
 
     def draw(self, source_shape, rng):
-        """Draw concrete parameters for one pair from a source of ``source_shape`` (numpy order).
+        """Draw concrete parameters for one pair.
 
-        Returns ``(t1, t2, jitter)``: two :class:`PatchTransform` whose patches overlap, and the
-        intensity jitter dict (``gain``, ``bias``: one value per patch; ``noise_std``;
-        ``noise_seed``: one seed per patch or None)."""
+        Parameters
+        ----------
+        source_shape : sequence of int
+            Shape of the source (numpy order).
+        rng : numpy.random.Generator, int or None
+            Random generator (or seed).
+
+        Returns
+        -------
+        t1, t2 : PatchTransform
+            The transforms of the two patches, which overlap.
+        jitter : dict
+            The intensity jitter: ``gain``, ``bias`` (one value per patch), ``noise_std`` and
+            ``noise_seed`` (one seed per patch, or None).
+
+        Raises
+        ------
+        RuntimeError
+            If no overlapping pair is found in 200 draws.
+        """
         return self._draw(source_shape, rng)[:3]
 
     def _draw(self, source_shape, rng):
@@ -209,8 +244,22 @@ class PatchPairSampler:
         return t1, t2, jitter, frac
 
     def sample(self, source_array, rng, spacing=None) -> PatchPair:
-        """Draw one :class:`PatchPair` from ``source_array`` (numpy order, float). ``spacing``:
-        mm per voxel in numpy order (only used to express positions in mm; ones when None)."""
+        """Draw one :class:`PatchPair` from a source image.
+
+        Parameters
+        ----------
+        source_array : array-like
+            The source (numpy order, numeric, finite).
+        rng : numpy.random.Generator, int or None
+            Random generator (or seed).
+        spacing : float or sequence of float, optional
+            mm per voxel in numpy order, only used to express positions in mm (ones when None).
+
+        Returns
+        -------
+        PatchPair
+            The two patches, their transforms and jitter.
+        """
         src = np.asarray(source_array)
         if src.ndim != self.ndim:
             raise ValueError(f"source_array must be {self.ndim}D to match patch_shape "
@@ -236,12 +285,31 @@ class PatchPairSampler:
 
     def sample_across(self, source_a, point_a, source_b, point_b, rng, spacing_a=None,
                       spacing_b=None) -> CrossPatchPair:
-        """Draw a :class:`CrossPatchPair`: patch 1 from ``source_a`` showing ``point_a`` and patch
-        2 from ``source_b`` showing ``point_b`` (source array indices, numpy order; e.g. the same
-        labelled landmark in two images). Each patch gets its own scale, rotation, elastic
-        deformation and intensity jitter from the same distributions as :meth:`sample` (never a
-        flip); the point sits at a position drawn uniformly in the patch box, and the patch offset
-        is solved so that this patch index maps exactly onto the point."""
+        """Draw a :class:`CrossPatchPair` showing one point in each of two images.
+
+        Each patch gets its own scale, rotation, elastic deformation and intensity jitter from
+        the same distributions as :meth:`sample` (never a flip); the point sits at a position
+        drawn uniformly in the patch box, and the patch offset is solved so that this patch index
+        maps exactly onto the point.
+
+        Parameters
+        ----------
+        source_a, source_b : array-like
+            The two sources (numpy order, numeric, finite).
+        point_a, point_b : array-like, shape (ndim,)
+            The point in each source (array indices, numpy order; e.g. the same labelled
+            landmark in two images).
+        rng : numpy.random.Generator, int or None
+            Random generator (or seed).
+        spacing_a, spacing_b : float or sequence of float, optional
+            mm per voxel of each source (numpy order; ones when None).
+
+        Returns
+        -------
+        CrossPatchPair
+            Patch 1 from ``source_a`` showing ``point_a``, patch 2 from ``source_b`` showing
+            ``point_b``.
+        """
         rng = as_generator(rng)
         srcs, pts, sps, cvals = [], [], [], []
         for name, src, pt, sp in (("source_a", source_a, point_a, spacing_a),
@@ -298,8 +366,21 @@ _SAMPLER_KEYS = ("patch_shape", "overlap", "scale", "scale_anisotropy", "rotatio
 
 
 def sampler_from_config(cfg: dict, **overrides) -> PatchPairSampler:
-    """The sampler of a configuration dict (a :mod:`samlearn.presets` entry or a fitted
-    ``SAMEmbedder.config_``): its augmentation keys, with ``overrides`` on top."""
+    """Build the sampler of a configuration dict.
+
+    Parameters
+    ----------
+    cfg : dict
+        A :mod:`samlearn.presets` entry or a fitted ``SAMEmbedder.config_``; its augmentation
+        keys are used.
+    **overrides
+        :class:`PatchPairSampler` parameters that replace those of ``cfg``.
+
+    Returns
+    -------
+    PatchPairSampler
+        The sampler.
+    """
     params = {k: cfg[k] for k in _SAMPLER_KEYS if k in cfg}
     params.update(overrides)
     if "elastic" in params:
@@ -308,6 +389,19 @@ def sampler_from_config(cfg: dict, **overrides) -> PatchPairSampler:
 
 
 def sampler_for_preset(name: str, **overrides) -> PatchPairSampler:
-    """The sampler of a named preset (``"ct"`` 32x96x96, ``"ct-lite"``, ``"xray"`` 400x400,
-    ``"xray-lite"``; see :mod:`samlearn.presets`); keyword ``overrides`` replace its values."""
+    """Build the sampler of a named preset.
+
+    Parameters
+    ----------
+    name : str
+        ``"ct"`` (32x96x96), ``"ct-lite"``, ``"xray"`` (400x400) or ``"xray-lite"``; see
+        :mod:`samlearn.presets`.
+    **overrides
+        :class:`PatchPairSampler` parameters that replace the preset's.
+
+    Returns
+    -------
+    PatchPairSampler
+        The sampler.
+    """
     return sampler_from_config(get_preset(name), **overrides)

@@ -19,26 +19,43 @@ __all__ = ["PairStream", "make_loader"]
 class PairStream(IterableDataset):
     """Endless stream of SAM training samples from in-memory source arrays.
 
-    ``arrays``: list of preprocessed float32 arrays (numpy order); ``spacings``: their voxel sizes in
-    mm (numpy order); ``sampler``: a :class:`samlearn.training.PatchPairSampler`; ``seed``: a
-    ``numpy.random.SeedSequence`` from which each worker spawns its own stream.
+    Semi-supervised positives (paper §IV-H): for each drawn image that shares at least one
+    landmark with another labelled image, with probability ``label_positive_prob`` the sample is
+    a labelled pair: a landmark ``k`` drawn uniformly among the image's landmarks that another
+    image also has, a partner image drawn uniformly among those, and
+    :meth:`PatchPairSampler.sample_across` crops patch 1 around landmark ``k`` of the image and
+    patch 2 around landmark ``k`` of the partner. The positives are landmark ``k`` and every other
+    landmark labelled on both images that both patches show, cycled to ``n_pos`` slots (landmark
+    ``k`` first). Otherwise (and for unlabelled images) the sample is the usual augmented-copy
+    pair.
 
-    Semi-supervised positives (paper §IV-H): ``labels`` is None (purely self-supervised: the stream
-    is exactly the unsupervised one) or one entry per array, ``None`` for an unlabelled image or an
-    ``(n_landmarks, ndim)`` array of landmark positions in that array's indices (numpy order), NaN
-    rows for landmarks not labelled on it. For each drawn image that shares at least one landmark
-    with another labelled image, with probability ``label_positive_prob`` the sample is a labelled
-    pair: a landmark ``k`` drawn uniformly among the image's landmarks that another image also has,
-    a partner image drawn uniformly among those, and :meth:`PatchPairSampler.sample_across` crops
-    patch 1 around landmark ``k`` of the image and patch 2 around landmark ``k`` of the partner.
-    The positives are landmark ``k`` and every other landmark labelled on both images that both
-    patches show, cycled to ``n_pos`` slots (landmark ``k`` first). Otherwise (and for unlabelled
-    images) the sample is the usual augmented-copy pair.
+    Parameters
+    ----------
+    arrays : list of ndarray
+        Preprocessed float32 source arrays (numpy order).
+    spacings : list of array-like
+        Their voxel sizes in mm (numpy order).
+    sampler : PatchPairSampler
+        Draws the patch pairs.
+    n_pos : int
+        Positive pairs per sample.
+    global_stride, local_stride : sequence of int
+        Strides of the network's global and local maps (numpy order).
+    seed : numpy.random.SeedSequence
+        Each DataLoader worker spawns its own stream from it.
+    labels : list or None, default None
+        None: purely self-supervised (the stream is exactly the unsupervised one). Otherwise one
+        entry per array: None for an unlabelled image, or an ``(n_landmarks, ndim)`` array of
+        landmark positions in that array's indices (numpy order), NaN rows for landmarks not
+        labelled on it.
+    label_positive_prob : float, default 0.5
+        Probability of a labelled pair for an image that has a partner.
 
-    With ``labels`` every sample carries four more entries: ``pos_mm2`` (the positives in patch 2's
-    source frame; equal to ``pos_mm`` for a single-image pair), ``pair_ids`` (source image of each
-    patch), ``label_pair`` ``(image_a, image_b, k)`` (``-1``s for an unsupervised pair) and
-    ``pos_landmark`` (the landmark of each positive slot, ``-1`` for an unsupervised pair).
+    Attributes
+    ----------
+    partners : list of dict or None
+        Per image, ``{landmark k: [other images that also have k]}`` (only landmarks with
+        partners); None without ``labels``.
     """
 
     def __init__(self, arrays, spacings, sampler, n_pos, global_stride, local_stride, seed,
@@ -71,6 +88,25 @@ class PairStream(IterableDataset):
                 self.partners.append(d)
 
     def sample(self, rng: np.random.Generator) -> dict:
+        """Draw one training sample from a uniformly drawn image.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The worker's generator.
+
+        Returns
+        -------
+        dict
+            ``patches`` ``(2, 1, *P)`` float32; ``pos`` (2, n_pos, ndim) patch indices of the
+            positives in patch 1 and 2; ``pos_mm`` (n_pos, ndim) their source positions in mm;
+            ``cg``, ``cl`` ``(2, ndim, *grid)`` source mm of the global / local map voxels of each
+            patch; ``image_id``. With ``labels`` four more entries: ``pos_mm2`` (the positives in
+            patch 2's source frame; equal to ``pos_mm`` for a single-image pair), ``pair_ids``
+            (source image of each patch), ``label_pair`` ``(image_a, image_b, k)`` (``-1``s for an
+            unsupervised pair) and ``pos_landmark`` (the landmark of each positive slot, ``-1``
+            for an unsupervised pair).
+        """
         k = int(rng.integers(len(self.arrays)))
         if self.labels is None:
             return self._sample_same(k, rng)
@@ -142,8 +178,28 @@ class PairStream(IterableDataset):
 
 def make_loader(stream: PairStream, batch_size: int, num_workers: int, pin_memory: bool,
                 seed: int = 0) -> DataLoader:
-    """Batches of ``stream``; with workers, each keeps 4 batches prepared ahead (augmentation runs
-    while the device trains); ``pin_memory`` (on CUDA) lets the step copy batches asynchronously."""
+    """Build the DataLoader of batches of ``stream``.
+
+    Parameters
+    ----------
+    stream : PairStream
+        The samples.
+    batch_size : int
+        Samples per batch.
+    num_workers : int
+        DataLoader workers; each keeps 4 batches prepared ahead (augmentation runs while the
+        device trains). 0: samples are drawn in the main process.
+    pin_memory : bool
+        Pinned batches (on CUDA), so that the step copies them asynchronously.
+    seed : int, default 0
+        Seed of the loader's own generator (otherwise it would draw its base seed from torch's
+        global RNG).
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        The loader.
+    """
     # an explicit generator: the DataLoader would otherwise draw its base seed from torch's global RNG
     kwargs = {"generator": torch.Generator().manual_seed(int(seed))}
     if num_workers > 0:

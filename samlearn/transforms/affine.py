@@ -16,8 +16,15 @@ class AffineTransform(Transform):
     ----------
     matrix : (ndim + 1, ndim + 1) array
         Homogeneous matrix ``[[A, t], [0, 1]]`` (a (ndim, ndim + 1) ``[A | t]`` is accepted too).
-    reference : ImageGeometry, Image or None
+    reference : ImageGeometry, Image or None, default None
         The fixed grid: the default target of :meth:`resample`.
+
+    Attributes
+    ----------
+    ndim : int
+        The dimension, 2 or 3.
+    reference : ImageGeometry or None
+        The fixed grid.
     """
 
     def __init__(self, matrix, *, reference=None):
@@ -43,11 +50,40 @@ class AffineTransform(Transform):
 
     @classmethod
     def identity(cls, ndim: int, *, reference=None) -> "AffineTransform":
+        """The identity transform.
+
+        Parameters
+        ----------
+        ndim : int
+            The dimension, 2 or 3.
+        reference : ImageGeometry, Image or None, default None
+            The fixed grid: the default target of :meth:`resample`.
+
+        Returns
+        -------
+        AffineTransform
+            The identity.
+        """
         return cls(np.eye(ndim + 1), reference=reference)
 
     @classmethod
     def from_linear(cls, linear, translation, *, reference=None) -> "AffineTransform":
-        """From the linear part ``A`` (ndim, ndim) and translation ``t`` (ndim,)."""
+        """From the linear part ``A`` and the translation ``t``.
+
+        Parameters
+        ----------
+        linear : array-like of shape (ndim, ndim)
+            The linear part ``A``.
+        translation : array-like of shape (ndim,)
+            The translation ``t`` (mm).
+        reference : ImageGeometry, Image or None, default None
+            The fixed grid: the default target of :meth:`resample`.
+
+        Returns
+        -------
+        AffineTransform
+            ``y = A x + t``.
+        """
         a = np.asarray(linear, dtype=np.float64)
         t = np.asarray(translation, dtype=np.float64).reshape(-1)
         if a.ndim != 2 or a.shape[0] != a.shape[1] or t.shape != (a.shape[0],):
@@ -56,7 +92,20 @@ class AffineTransform(Transform):
 
     @classmethod
     def from_sitk(cls, transform: sitk.Transform, *, reference=None) -> "AffineTransform":
-        """From a SimpleITK affine-like transform (its matrix, centre and translation)."""
+        """From a SimpleITK affine-like transform (its matrix, centre and translation).
+
+        Parameters
+        ----------
+        transform : SimpleITK.Transform
+            An Affine, Euler, Similarity, ... transform, fixed -> moving as SimpleITK's.
+        reference : ImageGeometry, Image or None, default None
+            The fixed grid: the default target of :meth:`resample`.
+
+        Returns
+        -------
+        AffineTransform
+            The same mapping.
+        """
         if not isinstance(transform, sitk.Transform):
             raise TypeError(f"transform must be a SimpleITK transform, got {type(transform).__name__}")
         ndim = transform.GetDimension()
@@ -76,25 +125,49 @@ class AffineTransform(Transform):
 
     @property
     def linear(self) -> np.ndarray:
+        """The linear part ``A``, (ndim, ndim)."""
         return self._matrix[: self.ndim, : self.ndim]
 
     @property
     def translation(self) -> np.ndarray:
+        """The translation ``t`` (mm), (ndim,)."""
         return self._matrix[: self.ndim, self.ndim]
 
     def transform_points(self, points) -> np.ndarray:
-        """Map FIXED world points (n, ndim) to MOVING world points (n, ndim), mm."""
+        """Map FIXED world points to MOVING world points (mm): ``A x + t``.
+
+        Parameters
+        ----------
+        points : array-like of shape (n_points, ndim) or (ndim,)
+            Points of the fixed image.
+
+        Returns
+        -------
+        ndarray of shape (n_points, ndim) or (ndim,)
+            Where the same anatomy lies in the moving image.
+        """
         pts, single = self._check(points)
         out = pts @ self.linear.T + self.translation
         return out[0] if single else out
 
     def inverse(self) -> "AffineTransform":
-        """The transform mapping MOVING world points back to FIXED world points (its reference
-        grid is unknown: pass one to ``resample``)."""
+        """The transform mapping MOVING world points back to FIXED world points.
+
+        Returns
+        -------
+        AffineTransform
+            The inverse; its reference grid is unknown (pass one to ``resample``).
+        """
         return AffineTransform(np.linalg.inv(self._matrix))
 
     def to_sitk(self) -> sitk.AffineTransform:
-        """SimpleITK ``AffineTransform`` (centre 0) with the same fixed -> moving meaning."""
+        """SimpleITK ``AffineTransform`` (centre 0) with the same fixed -> moving meaning.
+
+        Returns
+        -------
+        SimpleITK.AffineTransform
+            The transform.
+        """
         tx = sitk.AffineTransform(self.ndim)
         tx.SetMatrix([float(v) for v in self.linear.ravel()])
         tx.SetTranslation([float(v) for v in self.translation])

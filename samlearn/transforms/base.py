@@ -14,6 +14,25 @@ __all__ = ["Transform", "reference_geometry"]
 
 
 def reference_geometry(reference, name="reference") -> ImageGeometry:
+    """The grid of a fixed reference: an Image's, a SimpleITK image's, or an ImageGeometry itself.
+
+    Parameters
+    ----------
+    reference : Image, SimpleITK.Image or ImageGeometry
+        The fixed image or grid to resample onto.
+    name : str, default "reference"
+        The argument's name in error messages.
+
+    Returns
+    -------
+    ImageGeometry
+        The grid.
+
+    Raises
+    ------
+    TypeError
+        For any other type.
+    """
     if isinstance(reference, ImageGeometry):
         return reference
     if isinstance(reference, Image):
@@ -29,7 +48,17 @@ _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor
 
 
 class Transform:
-    """Shared behaviour: point checks, resampling through SimpleITK."""
+    """Shared behaviour: point checks, resampling through SimpleITK.
+
+    Calling a transform is :meth:`transform_points`.
+
+    Attributes
+    ----------
+    ndim : int
+        The dimension, 2 or 3.
+    reference : ImageGeometry or None
+        The fixed grid, the default target of :meth:`resample`.
+    """
 
     ndim: int
     reference: Optional[ImageGeometry]
@@ -39,9 +68,28 @@ class Transform:
         return check_points(points, self.ndim, name=name), single
 
     def transform_points(self, points) -> np.ndarray:  # pragma: no cover - abstract
+        """Map FIXED world points to MOVING world points (mm).
+
+        Parameters
+        ----------
+        points : array-like of shape (n_points, ndim) or (ndim,)
+            Points of the fixed image.
+
+        Returns
+        -------
+        ndarray of shape (n_points, ndim) or (ndim,)
+            Where the same anatomy lies in the moving image.
+        """
         raise NotImplementedError
 
     def to_sitk(self) -> sitk.Transform:  # pragma: no cover - abstract
+        """The SimpleITK transform with the same fixed -> moving meaning.
+
+        Returns
+        -------
+        SimpleITK.Transform
+            As ``sitk.Resample`` expects it.
+        """
         raise NotImplementedError
 
     def __call__(self, points) -> np.ndarray:
@@ -49,13 +97,27 @@ class Transform:
 
     def resample(self, moving_image, reference=None, *, interpolator: str = "linear",
                  default_value: Optional[float] = None) -> Image:
-        """Resample ``moving_image`` onto the fixed grid: the output voxel at fixed world position
-        ``x`` takes the moving image's value at ``transform_points(x)``.
+        """Resample ``moving_image`` onto the fixed grid.
 
-        ``reference`` is the fixed grid (Image, SimpleITK image or ImageGeometry); default the
-        fixed image the transform was estimated on (``self.reference``). ``interpolator`` is
-        ``"linear"``, ``"nearest"`` or ``"bspline"``; outside the moving image the output gets
-        ``default_value`` (default: the moving image's minimum, i.e. air for CT).
+        The output voxel at fixed world position ``x`` takes the moving image's value at
+        ``transform_points(x)``.
+
+        Parameters
+        ----------
+        moving_image : Image, SimpleITK.Image or path
+            One image of the transform's dimension.
+        reference : Image, SimpleITK.Image, ImageGeometry or None, default None
+            The fixed grid; None is the fixed image the transform was estimated on
+            (``self.reference``).
+        interpolator : {"linear", "nearest", "bspline"}, default "linear"
+            The interpolation.
+        default_value : float or None, default None
+            The value outside the moving image; None is its minimum (air for CT).
+
+        Returns
+        -------
+        Image
+            The moving image on the fixed grid.
         """
         moving = check_images(moving_image, name="moving_image")
         if len(moving) != 1:

@@ -17,6 +17,22 @@ class CompositeTransform(Transform):
     For SAM-coarse the chain is ``[DisplacementField, AffineTransform]``: a fixed point ``x`` goes
     to ``A (x + u(x)) + t`` in the moving image. (SimpleITK's ``CompositeTransform`` applies its
     *last* entry first; :meth:`to_sitk` adds the entries in reverse so the meaning is the same.)
+
+    Parameters
+    ----------
+    transforms : sequence of Transform
+        The chain, of one dimension.
+    reference : ImageGeometry, Image or None, default None
+        The fixed grid: the default target of :meth:`resample`.
+
+    Attributes
+    ----------
+    transforms : tuple of Transform
+        The chain.
+    ndim : int
+        The dimension, 2 or 3.
+    reference : ImageGeometry or None
+        The fixed grid.
     """
 
     def __init__(self, transforms: Sequence[Transform], *, reference=None):
@@ -35,17 +51,41 @@ class CompositeTransform(Transform):
         self.reference = None if reference is None else reference_geometry(reference)
 
     def transform_points(self, points) -> np.ndarray:
-        """Map FIXED world points to MOVING world points through the whole chain."""
+        """Map FIXED world points to MOVING world points through the whole chain.
+
+        Parameters
+        ----------
+        points : array-like of shape (n_points, ndim) or (ndim,)
+            Points of the fixed image (mm).
+
+        Returns
+        -------
+        ndarray of shape (n_points, ndim) or (ndim,)
+            Where the same anatomy lies in the moving image.
+        """
         pts, single = self._check(points)
         for t in self.transforms:
             pts = t.transform_points(pts)
         return pts[0] if single else pts
 
     def inverse(self) -> "CompositeTransform":
-        """Inverse chain: each entry inverted, in reverse order (moving -> fixed)."""
+        """Inverse chain: each entry inverted, in reverse order (moving -> fixed).
+
+        Returns
+        -------
+        CompositeTransform
+            The inverse, without a reference grid.
+        """
         return CompositeTransform([t.inverse() for t in reversed(self.transforms)])
 
     def to_sitk(self) -> sitk.CompositeTransform:
+        """SimpleITK ``CompositeTransform`` with the same meaning (entries added in reverse).
+
+        Returns
+        -------
+        SimpleITK.CompositeTransform
+            The transform.
+        """
         comp = sitk.CompositeTransform(self.ndim)
         for t in reversed(self.transforms):
             comp.AddTransform(t.to_sitk())

@@ -12,18 +12,31 @@ __all__ = ["DisplacementField"]
 
 
 class DisplacementField(Transform):
-    """``y = x + u(x)``: a dense displacement field ``u`` (mm) sampled on a grid in the domain
-    (FIXED) space, linearly interpolated, zero outside the grid (ITK's
-    ``DisplacementFieldTransform`` rule: inside means continuous index in ``[-0.5, n - 0.5)``,
-    interpolation clamps at the outer voxel centres).
+    """``y = x + u(x)``: a dense displacement field ``u`` (mm) on a grid in the FIXED space.
+
+    ``u`` is linearly interpolated and zero outside the grid (ITK's ``DisplacementFieldTransform``
+    rule: inside means continuous index in ``[-0.5, n - 0.5)``, interpolation clamps at the outer
+    voxel centres).
 
     Parameters
     ----------
-    displacements : array (*geometry.shape, ndim)
+    displacements : array ``(*geometry.shape, ndim)``
         Displacement vectors, numpy spatial order (z, y, x), components in (x, y[, z]) world mm.
     geometry : ImageGeometry
         The grid of the field.
-    reference : optional fixed grid for :meth:`resample`.
+    reference : ImageGeometry, Image or None, default None
+        The fixed grid: the default target of :meth:`resample`.
+
+    Attributes
+    ----------
+    displacements : ndarray
+        The displacement vectors (read-only).
+    geometry : ImageGeometry
+        The grid of the field.
+    ndim : int
+        The dimension, 2 or 3.
+    reference : ImageGeometry or None
+        The fixed grid.
     """
 
     def __init__(self, displacements, geometry: ImageGeometry, *, reference=None):
@@ -42,7 +55,18 @@ class DisplacementField(Transform):
         self.reference = None if reference is None else reference_geometry(reference)
 
     def displacement_at(self, points) -> np.ndarray:
-        """``u`` at world points (n, ndim): linear interpolation, zero outside the grid."""
+        """``u`` at world points: linear interpolation, zero outside the grid.
+
+        Parameters
+        ----------
+        points : array-like of shape (n_points, ndim) or (ndim,)
+            World points (mm).
+
+        Returns
+        -------
+        ndarray of shape (n_points, ndim)
+            The displacements (mm).
+        """
         pts, _ = self._check(points)
         idx = self.geometry.world_to_array_index(pts)
         shape = np.asarray(self.geometry.shape)
@@ -56,17 +80,43 @@ class DisplacementField(Transform):
         return out
 
     def transform_points(self, points) -> np.ndarray:
-        """Map FIXED world points to MOVING world points: ``x + u(x)``."""
+        """Map FIXED world points to MOVING world points: ``x + u(x)``.
+
+        Parameters
+        ----------
+        points : array-like of shape (n_points, ndim) or (ndim,)
+            Points of the fixed image (mm).
+
+        Returns
+        -------
+        ndarray of shape (n_points, ndim) or (ndim,)
+            Where the same anatomy lies in the moving image.
+        """
         pts, single = self._check(points)
         out = pts + self.displacement_at(pts)
         return out[0] if single else out
 
     def inverse(self, n_iter: int = 50, tol_mm: float = 1e-4) -> "DisplacementField":
-        """The inverse field ``v`` on the same grid (``y + v(y)`` undoes ``x + u(x)``), by the
-        fixed-point iteration ``v(g) = -u(g + v(g))`` at every grid node: exact (to ``tol_mm``) at
-        the nodes for fields without folding; between nodes the linear interpolation of ``v`` adds
-        a small error (here up to 0.05 mm for a 3 mm field varying over ~30 mm on a 4-6 mm grid).
-        ``transform_points`` and ``to_sitk`` of the result agree exactly."""
+        """The inverse field ``v`` on the same grid: ``y + v(y)`` undoes ``x + u(x)``.
+
+        Computed by the fixed-point iteration ``v(g) = -u(g + v(g))`` at every grid node: exact
+        (to ``tol_mm``) at the nodes for fields without folding; between nodes the linear
+        interpolation of ``v`` adds a small error, which grows with the field's curvature
+        relative to the grid spacing (tests/test_registration.py bounds it).
+        ``transform_points`` and ``to_sitk`` of the result agree exactly.
+
+        Parameters
+        ----------
+        n_iter : int, default 50
+            Most iterations.
+        tol_mm : float, default 1e-4
+            Stop when no node moves more than this (mm).
+
+        Returns
+        -------
+        DisplacementField
+            The inverse (moving -> fixed), without a reference grid.
+        """
         idx = np.stack(np.meshgrid(*[np.arange(s) for s in self.geometry.shape], indexing="ij"), -1)
         nodes = self.geometry.array_index_to_world(idx.reshape(-1, self.ndim))
         v = -self.displacement_at(nodes)
@@ -79,7 +129,13 @@ class DisplacementField(Transform):
         return DisplacementField(v.reshape(self.displacements.shape), self.geometry)
 
     def to_sitk(self) -> sitk.DisplacementFieldTransform:
-        """SimpleITK ``DisplacementFieldTransform`` with the same fixed -> moving meaning."""
+        """SimpleITK ``DisplacementFieldTransform`` with the same fixed -> moving meaning.
+
+        Returns
+        -------
+        SimpleITK.DisplacementFieldTransform
+            The transform (float64 field).
+        """
         img = sitk.GetImageFromArray(np.ascontiguousarray(self.displacements), isVector=True)
         img = self.geometry.apply_to_sitk(img)
         img = sitk.Cast(img, sitk.sitkVectorFloat64)

@@ -8,7 +8,7 @@ from ..exceptions import RegistrationError
 
 __all__ = ["fit_affine", "ROBUST_FITS"]
 
-
+#: the values of :func:`fit_affine`'s ``robust``
 ROBUST_FITS = (None, "ransac", "huber")
 
 
@@ -45,7 +45,7 @@ def _ransac_samples(rng, n: int, k: int, n_trials: int) -> np.ndarray:
 
 def fit_affine(fixed_points, moving_points, *, robust=None, residual_threshold_mm=None,
                n_trials: int = 1000, rng=None, weights=None):
-    """Fit ``moving ~ A fixed + t`` to point pairs. Returns ``(matrix (ndim+1, ndim+1), inliers)``.
+    """Fit ``moving ~ A fixed + t`` to point pairs.
 
     ``robust``:
 
@@ -56,6 +56,33 @@ def fit_affine(fixed_points, moving_points, *, robust=None, residual_threshold_m
     * ``"huber"``: iteratively reweighted least squares with Huber weights ``min(1, k / r)``;
       ``k = residual_threshold_mm`` or, when None, ``1.345`` times a robust scale of the current
       residuals (``1.4826 * median``), re-estimated each iteration. Inliers: pairs with weight 1.
+
+    Parameters
+    ----------
+    fixed_points, moving_points : array-like of shape (n_pairs, ndim)
+        The matched world points (mm), ndim 2 or 3; at least ndim + 1 pairs.
+    robust : {None, "ransac", "huber"}, default None
+        The fit (above).
+    residual_threshold_mm : float or None, default None
+        Inlier distance (mm); required by RANSAC, Huber's ``k`` when given.
+    n_trials : int, default 1000
+        RANSAC's minimal samples.
+    rng : int, numpy.random.Generator or None, default None
+        Seed of RANSAC's draws.
+    weights : array-like of shape (n_pairs,) or None, default None
+        Pair weights of the least squares (``None`` and ``"huber"``; RANSAC ignores them).
+
+    Returns
+    -------
+    matrix : ndarray of shape (ndim + 1, ndim + 1)
+        The homogeneous matrix, fixed -> moving.
+    inliers : ndarray of bool, shape (n_pairs,)
+        The pairs the fit kept.
+
+    Raises
+    ------
+    RegistrationError
+        Too few pairs, or RANSAC found no non-degenerate model with enough inliers.
     """
     x = np.asarray(fixed_points, dtype=np.float64)
     y = np.asarray(moving_points, dtype=np.float64)

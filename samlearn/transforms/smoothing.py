@@ -19,8 +19,22 @@ __all__ = ["field_geometry", "smooth_field", "field_from_matches"]
 
 
 def field_geometry(fixed: ImageGeometry, spacing_mm: float, smoothing_mm: float) -> ImageGeometry:
-    """Identity-direction grid over ``fixed``'s bounding box at ``spacing_mm``, grown by two
-    smoothing widths so a smoothed field decays inside it."""
+    """Identity-direction grid over ``fixed``'s bounding box, grown for a smoothed field to decay.
+
+    Parameters
+    ----------
+    fixed : ImageGeometry
+        The fixed image's grid.
+    spacing_mm : float
+        The field's spacing (mm).
+    smoothing_mm : float
+        The smoothing width; the box is grown by two of them on every side.
+
+    Returns
+    -------
+    ImageGeometry
+        The field's grid, at least 2 nodes per axis.
+    """
     sp = float(spacing_mm)
     margin = 2.0 * float(smoothing_mm)
     corners = fixed.corners_world()
@@ -48,7 +62,7 @@ _GAUSSIAN_MATRIX_MAX = 512
 
 def _blur_planes(planes: np.ndarray, sigma) -> np.ndarray:
     """``ndimage.gaussian_filter(plane, sigma, mode="constant")`` of each plane of ``planes``
-    (P, *shape): per axis one matrix product over all planes (:func:`_gaussian_matrix`), or the 1D
+    ``(P, *shape)``: per axis one matrix product over all planes (:func:`_gaussian_matrix`), or the 1D
     filter along axes longer than ``_GAUSSIAN_MATRIX_MAX``."""
     for ax, n in enumerate(planes.shape[1:]):
         if n <= _GAUSSIAN_MATRIX_MAX:
@@ -60,10 +74,28 @@ def _blur_planes(planes: np.ndarray, sigma) -> np.ndarray:
 
 
 def smooth_field(x, u, geom: ImageGeometry, smoothing_mm: float) -> np.ndarray:
-    """Normalised Gaussian convolution of residuals ``u`` (n, ndim) at world points ``x`` onto the
-    grid ``geom``: splat each residual (multilinear weights), blur values and weights with sigma =
+    """Normalised Gaussian convolution of scattered residuals onto a grid.
+
+    Splat each residual (multilinear weights), blur values and weights with sigma =
     ``smoothing_mm``, divide. A prior weight (10% of the typical weight where matches are) pulls
-    the field to zero where there are none. Returns (*geom.shape, ndim)."""
+    the field to zero where there are none.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, ndim)
+        World points (mm).
+    u : ndarray of shape (n, ndim)
+        The residuals at ``x`` (mm).
+    geom : ImageGeometry
+        The field's grid.
+    smoothing_mm : float
+        The Gaussian's sigma (mm).
+
+    Returns
+    -------
+    ndarray of shape ``(*geom.shape, ndim)``
+        The field, numpy spatial order, ``(x, y[, z])`` components.
+    """
     d = geom.ndim
     shape = geom.shape
     idx = geom.world_to_array_index(x)
@@ -96,12 +128,42 @@ def smooth_field(x, u, geom: ImageGeometry, smoothing_mm: float) -> np.ndarray:
 def field_from_matches(pts, u, scores, geom: ImageGeometry, *, smoothing_mm: float,
                        score_threshold: float, max_displacement_mm: float, outlier_factor: float,
                        floor_mm: float):
-    """The smooth field (SAM-coarse) of residuals ``u`` at points ``pts``: matches with a score of
-    at least ``score_threshold`` and a residual of at most ``max_displacement_mm`` are smoothed
-    (:func:`smooth_field`), those that disagree with the result by more than ``outlier_factor``
-    robust standard deviations (at least ``floor_mm``) are dropped and the field is estimated
-    again. Returns ``(DisplacementField, indices of the matches used)``; a zero field and no
-    indices when fewer than 3 (ndim + 1) matches are usable."""
+    """The smooth field (SAM-coarse) of the residuals of point matches.
+
+    Matches with a score of at least ``score_threshold`` and a residual of at most
+    ``max_displacement_mm`` are smoothed (:func:`smooth_field`); those that disagree with the
+    result by more than ``outlier_factor`` robust standard deviations (at least ``floor_mm``) are
+    dropped and the field is estimated again.
+
+    Parameters
+    ----------
+    pts : ndarray of shape (n, ndim)
+        World points of the matches (mm).
+    u : ndarray of shape (n, ndim)
+        Their residuals (mm).
+    scores : ndarray of shape (n,)
+        Their match scores.
+    geom : ImageGeometry
+        The field's grid (:func:`field_geometry`).
+    smoothing_mm : float
+        The Gaussian's sigma (mm).
+    score_threshold : float
+        Lowest score used.
+    max_displacement_mm : float
+        Largest residual used (mm).
+    outlier_factor : float
+        Deviation from the first field, in robust standard deviations, beyond which a match is
+        dropped.
+    floor_mm : float
+        Smallest robust standard deviation (mm).
+
+    Returns
+    -------
+    field : DisplacementField
+        The field; zero when fewer than 3 * (ndim + 1) matches are usable.
+    used : ndarray of int
+        Indices of the matches used (empty with a zero field).
+    """
     d = pts.shape[1]
     keep = (scores >= score_threshold) & (np.linalg.norm(u, axis=1) <= max_displacement_mm)
     x, uu = pts[keep], u[keep]

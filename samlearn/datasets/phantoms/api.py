@@ -83,6 +83,8 @@ def make_phantoms(
     Returns
     -------
     data : sklearn.utils.Bunch
+        With these attributes:
+
         images : list of Image
             CT volumes in HU (3D) or radiographs (2D), with exact world geometry.
         labels : list of Image
@@ -96,11 +98,13 @@ def make_phantoms(
             subject's field of view (outside the hull of the voxel centres, so every finite
             landmark can be interpolated). In 2D the world point is (x, z) of the 3D point.
         landmark_names : list of str
+            The landmarks' names, in the order of ``landmarks``.
         phase : list of str
             Contrast phase of each subject.
         lesions : list of ndarray of shape (n_lesions_i, 2 * ndim)
             Axis-aligned lesion boxes in world mm: (min corner, max corner), possibly empty.
         DESCR : str
+            A description of the data set.
     """
     n_subjects = _check_int(n_subjects, "n_subjects", 1)
     opts = _check_options(
