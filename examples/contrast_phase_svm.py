@@ -8,7 +8,9 @@ scikit-learn pipeline LandmarkIntensityFeatures -> StandardScaler -> SVC on synt
 (each subject's enhancement varies with bolus strength and timing). One template CT marks landmarks
 on contrast-sensitive anatomy (aorta, portal vein, kidneys, liver, spleen...); the detector finds
 them in every CT, ``LandmarkIntensityFeatures`` summarises the HU in a 5 mm ball around each, and an
-SVM learns the phase. Accuracy and macro-F1 come from stratified cross-validation.
+SVM learns the phase. Accuracy and macro-F1 come from stratified cross-validation. For reference,
+the same SVM on the HU at the phantoms' true landmarks (known here, never in practice) gives the
+accuracy perfect landmarks would allow.
 """
 import argparse
 
@@ -21,7 +23,7 @@ from sklearn.svm import SVC
 
 import samlearn
 from samlearn.datasets import PHASES, make_phantoms
-from samlearn.features import LandmarkIntensityFeatures
+from samlearn import LandmarkIntensityFeatures
 
 SENSITIVE = ("aortic_arch_top", "heart_apex", "liver_dome", "portal_vein_bifurcation", "spleen_tip",
              "kidney_left_upper_pole", "kidney_right_upper_pole", "aortic_bifurcation")
@@ -64,6 +66,11 @@ def main(argv=None):
     print(f"{args.folds}-fold cross-validated accuracy {100 * acc:.0f} %, macro F1 {100 * f1:.0f} %")
     print("confusion matrix (rows: true, columns: predicted; order "
           f"{', '.join(PHASES)}):\n{confusion_matrix(y, pred, labels=list(PHASES))}")
+    # the upper bound: HU at the true landmarks of every phantom (the same SVM and folds)
+    own = [data.landmark_names.index(n) for n in SENSITIVE]
+    true_hu = np.stack([im.sample(lm[own]) for im, lm in zip(data.images, data.landmarks)])
+    bound = accuracy_score(y, cross_val_predict(make_pipeline(StandardScaler(), SVC(C=1.0)), true_hu, y, cv=cv))
+    print(f"with the true landmarks instead (upper bound): accuracy {100 * bound:.0f} %")
     return acc, f1
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 import samlearn
 from samlearn.datasets import make_phantom_pair, make_phantoms
-from samlearn.registration import SAMAffineRegistrar
+from samlearn import SAMAffineRegistrar
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import smooth_images, tiny_embedder  # noqa: E402
+from helpers import smooth_images, tiny_embedder  # noqa: E402
 
 from samlearn import SAMEmbedder  # noqa: E402
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import smooth_images, tiny_embedder
+from helpers import smooth_images, tiny_embedder
 from samlearn.embedding.config import PRESET_KEYS, network_config, resolve_config
 from samlearn.nn import SAMBackbone, SAMNet
 
@@ -76,6 +76,7 @@ def test_unfitted_embedder_has_no_backbone():
         tiny_embedder().backbone_state_dict()
 
 
+@pytest.mark.slow  # an example script in a subprocess: slow
 def test_segmentation_example_runs_on_a_tiny_budget(tmp_path):
     spec = importlib.util.spec_from_file_location("segmentation_finetune",
                                                   ROOT / "examples" / "segmentation_finetune.py")

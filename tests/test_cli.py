@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_embedder
+from helpers import ROOT, tiny_embedder
 
 from samlearn.cli import build_parser, main
 
@@ -250,6 +250,7 @@ def test_register_rejects_a_bad_transform_suffix(files, capsys, tmp_path):
     _one_line_error(code, err, ".tfm", command="register")
 
 
+@pytest.mark.slow  # a fresh interpreter in a subprocess: slow
 def test_python_dash_m_entry_point(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
@@ -262,6 +263,7 @@ def test_python_dash_m_entry_point(tmp_path):
 
 
 # ------------------------------------------------------------------------------- demo
+@pytest.mark.slow  # the whole demo (training included): slow
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "demo"

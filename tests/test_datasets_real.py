@@ -17,7 +17,7 @@ from samlearn.datasets import (
     to_full_resolution,
 )
 from samlearn.metrics import radial_errors
-from conftest import random_rotation
+from helpers import random_rotation
 
 
 # ------------------------------------------------------------------ synthetic cephalogram folder

@@ -10,7 +10,7 @@ from sklearn.exceptions import NotFittedError
 
 import samlearn
 from samlearn import SAMEmbedder
-from conftest import smooth_images, tiny_embedder
+from helpers import smooth_images, tiny_embedder
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,11 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from samlearn import Image, ImageGeometry, OneShotLandmarkDetector
-from conftest import random_rotation, smooth_images, tiny_embedder
+from sklearn.pipeline import Pipeline
+
+from samlearn import (Image, ImageGeometry, LandmarkIntensityFeatures, LesionMatcher, OneShotLandmarkDetector,
+                      SAMAffineRegistrar, SAMDeformableRegistrar)
+from helpers import random_rotation, smooth_images, tiny_embedder
 from estimator_checks import EstimatorCase, samlearn_checks
 from fake_embedder import AnalyticEmbedder
 
@@ -54,8 +57,10 @@ def analytic_scene():
         d = random_rotation(rng, 2)
         centre = np.array([10.0, -5.0])
         origin = centre - d @ (sp * (size - 1) / 2) + rng.uniform(-2, 2, 2)
-        images.append(Image(np.zeros(size[::-1], np.float32), ImageGeometry(size, sp * rng.uniform(0.9, 1.1), origin, d),
-                            source=f"a{k}"))
+        # content for the estimators that read intensities (features, registration's body mask);
+        # the analytic embedder itself looks at world positions only
+        content = rng.normal(100.0, 20.0, size[::-1]).astype(np.float32)
+        images.append(Image(content, ImageGeometry(size, sp * rng.uniform(0.9, 1.1), origin, d), source=f"a{k}"))
     points = np.array([[10.0, -5.0], [4.0, 0.0], [15.0, -9.0]])
     embedder = AnalyticEmbedder(n_channels=32).fit(images[:1])
     return embedder, images, points
@@ -109,7 +114,71 @@ def detector_sam_case():
     )
 
 
-CASES = [embedder_case(), detector_analytic_case(), detector_sam_case()]
+def _last(est):
+    """The estimator itself, or the last step of a Pipeline ending in it."""
+    return est[-1] if isinstance(est, Pipeline) else est
+
+
+def lesion_case():
+    scene = analytic_scene
+    boxes = lambda: np.stack([np.concatenate([scene()[2] - 3.0, scene()[2] + 3.0], axis=1)] * 3)  # noqa: E731
+    return EstimatorCase(
+        name="LesionMatcher[analytic]",
+        make=lambda: LesionMatcher(embedder=scene()[0]),
+        fit_args=lambda: (scene()[1][0], scene()[2]),
+        output=lambda est: est.predict(scene()[1][1:]),
+        methods={"predict": lambda: (scene()[1][1:],), "match": lambda: (scene()[1][1:],),
+                 "score": lambda: (scene()[1][1:], boxes())},
+        shared_params=("embedder",),
+        skip={"check_grid_search": "fit takes one template image: GridSearchCV cannot split it into folds"},
+    )
+
+
+def registrar_case(cls, **params):
+    scene = analytic_scene
+    probe = lambda: scene()[2]  # noqa: E731
+    return EstimatorCase(
+        name=f"{cls.__name__}[analytic]",
+        make=lambda: cls(embedder=scene()[0], grid_spacing_mm=6.0, body_threshold=None, random_state=0, **params),
+        fit_args=lambda: (scene()[1][0], scene()[1][1]),
+        output=lambda est: _last(est).transform_points(probe()),
+        methods={"transform_points": lambda: (probe(),), "resample": lambda: (scene()[1][1],)},
+        shared_params=("embedder",),
+        skip={"check_grid_search": "fit registers one image pair: there is nothing to split into folds"},
+    )
+
+
+def features_case():
+    scene = analytic_scene
+
+    def detector():
+        return OneShotLandmarkDetector(embedder=scene()[0]).fit(scene()[1][0], scene()[2])
+
+    return EstimatorCase(
+        name="LandmarkIntensityFeatures[analytic]",
+        make=lambda: LandmarkIntensityFeatures(detector=_cached_detector(detector), radius_mm=2.0),
+        fit_args=lambda: (scene()[1],),
+        output=lambda est: est.transform(scene()[1]),
+        methods={"transform": lambda: (scene()[1],), "get_feature_names_out": lambda: ()},
+        shared_params=("detector",),
+        skip={"check_grid_search": "a transformer with no score; tests/test_features.py cross-validates it in a "
+                                   "classification pipeline"},
+    )
+
+
+_DETECTORS = {}
+
+
+def _cached_detector(make):
+    """One fitted detector shared by every features estimator (a frozen component)."""
+    if "d" not in _DETECTORS:
+        _DETECTORS["d"] = make()
+    return _DETECTORS["d"]
+
+
+CASES = [embedder_case(), detector_analytic_case(), detector_sam_case(), lesion_case(),
+         registrar_case(SAMAffineRegistrar), registrar_case(SAMDeformableRegistrar, dense_grid_spacing_mm=6.0),
+         features_case()]
 
 
 @pytest.mark.parametrize("case, check", list(samlearn_checks(CASES)))

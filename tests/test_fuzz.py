@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 import samlearn
 from samlearn import Image, ImageGeometry, OneShotLandmarkDetector, check_points, read_image
 from samlearn.exceptions import ModelFileError
-from conftest import random_rotation, smooth_images, tiny_embedder
+from helpers import random_rotation, smooth_images, tiny_embedder
 from fake_embedder import AnalyticEmbedder
 
 DOCUMENTED = (ValueError, TypeError)

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from samlearn import Image, ImageGeometry, check_images, check_points, normalize_intensity, read_image
-from conftest import random_rotation
+from helpers import random_rotation
 
 # ----------------------------------------------------------------------------- strategies
 

@@ -10,7 +10,7 @@ from samlearn import Image
 from samlearn.embedding.cache import EmbeddingCache, image_key, model_fingerprint
 from samlearn.embedding.engine import auto_tile_shape, estimate_pass_bytes, halo, pad_batch, plan_tiles, run_network
 from samlearn.nn.network import NetworkConfig, SAMNet, receptive_reach
-from conftest import smooth_images, tiny_embedder
+from helpers import smooth_images, tiny_embedder
 
 CONFIGS = {
     "2d": NetworkConfig(ndim=2, depth="resnet10", width=0.125, stem_stride=(2, 2), stem_kernel=3,
@@ -283,7 +283,7 @@ def test_resample_canonical_equals_the_simpleitk_path(ndim, sparse, monkeypatch)
             got = resample_canonical(im, target)
             assert got.geometry == target
             np.testing.assert_allclose(got.array, ref.array, atol=1e-3, rtol=1e-5)
-    from conftest import random_rotation
+    from helpers import random_rotation
     rotated = Image.from_array(arr, direction=random_rotation(rng, ndim))
     assert resample_canonical(rotated, rotated.geometry.canonical(spacing=1.0)) is None
 

@@ -14,7 +14,7 @@ import samlearn
 from samlearn import Image, ImageGeometry, check_images, normalize_intensity
 from samlearn import OneShotLandmarkDetector
 from samlearn.matching import match_points, template_vectors
-from conftest import random_rotation
+from helpers import random_rotation
 from fake_embedder import AnalyticEmbedder
 
 SIZES = {2: (64, 56), 3: (36, 32, 22)}

@@ -9,7 +9,7 @@ from sklearn.exceptions import NotFittedError
 
 from samlearn import Image, ImageGeometry, LesionMatcher
 from samlearn.metrics import points_in_boxes
-from conftest import random_rotation
+from helpers import random_rotation
 from fake_embedder import AnalyticEmbedder
 
 
@@ -163,7 +163,7 @@ def test_clone_pickle_and_path_embedder(scene, tmp_path):
 
 
 def test_path_to_saved_model_is_loaded(tmp_path):
-    from conftest import smooth_images, tiny_embedder
+    from helpers import smooth_images, tiny_embedder
     ims = smooth_images(2, ndim=2)
     emb = tiny_embedder(2, random_state=0).fit(ims)
     path = tmp_path / "m.samlearn"

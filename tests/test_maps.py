@@ -4,7 +4,7 @@ import torch
 
 from samlearn import ImageGeometry
 from samlearn.embedding import Embedding, EmbeddingMap, sample_map
-from conftest import random_rotation
+from helpers import random_rotation
 
 
 @pytest.mark.parametrize("shape", [(7, 9), (5, 6, 8)])

@@ -11,7 +11,7 @@ from samlearn import Image, ImageGeometry
 from samlearn.embedding import Embedding, EmbeddingMap
 from samlearn.matching import (MatchResult, combine_templates, cycle_consistency, match_points,
                                resolve_search_radius, template_vectors, upsample_to_grid)
-from conftest import random_rotation
+from helpers import random_rotation
 from fake_embedder import (AnalyticEmbedder, draw_features, feature_map, fourier_features,
                            identity_frame)
 

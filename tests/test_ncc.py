@@ -6,7 +6,7 @@ import pytest
 from samlearn import Image, ImageGeometry
 from samlearn import OneShotLandmarkDetector
 from samlearn.matching.ncc import ncc_refine, ncc_step_mm, sample_patches
-from conftest import random_rotation
+from helpers import random_rotation
 from fake_embedder import AnalyticEmbedder
 
 

@@ -8,7 +8,7 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from conftest import tiny_embedder  # noqa: E402
+from helpers import tiny_embedder  # noqa: E402
 
 from samlearn import Image  # noqa: E402
 from samlearn import plot as splot  # noqa: E402

@@ -13,7 +13,7 @@ from samlearn import SAMAffineRegistrar, SAMDeformableRegistrar
 from samlearn.exceptions import RegistrationError
 from samlearn.matching import body_mask
 from samlearn.transforms import AffineTransform, CompositeTransform, DisplacementField, fit_affine
-from conftest import random_rotation
+from helpers import random_rotation
 from fake_embedder import AnalyticEmbedder, PatchEmbedder
 
 

@@ -33,7 +33,7 @@ from samlearn import Image, ImageGeometry, OneShotLandmarkDetector, check_points
 from samlearn.datasets import load_ct_folder
 from samlearn.embedding.model_file import ModelFileError, load_payload, save_payload
 from samlearn.exceptions import InvalidParameterError
-from conftest import random_rotation, smooth_images, tiny_embedder
+from helpers import random_rotation, smooth_images, tiny_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -656,7 +656,7 @@ import json, sys, warnings
 sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
-from conftest import smooth_images, tiny_embedder
+from helpers import smooth_images, tiny_embedder
 est = tiny_embedder(random_state=0, max_iter={max_iter}, checkpoint_path={ckpt!r},
                     checkpoint_every={every}, resume=True)
 print("started", flush=True)
@@ -696,6 +696,7 @@ def _wait_for_checkpoint(proc, path, at_least, timeout=120):
     raise AssertionError("no checkpoint appeared in time")
 
 
+@pytest.mark.slow  # a training process killed with SIGKILL: slow
 def test_sigkill_mid_training_resumes_to_the_full_budget(tmp_path):
     """A run killed with SIGKILL (no chance to clean up) resumes from its last checkpoint, in another
     process with the same parameters (this test's own process: the killed run and the resumed one

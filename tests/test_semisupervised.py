@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import smooth_images, tiny_embedder
+from helpers import smooth_images, tiny_embedder
 from samlearn import Image, load
 from samlearn.training import PatchPairSampler
 from samlearn.nn.loss import LossConfig, far_mask, sam_loss
@@ -290,7 +290,7 @@ def test_bad_label_positive_prob(prob):
 def test_labels_follow_world_geometry_of_each_image(monkeypatch):
     """Landmarks in world mm reach the stream as indices of the working array that land on the
     painted dot, for images with anisotropic spacing, an origin and a non-identity direction."""
-    from conftest import random_rotation
+    from helpers import random_rotation
     import samlearn.training as training
     rng = np.random.default_rng(8)
     arrays, labels = _dot_arrays(2, seed=8)

@@ -14,7 +14,7 @@ import torch
 import samlearn
 from samlearn import training
 from samlearn.cli import main as cli_main
-from conftest import TINY_2D, smooth_images, tiny_embedder
+from helpers import TINY_2D, smooth_images, tiny_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNC_METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
@@ -96,6 +96,7 @@ def _torchrun(args, cwd, timeout=240):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # two ranks under torchrun: slow
 def test_data_parallel_two_ranks_gloo(tmp_path):
     res = _torchrun([str(ROOT / "tests" / "_ddp_worker.py"), str(tmp_path)], cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
