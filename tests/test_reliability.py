@@ -2,7 +2,7 @@
 checkpoints are atomic; training survives SIGKILL / SIGTERM; same seed, same result on the CPU.
 
 ``MATRIX`` is the bad-input matrix: one row per case, with the exact exception type and a message
-pattern that names the offending argument (or file). ``benchmarks/reliability_matrix.py`` prints it
+pattern that names the offending argument (or file). ``python -m benchmarks.reliability.reliability_matrix`` prints it
 as the table recorded in benchmarks/RESULTS.md.
 """
 from __future__ import annotations

@@ -242,7 +242,7 @@ def test_fit_threads_and_channels_last():
     with pytest.raises(ValueError, match="channels_last must be"):
         tiny_embedder(channels_last="yes").fit(imgs)
     # "auto": the CPU inference copy is channels-last in 2D and 3D (measured faster,
-    # benchmarks/memory_format.py) and gives the maps of the default format
+    # benchmarks/speed/memory_format.py) and gives the maps of the default format
     im3 = smooth_images(1, ndim=3, seed=9)[0]
     est3 = tiny_embedder(ndim=3, random_state=3, max_iter=1).fit([im3, im3])
     for est, im, mf in ((a, imgs[0], torch.channels_last), (est3, im3, torch.channels_last_3d)):

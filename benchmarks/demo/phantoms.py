@@ -1,33 +1,34 @@
 """Timing of samlearn.datasets.make_phantoms and a PNG montage to eyeball the anatomy.
 
-    python benchmarks/phantoms.py                 # timings (3D and 2D, default settings)
-    python benchmarks/phantoms.py --montage /tmp/phantoms.png --seed 3
+    python -m benchmarks.demo.phantoms                      # timings (3D and 2D, default settings)
+    python -m benchmarks.demo.phantoms --montage --seed 3   # benchmarks/out/phantoms.png
 
 The montage (axial slices at landmark levels, coronal and sagittal views, a label map and AP
-radiographs, landmarks drawn in red) is written outside the repository; it is not committed.
+radiographs, landmarks drawn in red) goes to ``--montage PNG`` (default
+``benchmarks/out/phantoms.png``, not committed).
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's samlearn
-from samlearn.datasets import make_phantoms  # noqa: E402
+from benchmarks._common import OUT, machine_summary, timed
+from samlearn.datasets import make_phantoms
 
 
 def timings(n3=8, n2=4, seed=0):
     make_phantoms(1, spacing=8.0, random_state=999)  # warm-up (imports)
+    print(f"# {machine_summary()}")
     for ndim, n in ((3, n3), (2, n2)):
-        wall, cpu, vox = [], [], []
-        for i in range(n):
-            t, c = time.perf_counter(), time.process_time()
-            d = make_phantoms(1, ndim=ndim, random_state=seed + i)
-            wall.append(time.perf_counter() - t)
-            cpu.append(time.process_time() - c)
-            vox.append(d.images[0].array.size)
+        seeds, vox = iter(range(seed, seed + n)), []
+
+        def one_subject():
+            vox.append(make_phantoms(1, ndim=ndim, random_state=next(seeds)).images[0].array.size)
+
+        t = timed(one_subject, n)
+        wall, cpu = t.wall, t.cpu
         print(
             f"{ndim}D default: {n} subjects, mean {np.mean(wall):.2f} s wall / "
             f"{np.mean(cpu):.2f} s CPU per subject (min {np.min(wall):.2f}, "
@@ -110,19 +111,23 @@ def montage(path, seed=0, phase="arterial"):
     for ax in axs[2, 4:]:
         ax.axis("off")
     plt.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     plt.savefig(path, dpi=50)
     print("montage written to", path)
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--montage", metavar="PNG", help="write a montage PNG here instead of timing")
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--montage", metavar="PNG", nargs="?", const=str(OUT / "phantoms.png"),
+                    help="write a montage PNG (default benchmarks/out/phantoms.png) instead of timing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--phase", default="arterial")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.montage:
         montage(args.montage, args.seed, args.phase)
     else:
         timings(seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,28 +2,55 @@
 a GPU (bf16 autocast, fp32, fp32 with torch's deterministic algorithms), how far a GPU run is from
 the CPU run, and whether a model trained on the GPU and saved loads and embeds the same on the CPU.
 
-Trains the small test configuration (tests/conftest.py ``TINY_2D`` with ``max_iter`` iterations) on
-smooth synthetic images; prints one JSON line per result. With ``--out DIR`` it also writes the
-GPU-trained model and its embedding of one image, for ``--compare DIR`` on a CPU machine.
+Trains a tiny 2D configuration (``TINY_2D``, the size of the unit tests' small embedder, with
+``--max-iter`` iterations) on smooth synthetic images; prints one JSON line per result. With
+``--out DIR`` it also writes the GPU-trained model and its embedding of one image, for
+``--compare DIR`` on a CPU machine.
 
-    python benchmarks/device_check_determinism.py --device cuda --out $OUT
-    python benchmarks/device_check_determinism.py --compare <that folder>        # on the CPU
+    python -m benchmarks.gpu.determinism_check --device cuda --out $OUT
+    python -m benchmarks.gpu.determinism_check --compare <that folder>        # on the CPU
 """
 import argparse
 import json
 import os
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import smooth_images, tiny_embedder  # noqa: E402
+import samlearn
+from benchmarks._common import machine_info, random_rotation
+from samlearn import Image, OneShotLandmarkDetector, SAMEmbedder
 
-import samlearn  # noqa: E402
-from samlearn import OneShotLandmarkDetector  # noqa: E402
+#: an X-ray embedder small enough to train a few iterations in a second on the CPU
+TINY_2D = dict(preset="xray-lite", image_size=(64, 64), patch_shape=(32, 32), batch_size=2, depth="resnet10",
+               width=0.125, stem_kernel=3, n_stages=3, fpn_channels=16, embed_dim=16, n_pos=16, n_hard=20,
+               n_random=20, n_candidates=50, n_local=20, max_iter=3, warmup_iter=1, num_workers=0,
+               n_threads=1, device="cpu")
+
+
+def tiny_embedder(**overrides):
+    return SAMEmbedder(**dict(TINY_2D, **overrides))
+
+
+def smooth_images(n, seed=0, shape=(60, 70)):
+    """Small 2D images with smooth random structure (sums of Gaussian blobs) and non-trivial
+    geometry (spacing, origin, a rotated or reflected direction)."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    out = []
+    for _ in range(n):
+        arr = np.zeros(shape, np.float32)
+        for _ in range(12):
+            c = [rng.uniform(0, s) for s in shape]
+            w = rng.uniform(2, 8)
+            arr += rng.uniform(-1, 1) * np.exp(-sum((g - ci) ** 2 for g, ci in zip(grids, c)) / (2 * w * w))
+        arr = arr * 400 + rng.normal(0, 5, size=shape)
+        out.append(Image.from_array(arr, spacing=rng.uniform(0.8, 1.6, size=2), origin=rng.uniform(-50, 50, size=2),
+                                    direction=random_rotation(rng, 2, allow_reflection=True)))
+    return out
 
 
 def fit(device, amp, seed, max_iter, images, **kw):
@@ -59,10 +86,13 @@ def emit(**rec):
 
 
 def run_device(args):
-    images = smooth_images(4, ndim=2, seed=0)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    images = smooth_images(4, seed=0)
     points = images[0].geometry.array_index_to_world(
         np.array([[10.0, 12.0], [45.0, 50.0], [30.0, 33.0], [20.0, 60.0], [50.0, 20.0]]))
     dev = args.device
+    emit(check="machine", **machine_info())
     emit(check="environment", torch=torch.__version__, samlearn=samlearn.__version__,
          device=torch.cuda.get_device_name(0) if dev.startswith("cuda") else "cpu",
          cudnn=torch.backends.cudnn.version() if dev.startswith("cuda") else None)
@@ -88,12 +118,13 @@ def run_device(args):
         torch.use_deterministic_algorithms(False)
     emit(check=f"{dev} fp32 vs cpu fp32, same seed", seconds=[t_cpu], **compare(runs["fp32"], cpu, images, points))
     emit(check=f"{dev} bf16 vs cpu fp32, same seed", **compare(runs["bf16_autocast"], cpu, images, points))
-    # checkpoint + resume on the device
-    ckpt = Path(args.out or "/tmp") / "gpu_ckpt.samlearn"
-    if ckpt.exists():
-        ckpt.unlink()
-    fit(dev, "auto", 5, args.max_iter // 2, images, checkpoint_path=str(ckpt))
-    res, _ = fit(dev, "auto", 5, args.max_iter, images, checkpoint_path=str(ckpt), resume=True)
+    # checkpoint + resume on the device (the checkpoint in --out, else in a temporary folder)
+    with tempfile.TemporaryDirectory(prefix="samlearn-determinism-") as tmp:
+        ckpt = Path(args.out or tmp) / "gpu_ckpt.samlearn"
+        if ckpt.exists():
+            ckpt.unlink()
+        fit(dev, "auto", 5, args.max_iter // 2, images, checkpoint_path=str(ckpt))
+        res, _ = fit(dev, "auto", 5, args.max_iter, images, checkpoint_path=str(ckpt), resume=True)
     emit(check=f"resume on {dev}", n_iter=res.n_iter_,
          continuous=[h["iteration"] for h in res.history_] == list(range(1, args.max_iter + 1)))
     if args.out:
@@ -109,7 +140,7 @@ def run_device(args):
 def run_compare(folder):
     """On the CPU: load the GPU-trained model, embed and detect, compare with the GPU's answers."""
     folder = Path(folder)
-    images = smooth_images(4, ndim=2, seed=0)
+    images = smooth_images(4, seed=0)
     points = images[0].geometry.array_index_to_world(
         np.array([[10.0, 12.0], [45.0, 50.0], [30.0, 33.0], [20.0, 60.0], [50.0, 20.0]]))
     model = samlearn.load(folder / "gpu_model.samlearn")
@@ -124,13 +155,13 @@ def run_compare(folder):
          max_landmark_diff_mm=float(d.max()), landmarks_identical=bool(np.all(d == 0)))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--max-iter", type=int, default=40)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--compare", default=None)
-    args = ap.parse_args()
+    ap.add_argument("--out", default=None, help="folder for the GPU-trained model and its answers")
+    ap.add_argument("--compare", default=None, help="on the CPU: compare with the answers in this folder")
+    args = ap.parse_args(argv)
     if args.compare:
         run_compare(args.compare)
     else:

@@ -1,7 +1,7 @@
 """One prepared GPU check: training throughput and model FLOP utilisation, inference time per 2 mm
 chest CT, peak GPU memory. Designed to finish in under 5 minutes on one H100 / H200.
 
-    python benchmarks/gpu.py [--ct PATH] [--smoke] [--compile]
+    python -m benchmarks.gpu.gpu [--ct PATH] [--smoke] [--compile]
 
 Phases (each guarded: a failure is reported in the table and the next phase still runs):
 
@@ -22,29 +22,26 @@ Phases (each guarded: a failure is reported in the table and the next phase stil
 
 Peak GPU memory (``torch.cuda.max_memory_allocated``) per phase. ``--smoke`` runs the same code on
 the CPU with tiny networks in about a minute (for testing the script, numbers meaningless).
-Results also go to ``$OUT/gpu_results.json`` when ``$OUT`` is set (else ``--json``).
+Results (with the machine's description) also go to ``--json``, else to ``$OUT/gpu_results.json``
+when the environment variable ``OUT`` is set (the device runner's output folder).
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
-import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from samlearn import Image, SAMEmbedder  # noqa: E402
+from benchmarks._common import machine_info, synchronize, timed, write_json
+from samlearn import Image, SAMEmbedder
+from samlearn.embedding.config import amp_dtype, loss_config
+from samlearn.matching import match_points, template_vectors
+from samlearn.training import PairStream, TrainState, make_loader, sampler_from_config, train
 
 PAPER_S_PER_CT = 0.23
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "GH200": 989.0}
@@ -57,11 +54,6 @@ SMOKE = {
                  fpn_channels=16, embed_dim=16, n_pos=16, n_hard=20, n_random=20, n_candidates=50,
                  n_local=20, warmup_iter=1),
 }
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def reset_peak(device):
@@ -122,9 +114,6 @@ def synthetic_xrays(n=4, size=512, seed=0):
 
 # ------------------------------------------------------------------------------------ phases
 def train_phase(preset, images, args, device, results):
-    from samlearn.augment import sampler_from_config
-    from samlearn.training import PairStream, TrainState, make_loader, train
-
     over = SMOKE[preset] if args.smoke else {}
     iters = args.iters
     reset_peak(device)
@@ -151,8 +140,8 @@ def train_phase(preset, images, args, device, results):
     stream = PairStream(arrays, spacings, sampler_from_config(cfg), cfg["n_pos"], net.config.global_stride,
                         net.config.local_stride, np.random.SeedSequence(0))
     batch = next(iter(make_loader(stream, cfg["batch_size"], 0, pin_memory=device.type == "cuda")))
-    amp = est._amp_dtype(device)
-    loss_cfg = est._loss_config(cfg)
+    amp = amp_dtype(est.amp, device)
+    loss_cfg = loss_config(cfg)
     n_steps = max(3, args.iters // 2)
     for cl in (False, True):
         mf = torch.channels_last_3d if cfg["ndim"] == 3 else torch.channels_last
@@ -165,10 +154,10 @@ def train_phase(preset, images, args, device, results):
         state = TrainState()
         train(step_net, opt, itertools.repeat(batch), state, max_iter=3, **kw)  # warm-up
         reset_peak(device)
-        sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         train(step_net, opt, itertools.repeat(batch), state, max_iter=3 + n_steps, **kw)
-        sync(device)
+        synchronize(device)
         step_s = (time.perf_counter() - t0) / n_steps
         row[f"compute_it_s{'_cl' if cl else ''}"] = 1.0 / step_s
         row[f"peak_gb{'_cl' if cl else ''}"] = peak_gb(device)
@@ -189,7 +178,6 @@ def train_phase(preset, images, args, device, results):
 
 
 def infer_phase(est, ct_raw, args, device, results):
-    from samlearn.matching import match_points, template_vectors
     row = {"phase": "infer/ct"}
     if ct_raw is not None:
         t0 = time.perf_counter()
@@ -207,21 +195,17 @@ def infer_phase(est, ct_raw, args, device, results):
         tmpl = est.transform(ct)[0]
         vg, vl = template_vectors(tmpl, pts)
         del tmpl
-        times = []
+        last = {}
+
+        def query_pass():  # embedding + matching of the query (its embedding freed at once)
+            last["result"] = match_points(vg, vl, est.transform(query)[0], search_radius_mm="auto")
+
         reset_peak(device)
-        for i in range(6):
-            sync(device)
-            t0 = time.perf_counter()
-            emb = est.transform(query)[0]
-            res = match_points(vg, vl, emb, search_radius_mm="auto")
-            sync(device)
-            if i:
-                times.append(time.perf_counter() - t0)
-            del emb
+        t = timed(query_pass, 5, warmup=1, device=device)
         key = "_cl" if cl else ""
-        row[f"s_per_ct{key}"] = float(np.median(times))
+        row[f"s_per_ct{key}"] = float(np.median(t.wall))
         row[f"peak_gb{key}"] = peak_gb(device)
-        assert np.isfinite(res.points).all()
+        assert np.isfinite(last["result"].points).all()
     row["paper_s"] = PAPER_S_PER_CT
     est.set_params(channels_last="auto")
     results.append(row)
@@ -235,7 +219,8 @@ def fmt(v, spec=".2f"):
 
 def table(results, device_name):
     lines = [f"device: {device_name}", "",
-             "| phase | pipeline it/s | compute it/s (default / channels-last) | TFLOP/step | MFU (compute / pipeline / cl) | peak GB (default / cl) |",
+             "| phase | pipeline it/s | compute it/s (default / channels-last) | TFLOP/step "
+             "| MFU (compute / pipeline / cl) | peak GB (default / cl) |",
              "|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
@@ -243,7 +228,8 @@ def table(results, device_name):
         elif r["phase"].startswith("train"):
             lines.append(
                 f"| {r['phase']} (batch {r['batch']}, patch {r['patch']}) | {fmt(r['pipeline_it_s'])} | "
-                f"{fmt(r.get('compute_it_s'))} / {fmt(r.get('compute_it_s_cl'))} | {fmt(r.get('tflop_per_step'), '.3f')} | "
+                f"{fmt(r.get('compute_it_s'))} / {fmt(r.get('compute_it_s_cl'))} | "
+                f"{fmt(r.get('tflop_per_step'), '.3f')} | "
                 f"{fmt(r.get('mfu'), '.1%')} / {fmt(r.get('mfu_pipeline'), '.1%')} / {fmt(r.get('mfu_cl'), '.1%')} | "
                 f"{fmt(r.get('peak_gb'))} / {fmt(r.get('peak_gb_cl'))} |")
     for r in results:
@@ -251,13 +237,14 @@ def table(results, device_name):
             lines += ["", "| inference | volume (2 mm) | s per CT: embedding + 19 points (default / channels-last) | "
                           "paper | CPU resampling of the raw CT | peak GB (default / cl) |",
                       "|---|---|---|---|---|---|",
-                      f"| ct preset | {r['shape_2mm']} | {fmt(r.get('s_per_ct'), '.3f')} / {fmt(r.get('s_per_ct_cl'), '.3f')} | "
+                      f"| ct preset | {r['shape_2mm']} | "
+                      f"{fmt(r.get('s_per_ct'), '.3f')} / {fmt(r.get('s_per_ct_cl'), '.3f')} | "
                       f"{r['paper_s']} | {fmt(r.get('resample_raw_ct_cpu_s'))} s | {fmt(r.get('peak_gb'))} / "
                       f"{fmt(r.get('peak_gb_cl'))} |"]
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ct", default=None, help="a chest CT file (default: synthetic 180x160x160 at 2 mm)")
     p.add_argument("--smoke", action="store_true", help="tiny networks on the CPU (tests the script)")
@@ -268,7 +255,7 @@ def main():
     p.add_argument("--compile", action="store_true", help="also torch.compile the network (slow start)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the card")
     p.add_argument("--json", default=None)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.iters = args.iters or (6 if args.smoke else 40)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 15)
     args.workers = args.workers if args.workers is not None else (0 if args.smoke else 8)
@@ -316,8 +303,8 @@ def main():
     print(f"\ntotal {total:.0f} s; torch {torch.__version__}")
     out = args.json or (os.path.join(os.environ["OUT"], "gpu_results.json") if os.environ.get("OUT") else None)
     if out:
-        Path(out).write_text(json.dumps({"device": device_name, "total_s": total, "torch": torch.__version__,
-                                         "args": vars(args), "results": results}, indent=1, default=str))
+        write_json(out, {"device": device_name, "machine": machine_info(), "total_s": total,
+                         "torch": torch.__version__, "args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

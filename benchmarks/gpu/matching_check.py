@@ -6,17 +6,17 @@ every mode / window / top-k combination, then times the 2 mm chest-CT-sized case
 90x128x128, global 12x20x20, 128 channels, 19 points) on the device, whole grid vs windowed.
 Needs only torch, numpy, SimpleITK and the package; prints one JSON line per result.
 
-    python benchmarks/device_check_matching.py --device cuda
+    python -m benchmarks.gpu.matching_check --device cuda
 """
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 
+from benchmarks._common import machine_info, timed
 from samlearn import ImageGeometry
-from samlearn.maps import Embedding, EmbeddingMap
+from samlearn.embedding import Embedding, EmbeddingMap
 from samlearn.matching import match_points, template_vectors
 
 
@@ -35,16 +35,12 @@ def analytic(geom, g_stride, l_stride, c, seed):
     return Embedding(feature_map(g, c, 3 * g.spacing.max(), gen), feature_map(loc, c, 3 * loc.spacing.max(), gen), geom)
 
 
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def main():
-    p = argparse.ArgumentParser()
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     dev = args.device
+    print(json.dumps({"machine": machine_info()}), flush=True)
     rng = np.random.default_rng(0)
     ok = True
     for ndim in (2, 3):
@@ -82,16 +78,10 @@ def main():
     for label, kw in [("sum, whole grid", dict(search_radius_mm=None)),
                       ("sum, window auto", dict(search_radius_mm="auto")),
                       ("sum, whole grid, top_k=3", dict(search_radius_mm=None, top_k=3))]:
-        match_points(g, loc, emb, **kw)
-        sync(dev)
-        ts = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            match_points(g, loc, emb, **kw)
-            sync(dev)
-            ts.append(time.perf_counter() - t0)
+        ts = timed(lambda: match_points(g, loc, emb, **kw), 5, warmup=1, device=dev).wall
         print(json.dumps({"case": "CT 90x128x128 local, C=128, K=19", "device": dev, "config": label,
-                          "min_s": round(min(ts), 5), "median_s": round(float(np.median(ts)), 5)}), flush=True)
+                          "min_s": round(float(ts.min()), 5), "median_s": round(float(np.median(ts)), 5)}),
+              flush=True)
     print(json.dumps({"all_equal_to_cpu": bool(ok)}))
 
 

@@ -4,10 +4,16 @@ gets the same CPU-time budget). fp32 (no autocast), as on the CPU.
 
 Dev protocol only (never the evaluation images 071-100): train on cephalograms 001-050, template
 from 001-050 by the benchmark's rule, one-shot evaluation on 051-070, errors in full-resolution px.
-The data travels as 512 x 512 uint8 .mha files with exact geometry (``.devdata/ceph512``, made by
-resampling the PNGs exactly as SAMEmbedder's preprocessing does), since ../shared does not.
+The data travels as 512 x 512 uint8 .mha files with exact geometry (``.devdata/ceph512`` under
+the repository root, made by resampling the PNGs exactly as SAMEmbedder's preprocessing does, with
+``ids.json`` and ``landmarks.npy``), since the shared data does not travel to the GPU machine.
 
-    python benchmarks/tune_xray_gpu.py --data .devdata/ceph512 --parallel 3
+    python -m benchmarks.gpu.tune_xray --data .devdata/ceph512 --parallel 3
+
+Environment: ``SAMLEARN_TUNE_DEVICE`` (default cuda; cpu for a local smoke run),
+``SAMLEARN_TUNE_SCALE`` (iteration budget multiplier, default 1), ``SAMLEARN_TUNE_SAVE`` (set: also
+save each model). Every variant writes ``<name>.json`` and ``<name>.log`` to ``--out``
+(default ``benchmarks/out/tune``), and ``summary.json`` at the end.
 """
 from __future__ import annotations
 
@@ -22,12 +28,15 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get("SAMLEARN_TUNE_DEVICE", "cuda")  # "cpu" for a local smoke run
 SCALE = float(os.environ.get("SAMLEARN_TUNE_SCALE", "1"))  # iteration budget multiplier
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from sklearn.utils import Bunch  # noqa: E402
+
+from benchmarks._common import OUT, ROOT, machine_info, module_command, write_json  # noqa: E402
+from benchmarks.landmarks.cephalometric import score  # noqa: E402
+from samlearn.datasets import choose_template  # noqa: E402
 
 CONFIGS = {
     "base": ({"head": "separable"}, 1500),
@@ -61,20 +70,15 @@ def load_dev(folder):
     return ids, images, np.load(folder / "landmarks.npy")
 
 
-def choose_template(landmarks):
-    pts = landmarks - landmarks.mean(1, keepdims=True)
-    pts = pts / np.sqrt((pts ** 2).sum(-1).mean(-1))[:, None, None]
-    return int(np.argmin(((pts - pts.mean(0)) ** 2).sum((1, 2))))
-
-
 def run_one(name, data_dir, out_dir, workers):
     import torch
+
     from samlearn import OneShotLandmarkDetector, SAMEmbedder
     overrides, n_iter = CONFIGS[name]
     ids, images, lms = load_dev(data_dir)
     train = list(range(50))
     evaluation = list(range(50, 70))
-    t_idx = choose_template(lms[train])
+    t_idx = ids.index(choose_template(Bunch(ids=ids, landmarks=lms), ids[:50])[0])  # the benchmark's rule
     est = SAMEmbedder(preset="xray-lite", max_iter=max(1, int(n_iter * SCALE)), amp="none", device=DEVICE,
                       num_workers=workers,
                       random_state=0, **overrides)
@@ -92,25 +96,23 @@ def run_one(name, data_dir, out_dir, workers):
     truth = lms[evaluation]
     for vname, kw in VARIANTS:
         det = OneShotLandmarkDetector(embedder=est, **kw).fit(images[t_idx], lms[t_idx])
-        pred = det.predict([images[i] for i in evaluation])
-        err = np.linalg.norm(pred - truth, axis=-1) * 2.0  # full-resolution px
-        res["variants"][vname] = {"mre": float(np.nanmean(err)), "median": float(np.nanmedian(err)),
-                                  "max": float(np.nanmax(err)), "sdr20": float(np.nanmean(err <= 20))}
+        _, s = score(det.predict([images[i] for i in evaluation]), truth)  # full-resolution px
+        res["variants"][vname] = {"mre": s["mre"], "median": s["median"], "max": s["max"], "sdr20": s["sdr"][20.0]}
     if os.environ.get("SAMLEARN_TUNE_SAVE"):
         est.save(Path(out_dir) / f"{name}.samlearn")
     (Path(out_dir) / f"{name}.json").write_text(json.dumps(res, indent=1))
     return res
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(ROOT / ".devdata" / "ceph512"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "tune"))
-    ap.add_argument("--parallel", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--only", default=None)
-    ap.add_argument("--child", default=None)
-    args = ap.parse_args()
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(ROOT / ".devdata" / "ceph512"), help="the 512 x 512 dev data")
+    ap.add_argument("--out", default=str(OUT / "tune"))
+    ap.add_argument("--parallel", type=int, default=3, help="variants trained at once")
+    ap.add_argument("--workers", type=int, default=4, help="DataLoader workers per variant")
+    ap.add_argument("--only", default=None, help=f"comma-separated variants (default all: {', '.join(CONFIGS)})")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.child:
         try:
@@ -122,6 +124,7 @@ def main():
         return
     # smoke test first: a few iterations on the GPU, so a bug costs seconds, not minutes
     import torch
+
     from samlearn import SAMEmbedder
     print("cuda:", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
           flush=True)
@@ -136,9 +139,10 @@ def main():
         while pending and len(procs) < args.parallel:
             n = pending.pop(0)
             log = open(Path(args.out) / f"{n}.log", "w")
-            procs.append((n, subprocess.Popen([sys.executable, __file__, "--child", n, "--data", args.data,
-                                               "--out", args.out, "--workers", str(args.workers)],
-                                              stdout=log, stderr=subprocess.STDOUT), time.perf_counter()))
+            cmd = module_command("benchmarks.gpu.tune_xray", "--child", n, "--data", Path(args.data).resolve(),
+                                 "--out", Path(args.out).resolve(), "--workers", args.workers)
+            procs.append((n, subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT),
+                          time.perf_counter()))
         time.sleep(2)
         for item in list(procs):
             n, p, t = item
@@ -155,7 +159,7 @@ def main():
                 else:
                     print(f"{n}: FAILED rc={p.returncode} after {time.perf_counter() - t:.0f}s; log tail:", flush=True)
                     print((Path(args.out) / f"{n}.log").read_text()[-1500:], flush=True)
-    (Path(args.out) / "summary.json").write_text(json.dumps(results, indent=1))
+    write_json(Path(args.out) / "summary.json", {"machine": machine_info(), "results": results})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Cephalometric one-shot landmark benchmark: one labelled template, 19 landmarks predicted on 30
 unseen cephalograms, errors in full-resolution pixels. Protocol helpers, rows, table printing.
 
-Run (peers need the ``bench`` extra; see benchmarks/RESULTS.md for the recorded run)::
+Run from the repository root (the peers need the ``bench`` extra, in an environment of its own:
+see benchmarks/README.md; benchmarks/RESULTS.md has the recorded runs)::
 
-    PYTHONPATH=. /work/venv-bench/bin/python benchmarks/cephalometric.py \\
-        --data ../shared/data/cephalograms --methods ants-affine,ants-syn,elastix-bspline
+    python -m benchmarks.landmarks.cephalometric --methods ants-affine,ants-syn,elastix-bspline \\
+        --samlearn-model benchmarks/out/ceph_samlearn.samlearn
 
 Protocol (fixed; every row of one run uses exactly this):
 
@@ -28,8 +29,8 @@ Rows:
 * ``identity``: the template's landmark coordinates copied unchanged. All 100 PNGs are 670 x 835
   with spacing 1, origin 0, so copying world coordinates is the same as copying normalised image
   coordinates;
-* one row per registration peer (``benchmarks/peers.py``): register template (fixed) to query
-  (moving), carry the template landmarks through the returned transform. Preprocessing: the PNG
+* one row per registration peer (``benchmarks/registration/peers.py``): register template (fixed)
+  to query (moving), carry the template landmarks through the returned transform. Preprocessing: the PNG
   (8-bit grey values as float) resized by ``--scale`` (default 0.5: 335 x 418 pixels, i.e. 0.4 mm
   pixels of the original) over the same physical extent, so world coordinates are unchanged;
   no intensity normalisation (all peers use Mattes mutual information).
@@ -47,15 +48,16 @@ Rows:
   order); every other training image stays unlabelled; rows are named "samlearn PRESET +N labels".
   Images 071-100 are never labelled, trained on or used for choices.
 
-Output: a markdown table on stdout and JSON (protocol, versions, rows with per-image errors) in
-``benchmarks/out/cephalometric.json`` (ignored by git).
+Data: ``--data``, else the shared data's ``cephalograms`` folder (``$SAMLEARN_SHARED_DATA``, else
+``../shared/data`` beside the repository).
+
+Output: a markdown table on stdout and JSON (protocol, machine, versions, rows with per-image
+errors) in ``benchmarks/out/cephalometric.json`` (ignored by git).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -63,27 +65,23 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from samlearn.datasets import CEPH_EVAL_IDS as EVAL_IDS  # noqa: E402
-from samlearn.datasets import CEPH_TRAIN_IDS as TRAIN_IDS  # noqa: E402
-from samlearn.datasets import (  # noqa: E402
+from benchmarks._common import CEPH_DIR, OUT, command_line, key_values, machine_info, write_json
+from samlearn.datasets import CEPH_EVAL_IDS as EVAL_IDS
+from samlearn.datasets import CEPH_TRAIN_IDS as TRAIN_IDS
+from samlearn.datasets import (
     FULL_RESOLUTION_FACTOR,
     choose_labelled_ids,
     choose_template,
     load_cephalograms,
     training_labels,
 )
-from samlearn.image import Image, read_image  # noqa: E402
-from samlearn.metrics import landmark_summary, radial_errors  # noqa: E402
+from samlearn.image import Image, read_image
+from samlearn.metrics import landmark_summary, radial_errors
 
 # ------------------------------------------------------------------------------------ protocol
 RADII_PX = (20.0, 40.0)
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cephalograms"
-DEFAULT_OUT = ROOT / "benchmarks" / "out" / "cephalometric.json"
+DEFAULT_DATA = CEPH_DIR
+DEFAULT_OUT = OUT / "cephalometric.json"
 
 #: predict(template: Image, template_points (19, 2) world, queries: list[Image]) -> (n, 19, 2) world
 Predictor = Callable[[Image, np.ndarray, Sequence[Image]], np.ndarray]
@@ -169,7 +167,7 @@ def identity_predictor(template, template_points, queries):
 def peer_predictor(method: str, *, scale: float = 0.5, threads: int = 1, verbose: bool = True) -> Predictor:
     """A registration peer as a predictor: images resized by ``scale`` (same physical extent, so
     world coordinates are unchanged), template registered as fixed to each query as moving."""
-    import peers
+    from benchmarks.registration import peers
 
     def predict(template, template_points, queries):
         fixed = _prepare(template, scale)
@@ -198,14 +196,7 @@ EXTRA_ROWS: list = []
 # ------------------------------------------------------------------------------------ samlearn
 def extra_params(pairs: Sequence[str]) -> dict:
     """``--samlearn-set key=value`` pairs as a dict (values read as Python literals)."""
-    import ast
-    out = {}
-    for kv in pairs:
-        key, sep, val = kv.partition("=")
-        if not sep:
-            raise SystemExit(f"--samlearn-set wants key=value, got {kv!r}")
-        out[key] = ast.literal_eval(val)
-    return out
+    return key_values(pairs, "--samlearn-set")
 
 
 def train_samlearn(data, args, labelled_ids: Sequence[str] = ()):
@@ -276,12 +267,12 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cephalogram folder")
     ap.add_argument("--methods", default="ants-affine,ants-syn,elastix-bspline",
-                    help="comma-separated peers (benchmarks/peers.py METHODS), or 'none'")
+                    help="comma-separated peers (benchmarks/registration/peers.py METHODS), or 'none'")
     ap.add_argument("--scale", type=float, default=0.5, help="image resize factor for the peers")
     ap.add_argument("--threads", type=int, default=1, help="ITK threads per peer")
     ap.add_argument("--limit", type=int, default=None, help="only the first N evaluation images (smoke runs)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output")
-    ap.add_argument("--machine", default="2-core AMD EPYC CPU, no GPU")
+    ap.add_argument("--machine", default=None, help="a note on the machine, kept beside its description")
     ap.add_argument("--samlearn-minutes", type=float, default=None,
                     help="train samlearn on 001-070 for at most this many minutes (then evaluate it)")
     ap.add_argument("--samlearn-model", type=Path, default=None, help="evaluate this saved model instead")
@@ -293,7 +284,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--samlearn-jobs", type=int, default=None,
                     help="n_jobs of the detector: queries embedded and matched in that many threads")
     ap.add_argument("--samlearn-set", action="append", default=[], help="extra SAMEmbedder param=value")
-    ap.add_argument("--samlearn-out", type=Path, default=ROOT / "benchmarks" / "out" / "ceph_samlearn.samlearn")
+    ap.add_argument("--samlearn-out", type=Path, default=OUT / "ceph_samlearn.samlearn")
     ap.add_argument("--samlearn-labelled", type=int, default=0,
                     help="few-label training: landmarks of the template plus N other images of 001-070")
     ap.add_argument("--samlearn-label-seed", type=int, default=0,
@@ -307,7 +298,7 @@ def main(argv=None) -> dict:
 
     methods = [] if args.methods in ("", "none") else args.methods.split(",")
     if methods:
-        import peers
+        from benchmarks.registration import peers
         bad = [m for m in methods if m not in peers.METHODS]
         if bad:
             ap.error(f"unknown methods {bad}; choose from {peers.METHODS}")
@@ -373,9 +364,8 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "cephalometric one-shot landmarks",
         "date": datetime.date.today().isoformat(),
-        "machine": args.machine,
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
-        "python": platform.python_version(),
+        "machine": machine_info(args.machine),
+        "command": command_line(),
         "versions": _versions(methods),
         "protocol": {"train_ids": [TRAIN_IDS[0], TRAIN_IDS[-1]], "eval_ids": list(eval_ids),
                      "template": template_id, "ground_truth": "mean of the two annotators",
@@ -387,8 +377,7 @@ def main(argv=None) -> dict:
         "samlearn_training": train_info,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(markdown_table(rows))
     print(f"\nJSON: {args.out}", file=sys.stderr)
     return result
@@ -396,7 +385,7 @@ def main(argv=None) -> dict:
 
 def _versions(methods) -> dict:
     if methods:
-        import peers
+        from benchmarks.registration import peers
         return peers.peer_versions()
     return {"numpy": np.__version__}
 

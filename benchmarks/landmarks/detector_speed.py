@@ -1,16 +1,17 @@
 """Seconds per query of OneShotLandmarkDetector on cephalograms, end to end and per stage.
 
 The development split only (template from 001-050 by the benchmark's rule, queries 051-070): the
-evaluation images 071-100 stay for benchmarks/cephalometric.py. A saved model is loaded, a detector
-(``--ncc-radius``; 0 for none) fitted on the template, and ``predict`` timed on the queries
+evaluation images 071-100 stay for benchmarks/landmarks/cephalometric.py. A saved model is loaded,
+a detector (``--ncc-radius``; 0 for none) fitted on the template, and ``predict`` timed on the queries
 ``--repeats`` times per ``n_jobs`` value, alternating, so that a noisy machine affects all settings
 alike (medians are reported). With one job the time is also split into stages by wrapping the
 library's functions (preprocessing, network, matching calls, RANSAC, field, NCC).
 
-To compare with an older commit in the same session, copy this file into a worktree of that commit
-and run both, alternating:
+To compare with an older commit in the same session, copy this checkout's benchmarks/ folder into
+a worktree of that commit and run it there too (from each root), alternating; a stage whose
+function an older samlearn does not have where this one looks is left out of its split:
 
-    python benchmarks/detector_speed.py --model benchmarks/out/ceph_samlearn.samlearn \\
+    python -m benchmarks.landmarks.detector_speed --model benchmarks/out/ceph_samlearn.samlearn \\
         --jobs 1,2 --repeats 5 --out benchmarks/out/detector_speed.json
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import json
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -26,30 +27,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import samlearn
+from benchmarks._common import CEPH_DIR, command_line, machine_info, write_json
+from benchmarks.landmarks.dev_split import DEV_EVAL, DEV_TRAIN
+from samlearn import OneShotLandmarkDetector, load
+from samlearn.datasets import choose_template, load_cephalograms
 
-from ceph_dev import DEV_EVAL, DEV_TRAIN  # noqa: E402
-from cephalometric import DEFAULT_DATA, choose_template  # noqa: E402
 
-import samlearn  # noqa: E402
-import samlearn.embedder as embedder_module  # noqa: E402
-import samlearn.landmarks as landmarks_module  # noqa: E402
-import samlearn.registration as registration_module  # noqa: E402
-from samlearn import OneShotLandmarkDetector, load  # noqa: E402
-from samlearn.datasets import load_cephalograms  # noqa: E402
+def _module(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # an older samlearn (see the docstring): its stages are left out
+        return None
+
+
+#: the modules whose functions the stages are: where the inference engine and the detector look
+#: the names up when they call them
+_INFERENCE = _module("samlearn.embedding.inference")
+_LANDMARKS = _module("samlearn.apps.landmarks")
 
 
 class StageClock:
     """Wall time per stage, by wrapping module functions (restored on exit)."""
 
-    WRAPS = [(embedder_module.SAMEmbedder, "_preprocess", "preprocess"),
-             (embedder_module, "run_network", "network"),
-             (landmarks_module, "match_points", "match_points (4 calls)"),
-             (registration_module, "fit_affine", "RANSAC affine"),
-             (registration_module, "field_from_matches", "displacement field"),
-             (landmarks_module, "ncc_refine", "NCC refinement")]
+    WRAPS = [(_INFERENCE, "preprocess", "preprocess"),
+             (_INFERENCE, "run_network", "network"),
+             (_LANDMARKS, "match_points", "match_points (4 calls)"),
+             (_LANDMARKS, "fit_affine", "RANSAC affine"),
+             (_LANDMARKS, "field_from_matches", "displacement field"),
+             (_LANDMARKS, "ncc_refine", "NCC refinement")]
 
     def __init__(self):
         self.seconds = collections.defaultdict(float)
@@ -57,18 +63,18 @@ class StageClock:
 
     def __enter__(self):
         for owner, name, label in self.WRAPS:
-            if not hasattr(owner, name):
+            if owner is None or not hasattr(owner, name):
                 continue
             fn = getattr(owner, name)
             self._saved.append((owner, name, fn))
 
-            def timed(*args, _fn=fn, _label=label, **kwargs):
+            def wrapped(*args, _fn=fn, _label=label, **kwargs):
                 t0 = time.perf_counter()
                 try:
                     return _fn(*args, **kwargs)
                 finally:
                     self.seconds[_label] += time.perf_counter() - t0
-            setattr(owner, name, timed)
+            setattr(owner, name, wrapped)
         return self
 
     def __exit__(self, *exc):
@@ -79,12 +85,12 @@ class StageClock:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="a saved SAMEmbedder (xray preset)")
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=CEPH_DIR, help="cephalogram folder")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the process")
     ap.add_argument("--jobs", default="1,2", help="comma-separated n_jobs values of the detector")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ncc-radius", type=float, default=32.0, help="0: no NCC refinement")
-    ap.add_argument("--machine", default="2-core AMD EPYC CPU, no GPU")
+    ap.add_argument("--machine", default=None, help="a note on the machine, kept beside its description")
     ap.add_argument("--label", default="", help="a name for this code version in the output")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -121,9 +127,9 @@ def main(argv=None):
     total, stages = min(stage_runs, key=lambda r: r[0])  # the least disturbed run
     result = {
         "benchmark": "detector seconds per query (cephalometric dev split)",
-        "date": datetime.date.today().isoformat(), "machine": args.machine, "label": args.label,
-        "samlearn": samlearn.__version__, "torch": torch.__version__,
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "date": datetime.date.today().isoformat(), "machine": machine_info(args.machine), "label": args.label,
+        "samlearn": samlearn.__version__, "samlearn_path": str(Path(samlearn.__file__).parent),
+        "torch": torch.__version__, "command": command_line(),
         "model": str(args.model), "threads": args.threads, "ncc_radius_mm": args.ncc_radius,
         "template": template_id, "queries": [DEV_EVAL[0], DEV_EVAL[-1]],
         "seconds_per_query": {str(j): times[j] for j in jobs},
@@ -142,9 +148,7 @@ def main(argv=None):
     for k, v in sorted(result["stages_ms_per_query"].items(), key=lambda kv: -kv[1]):
         print(f"    {k:24s} {v:6.1f} ms")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
-        print(f"JSON: {args.out}")
+        print(f"JSON: {write_json(args.out, result)}")
 
 
 if __name__ == "__main__":

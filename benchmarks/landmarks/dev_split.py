@@ -1,28 +1,22 @@
 """Development loop for the X-ray presets on the cephalograms, WITHOUT touching the evaluation
 images 071-100: train on 001-050, choose the template from 001-050 by the benchmark's rule,
 evaluate one-shot on 051-070. Used to choose the xray-lite settings; the official numbers come
-from benchmarks/cephalometric.py (train 001-070, evaluate 071-100).
+from benchmarks/landmarks/cephalometric.py (train 001-070, evaluate 071-100).
 
-    python benchmarks/ceph_dev.py --max-time 600 --set lr=1e-3 --out benchmarks/out/dev.samlearn
+    python -m benchmarks.landmarks.dev_split --max-time 600 --set lr=1e-3 --out benchmarks/out/dev.samlearn
+    python -m benchmarks.landmarks.dev_split --model benchmarks/out/dev.samlearn --threads 1
 """
 from __future__ import annotations
 
 import argparse
-import ast
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from cephalometric import choose_template, score  # noqa: E402
-from samlearn import OneShotLandmarkDetector, SAMEmbedder, load  # noqa: E402
-from samlearn.datasets import load_cephalograms  # noqa: E402
+from benchmarks._common import CEPH_DIR, key_values
+from benchmarks.landmarks.cephalometric import score
+from samlearn import OneShotLandmarkDetector, SAMEmbedder, load
+from samlearn.datasets import choose_template, load_cephalograms
 
 DEV_TRAIN = [f"{i:03d}" for i in range(1, 51)]
 DEV_EVAL = [f"{i:03d}" for i in range(51, 71)]
@@ -40,13 +34,13 @@ def evaluate(emb, data, template_id, eval_ids, variants):
         pred = det.predict(queries)
         dt = (time.perf_counter() - t0) / len(queries)
         err, summ = score(pred, truth)
-        rows.append((name, summ["mre"], summ["median"], summ["max"], summ["sdr"][20.0] if 20.0 in summ["sdr"] else None, dt))
+        rows.append((name, summ["mre"], summ["median"], summ["max"], summ["sdr"].get(20.0), dt))
     return rows
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cephalograms"))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(CEPH_DIR), help="cephalogram folder")
     ap.add_argument("--preset", default="xray-lite")
     ap.add_argument("--max-time", type=float, default=600)
     ap.add_argument("--max-iter", type=int, default=None)
@@ -59,10 +53,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     data = load_cephalograms(args.data, load_images=True)
     template_id = choose_template(data, DEV_TRAIN)[0]
-    extra = {}
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        extra[k] = ast.literal_eval(v)
+    extra = key_values(args.set)
     if args.model:
         emb = load(args.model)
         # inference settings apply to the loaded model (its saved n_threads would otherwise win)
@@ -96,7 +87,8 @@ def main(argv=None):
     print(f"template {template_id}; dev eval {DEV_EVAL[0]}-{DEV_EVAL[-1]}; errors in full-res px")
     print(f"{'variant':22s} {'MRE':>7s} {'median':>7s} {'max':>7s} {'SDR20':>6s} {'s/query':>8s}")
     for name, mre, med, mx, sdr, dt in evaluate(emb, data, template_id, DEV_EVAL, variants):
-        print(f"{name:22s} {mre:7.1f} {med:7.1f} {mx:7.1f} {sdr if sdr is None else round(100 * sdr, 1)!s:>6s} {dt:8.3f}")
+        sdr = sdr if sdr is None else round(100 * sdr, 1)
+        print(f"{name:22s} {mre:7.1f} {med:7.1f} {mx:7.1f} {sdr!s:>6s} {dt:8.3f}")
 
 
 if __name__ == "__main__":

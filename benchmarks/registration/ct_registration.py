@@ -1,16 +1,18 @@
 """CT registration benchmark: SAM-affine and SAM-coarse against ANTs / elastix affine on real CTs
 warped by known transforms, plus follow-up lesion matching on the lung tumours.
 
-Run (the bench venv has torch, antspyx and itk-elastix; see benchmarks/RESULTS.md "CT registration")::
+Run from the repository root, in an environment with the ``bench`` extra (torch, antspyx and
+itk-elastix; see benchmarks/README.md, and benchmarks/RESULTS.md "CT registration")::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. /work/venv-bench/bin/python benchmarks/ct_registration.py \\
-        --data ../shared/data/ct --model benchmarks/out/ct_lite_15min.samlearn
+    OMP_NUM_THREADS=1 python -m benchmarks.registration.ct_registration \\
+        --model benchmarks/out/ct_lite_15min.samlearn
 
 Protocol:
 
 * **Model**: ``SAMEmbedder(preset="ct-lite", max_time=900, n_threads=1, random_state=0)`` trained
-  self-supervised (no labels) on the five CTs of ``--data`` -- the same volumes that are then
-  registered (the warped copies are never trained on). ``--train`` trains it when the model file
+  self-supervised (no labels) on the five CTs of ``--data`` (default: the shared data's ``ct``
+  folder, ``$SAMLEARN_SHARED_DATA``, else ``../shared/data`` beside the repository) -- the same
+  volumes that are then registered (the warped copies are never trained on). ``--train`` trains it when the model file
   is missing (about 15 minutes on one CPU thread).
 * **Images**: each CT resampled to 2 mm (its own direction kept; the paper's working resolution,
   also what the peers get), intensities in HU. This is the FIXED image.
@@ -21,14 +23,14 @@ Protocol:
   maximum of ``--elastic-mm``, default 6 mm). The truth fixed -> moving is ``G = H^-1``, computed
   per point by fixed-point iteration (to 1e-6 mm).
 * **Evaluation points**: fixed-grid points every 10 mm inside the body (-500 HU rule of
-  ``samlearn.registration.body_mask``) whose true position lies at least 5 mm inside the moving
+  ``samlearn.matching.body_mask``) whose true position lies at least 5 mm inside the moving
   image. TRE = ``|method(x) - G(x)|`` in mm, on the same points for every method.
 * **Rows**: ``identity`` (no registration); ``best affine`` (least-squares affine fit of ``G`` on
   the evaluation points: the floor of any affine method; what is left is the elastic part);
   the SAM rows of ``SAM_ROWS`` (``SAMAffineRegistrar`` defaults, and with one refinement pass;
-  ``SAMDeformableRegistrar`` defaults, and with ``rematch="warped"``); ANTs affine and elastix affine (``benchmarks/peers.py``,
-  one ITK thread, elastix warmed up first). Times: wall seconds of registration + point mapping,
-  both images' embedding included for SAM.
+  ``SAMDeformableRegistrar`` defaults, and with ``rematch="warped"``); ANTs affine and elastix affine
+  (``benchmarks/registration/peers.py``, one ITK thread, elastix warmed up first). Times: wall
+  seconds of registration + point mapping, both images' embedding included for SAM.
 * **Lesion matching** (lung1, lung2): template = the fixed image with the tumour's box; follow-ups
   = ``--lesion-warps`` warped copies. Correct = the matched point inside the tumour's true box in
   the follow-up (the box of the mapped tumour voxels). Not-found checks: each follow-up cropped
@@ -41,26 +43,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from benchmarks._common import CT_DIR, OUT, machine_info, write_json
+from samlearn import Image, ImageGeometry, LesionMatcher, SAMAffineRegistrar, SAMDeformableRegistrar
+from samlearn.apps.lesions import DEFAULT_LESION_SCORE_THRESHOLD
+from samlearn.datasets import load_ct_folder
+from samlearn.matching import body_mask, grid_points
+from samlearn.metrics import points_in_boxes
+from samlearn.transforms import AffineTransform, CompositeTransform, DisplacementField, fit_affine
 
-from samlearn import Image, ImageGeometry, LesionMatcher, SAMAffineRegistrar, SAMDeformableRegistrar  # noqa: E402
-from samlearn.datasets import load_ct_folder  # noqa: E402
-from samlearn.metrics import points_in_boxes  # noqa: E402
-from samlearn.registration import (AffineTransform, CompositeTransform, DisplacementField,  # noqa: E402
-                                   body_mask, fit_affine)
-
-OUT = ROOT / "benchmarks" / "out"
 #: the SAM rows: label, estimator, parameters besides embedder and random_state (defaults otherwise)
 SAM_ROWS = (
     ("SAM-affine 1 pass", SAMAffineRegistrar, {"n_refinements": 0}),
@@ -128,8 +123,7 @@ def truth_fixed_to_moving(x, e: DisplacementField, b: AffineTransform):
 
 
 def eval_points(fixed: Image, moving_geom: ImageGeometry, e, b, spacing_mm=10.0):
-    from samlearn.registration import _grid_points
-    pts = _grid_points(fixed.geometry, spacing_mm)
+    pts = grid_points(fixed.geometry, spacing_mm)
     _, inside = body_mask(fixed, -500.0)
     pts = pts[inside(pts)]
     truth = truth_fixed_to_moving(pts, e, b)
@@ -161,7 +155,7 @@ def get_model(path: Path, data: Path, train: bool, max_time: float):
 
 # ----------------------------------------------------------------------------- registration
 def run_registration(cases, embedder, methods, seed, elastic_mm, threads, sam_rows=None):
-    import peers
+    from benchmarks.registration import peers
     rows = []
     for ci, (name, img) in enumerate(cases):
         rng = np.random.default_rng(np.random.SeedSequence([seed, ci]))
@@ -307,7 +301,7 @@ def decide(records, score_threshold, fov_margin_mm, cycle_threshold_mm):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "ct"))
+    ap.add_argument("--data", default=str(CT_DIR), help="folder of the CTs")
     ap.add_argument("--model", default=str(OUT / "ct_lite_15min.samlearn"))
     ap.add_argument("--train", action="store_true")
     ap.add_argument("--train-seconds", type=float, default=900.0)
@@ -328,12 +322,12 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
     if methods:
-        import peers
+        from benchmarks.registration import peers
         peers.configure_threads(args.threads)
     embedder = get_model(Path(args.model), Path(args.data), args.train, args.train_seconds)
     embedder.set_params(n_threads=args.threads)
     ct = load_ct_folder(args.data, names=args.cases.split(",") if args.cases else None)
-    result = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+    result = {"date": datetime.date.today().isoformat(), "machine": machine_info(),
               "args": vars(args), "model": {"path": args.model, "n_iter": int(embedder.n_iter_),
                                             "train_time_s": float(embedder.train_time_),
                                             "preset": embedder.preset_}}
@@ -350,8 +344,7 @@ def main(argv=None):
     if not args.skip_lesions:
         recs = run_lesions(ct, embedder, args.seed, args.elastic_mm, args.lesion_warps)
         result["lesions"] = recs
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print_summary(result)
 
 
@@ -369,18 +362,19 @@ def print_summary(result):
         print("| **mean** | " + " | ".join(f"**{a:.2f} / {s:.1f} s**" for a, s in zip(means, secs)) + " |")
     recs = result.get("lesions", [])
     if recs:
-        from samlearn.lesions import DEFAULT_LESION_SCORE_THRESHOLD as thr
+        thr = DEFAULT_LESION_SCORE_THRESHOLD
         print("\nlesion decisions (correct / cases; present = found inside the true box, absent = "
               "reported not found):")
         for variant in ("present", "near", "far"):
             rr = [r for r in recs if r["variant"] == variant]
             print(f"  LesionMatcher defaults, {variant}: {sum(r['default_correct'] for r in rr)} / {len(rr)}")
-        for label, kw in (("score >= 0.5 only", dict(score_threshold=thr, fov_margin_mm=0.0, cycle_threshold_mm=None)),
-                          ("fov margin 8 mm only", dict(score_threshold=-1, fov_margin_mm=8.0, cycle_threshold_mm=None)),
-                          ("score + fov (no cycle)", dict(score_threshold=thr, fov_margin_mm=8.0, cycle_threshold_mm=None)),
-                          ("cycle <= 20 mm only", dict(score_threshold=-1, fov_margin_mm=0.0, cycle_threshold_mm=20.0)),
-                          ("score + fov + cycle 20 mm (= defaults)",
-                           dict(score_threshold=thr, fov_margin_mm=8.0, cycle_threshold_mm=20.0))):
+        rules = (("score >= 0.5 only", dict(score_threshold=thr, fov_margin_mm=0.0, cycle_threshold_mm=None)),
+                 ("fov margin 8 mm only", dict(score_threshold=-1, fov_margin_mm=8.0, cycle_threshold_mm=None)),
+                 ("score + fov (no cycle)", dict(score_threshold=thr, fov_margin_mm=8.0, cycle_threshold_mm=None)),
+                 ("cycle <= 20 mm only", dict(score_threshold=-1, fov_margin_mm=0.0, cycle_threshold_mm=20.0)),
+                 ("score + fov + cycle 20 mm (= defaults)",
+                  dict(score_threshold=thr, fov_margin_mm=8.0, cycle_threshold_mm=20.0)))
+        for label, kw in rules:
             print(f"  rule {label}: {decide(recs, **kw)}")
 
 

@@ -9,8 +9,8 @@ One function does the work::
     result.points    # (n, ndim) world mm in the QUERY image
     result.seconds   # wall time of registration + point mapping
 
-Conventions (checked by tests/test_peers.py against a known affine, 2D and 3D, with anisotropic
-spacing, non-zero origin and a rotated direction):
+Conventions (checked by benchmarks/registration/test_peers.py against a known affine, 2D and 3D,
+with anisotropic spacing, non-zero origin and a rotated direction):
 
 * Register with ``fixed = template`` and ``moving = query``. Every toolkit then returns a transform
   that maps **fixed (template) world points to moving (query) world points** (the transform used to
@@ -44,6 +44,8 @@ Methods (``METHODS``):
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 import sys
@@ -55,11 +57,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing samlearn
-    sys.path.insert(0, str(ROOT))
-
-from samlearn.image import Image, check_points  # noqa: E402
+from samlearn.image import Image, check_points
 
 METHODS = ("ants-affine", "ants-syn", "elastix-affine", "elastix-bspline", "sitk-affine")
 
@@ -296,3 +294,21 @@ def warm_up(methods=METHODS, ndim: int = 2) -> dict:
                          else {"iterations": 5}))
         out[m] = time.perf_counter() - t0
     return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="The registration peers of the benchmarks: the methods and the "
+                                             "versions of the toolkits this environment has.")
+    ap.add_argument("--warm-up", action="store_true",
+                    help="also run every method once on a tiny synthetic pair (checks that each works)")
+    args = ap.parse_args(argv)
+    versions = peer_versions()
+    toolkit = {"ants": "antspyx", "elastix": "itk-elastix", "sitk": "SimpleITK"}
+    usable = [m for m in METHODS if toolkit[m.split("-")[0]] in versions]
+    print(json.dumps({"methods": METHODS, "usable here": usable, "versions": versions}, indent=1))
+    if args.warm_up:
+        print(json.dumps({"warm_up_seconds": warm_up(usable)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,23 +1,21 @@
-"""Registration peers (benchmarks/peers.py): every method carries template (fixed) points to the
-right place in a query (moving) image related by a known affine, in 2D and 3D, with anisotropic
-spacing, non-zero origins and rotated directions. Skipped unless the `bench` extra is installed
-(antspyx, itk-elastix); run with the bench environment, e.g.
-``PYTHONPATH=. /work/venv-bench/bin/python -m pytest tests/test_peers.py``."""
-import sys
-from pathlib import Path
+"""Registration peers (benchmarks/registration/peers.py): every method carries template (fixed)
+points to the right place in a query (moving) image related by a known affine, in 2D and 3D, with
+anisotropic spacing, non-zero origins and rotated directions. Skipped unless the ``bench`` extra
+is installed (antspyx, itk-elastix); run in the bench environment, from the repository root::
 
+    python -m pytest -q benchmarks/registration/test_peers.py
+"""
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy.linalg import expm
 
+from benchmarks._common import random_rotation
 from samlearn import Image, ImageGeometry
-from conftest import random_rotation
 
 pytest.importorskip("ants")
 pytest.importorskip("itk")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import peers  # noqa: E402
+from benchmarks.registration import peers  # noqa: E402
 
 
 def _phantom(geom: ImageGeometry, rng) -> Image:

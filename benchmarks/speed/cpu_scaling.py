@@ -1,7 +1,7 @@
 """CPU inference cost against volume size: samlearn ``ct-lite`` next to ANTs affine registration.
 
 For each volume, the same pair goes to both: a CT (crops of the 2 mm chest CT
-``../shared/data/ct/chest_ct_popi00.nii.gz``, resampled to isotropic 2 mm) and a copy warped by a
+``chest_ct_popi00.nii.gz`` of the shared data's ``ct`` folder, resampled to isotropic 2 mm) and a copy warped by a
 known affine (5 degree rotation, 3% scaling, a few mm shift, about the volume's centre), with 19
 points in the central part of the CT.
 
@@ -9,20 +9,22 @@ points in the central part of the CT.
   at the 19 points and match them in the query (coarse-to-fine window, as the detector does).
   "pair" = both embeddings + matching; "query" = query embedding + matching (a template's
   embedding is computed once and reused for every query).
-* ANTs: ``benchmarks.peers.map_points(method="ants-affine")`` (registration + point mapping).
+* ANTs: ``benchmarks.registration.peers.map_points(method="ants-affine")`` (registration + point mapping).
 
 Every measurement runs in a fresh child process (one thread), so its peak resident memory
 (``ru_maxrss``) is its own. samlearn alone also runs on the chest CT as stored (0.98 x 0.98 x 2 mm:
 the resampling to 2 mm is part of the cost) and on a whole-body sized volume (512 x 512 x 600 at
 0.8 x 0.8 x 1.5 mm, synthetic), in one pass and tiled under a 0.5 GB budget.
 
-The model: ``--model PATH`` or ct-lite trained for ``--train-seconds`` on the five CTs of
-../shared/data/ct (a brief run: the speed does not depend on training, the matching error does).
+The model: ``--model PATH`` or ct-lite trained for ``--train-seconds`` on the five CTs of the
+shared data's ``ct`` folder (a brief run: the speed does not depend on training, the matching
+error does). The shared data: ``$SAMLEARN_SHARED_DATA``, else ``../shared/data`` beside the
+repository.
 
-    PYTHONPATH=. /work/venv-bench/bin/python benchmarks/cpu_scaling.py [--model M] [--no-ants]
+    python -m benchmarks.speed.cpu_scaling [--model M] [--no-ants] [--json benchmarks/out/cpu_scaling.json]
 
-Needs the ``bench`` extra (antspyx) for the ANTs rows. Prints a Markdown table and writes JSON
-(``--json``).
+Needs the ``bench`` extra (antspyx) for the ANTs rows (a Python environment of its own, see
+benchmarks/README.md). Prints a Markdown table and writes JSON (``--json``).
 """
 from __future__ import annotations
 
@@ -31,17 +33,14 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-CT_DIR = Path(os.environ.get("SAMLEARN_SHARED_DATA", ROOT.parent / "shared" / "data")) / "ct"
+from benchmarks._common import CT_DIR, ROOT, machine_info, module_command, write_json
+
 CHEST = CT_DIR / "chest_ct_popi00.nii.gz"
 
 # crops of the 2 mm chest CT (141 x 250 x 250 voxels, numpy order) by fraction of each axis
@@ -158,12 +157,12 @@ def child_samlearn(case: str, model: str, threads: int) -> dict:
     del et
     t2, c2 = time.perf_counter(), time.process_time()
     eq = est.transform(query)[0]
-    t3, c3 = time.perf_counter(), time.process_time()
+    t3 = time.perf_counter()
     res = match_points(vg, vl, eq, search_radius_mm="auto")
     t4, c4 = time.perf_counter(), time.process_time()
     err = np.linalg.norm(res.points - truth, axis=1)
     work = est._preprocess(query).array.shape
-    tiles = est._tile_core(work, est._memory_budget())
+    tiles = est._engine(use_cache=False).tile_core(work)
     return {"tool": "samlearn", "case": case, "input_shape": list(query.array.shape), "work_shape": list(work),
             "tile_core": None if tiles is None else list(tiles),
             "embed_template_s": t1 - t0, "embed_query_s": t3 - t2, "match_s": t4 - t3,
@@ -174,8 +173,7 @@ def child_samlearn(case: str, model: str, threads: int) -> dict:
 
 
 def child_ants(case: str, threads: int) -> dict:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import peers
+    from benchmarks.registration import peers
     peers.configure_threads(threads)
     tmpl, query, pts, truth = make_pair(case)
     base_mb = _peak_mb()
@@ -201,15 +199,14 @@ def train_model(path: str, seconds: float, threads: int) -> dict:
 
 
 def run_child(args_list, timeout):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, str(Path(__file__).resolve())] + args_list
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    cmd = module_command("benchmarks.speed.cpu_scaling", *args_list)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:
         raise RuntimeError(f"child {args_list} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="a saved ct-lite model (default: train one briefly)")
     p.add_argument("--train-seconds", type=float, default=60.0)
@@ -220,7 +217,7 @@ def main():
     p.add_argument("--no-whole-body", action="store_true")
     p.add_argument("--json", default=None, help="write all results to this JSON file")
     p.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     if args.child:
         kind = args.child[0]
@@ -237,7 +234,7 @@ def main():
 
     if not CHEST.exists():
         raise SystemExit(f"needs the chest CT at {CHEST}")
-    results = {"threads": args.threads, "rows": []}
+    results = {"machine": machine_info(), "threads": args.threads, "rows": []}
     with tempfile.TemporaryDirectory(prefix="samlearn-scaling-") as tmp:
         model = args.model
         if model is None:
@@ -268,7 +265,7 @@ def main():
     print()
     print(table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        write_json(args.json, results)
 
 
 def table(results) -> str:
@@ -289,7 +286,8 @@ def table(results) -> str:
             f"| {r['case']} ({shape}) | {work} | {r['pair_s']:.2f} ({r['pair_cpu_s']:.2f}) | {r['query_s']:.2f} | "
             f"{r['match_s']:.2f} | {r['peak_mb']:.0f} | "
             + (f"{a['pair_s']:.1f} | {a['peak_mb']:.0f} | **{a['pair_s'] / r['pair_s']:.0f}x** | "
-               f"{r['mean_error_mm']:.1f} / {a['mean_error_mm']:.2f} |" if a else f"- | - | - | {r['mean_error_mm']:.1f} / - |"))
+               f"{r['mean_error_mm']:.1f} / {a['mean_error_mm']:.2f} |" if a
+               else f"- | - | - | {r['mean_error_mm']:.1f} / - |"))
     return "\n".join(lines)
 
 

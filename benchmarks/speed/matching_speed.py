@@ -7,17 +7,19 @@ search cost does not depend on their content); template vectors are read from th
 random points. Cases: a 2 mm chest CT (local grid 90x128x128,
 global 12x20x20, 128 channels, 19 points) and a 512x512 X-ray (local 128x128, global 32x32).
 
-    python benchmarks/bench_matching.py [--threads 1] [--repeats 3]
+    python -m benchmarks.speed.matching_speed [--threads 1] [--repeats 3]
+
+Prints one JSON line for the machine, then one per case and configuration.
 """
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 
+from benchmarks._common import machine_info, timed
 from samlearn import ImageGeometry
-from samlearn.maps import Embedding, EmbeddingMap
+from samlearn.embedding import Embedding, EmbeddingMap
 from samlearn.matching import match_points, resolve_search_radius, template_vectors
 
 
@@ -36,23 +38,13 @@ def case(name, image_geom, local_stride, global_stride, channels, n_points, seed
     return name, emb, gv, lv
 
 
-def timed(fn, repeats):
-    fn()  # warm-up
-    ts, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        ts.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return float(np.min(ts)), float(np.median(ts)), float(np.median(cpu))
-
-
-def main():
-    p = argparse.ArgumentParser()
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(json.dumps({"machine": machine_info()}), flush=True)
     cases = [
         case("CT 2 mm: local 90x128x128, global 12x20x20, C=128, K=19",
              ImageGeometry((256, 256, 180), 2.0, (-255.0, -255.0, -180.0)),
@@ -70,9 +62,10 @@ def main():
                    ("sum, whole grid, top_k=3", dict(mode="sum", search_radius_mm=None, top_k=3)),
                    ("global only", dict(mode="global"))]
         for label, kw in configs:
-            best, median, cpu = timed(lambda: match_points(gv, lv, emb, **kw), args.repeats)
-            rows.append({"case": name, "config": label, "min_s": round(best, 4),
-                         "median_s": round(median, 4), "cpu_median_s": round(cpu, 4)})
+            t = timed(lambda: match_points(gv, lv, emb, **kw), args.repeats, warmup=1)
+            rows.append({"case": name, "config": label, "min_s": round(float(t.wall.min()), 4),
+                         "median_s": round(float(np.median(t.wall)), 4),
+                         "cpu_median_s": round(float(np.median(t.cpu)), 4)})
             print(json.dumps(rows[-1]), flush=True)
 
 

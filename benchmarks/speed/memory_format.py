@@ -6,7 +6,7 @@ thread; the two runs alternate and each reports the median of ``--repeats`` time
 ``SAMEmbedder.transform`` (resampling, normalisation and the network). The maps of both formats
 are compared (they must agree up to float rounding).
 
-    PYTHONPATH=. python benchmarks/memory_format.py [--threads 1] [--repeats 7]
+    python -m benchmarks.speed.memory_format [--threads 1] [--repeats 7]
 
 Cases: xray-lite on a 1,200 x 967 image at transform_scale 0.75 (384 x 384, the preset default)
 and 1.0 (512 x 512); ct-lite on a 141 x 250 x 250 volume at 2 mm (the chest CT of the CPU
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
 
+from benchmarks._common import machine_summary, timed
 from samlearn import Image, SAMEmbedder
 
 
@@ -38,16 +38,6 @@ def fitted(preset, image, **params):
     return emb.fit([image, image])
 
 
-def time_transform(emb, image, repeats):
-    emb.transform(image)  # warm-up (and the inference copy of the network)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        emb.transform(image)
-        ts.append(time.perf_counter() - t0)
-    return ts
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -59,7 +49,8 @@ def main(argv=None):
     cases = [("xray-lite, transform_scale 0.75 (384 x 384)", "xray-lite", xray, dict(transform_scale=0.75)),
              ("xray-lite, transform_scale 1.0 (512 x 512)", "xray-lite", xray, dict(transform_scale=1.0)),
              ("ct-lite, 141 x 250 x 250 at 2 mm", "ct-lite", ct, {})]
-    print(f"| case | default s | channels-last s | default / channels-last | max abs map difference |")
+    print(f"# {machine_summary()}")
+    print("| case | default s | channels-last s | default / channels-last | max abs map difference |")
     print("|---|---:|---:|---:|---:|")
     for name, preset, image, params in cases:
         emb = fitted(preset, image, n_threads=args.threads, **params)
@@ -68,7 +59,8 @@ def main(argv=None):
         for _ in range(2):  # alternate the formats: drifts of a shared machine hit both alike
             for cl in (False, True):
                 emb.set_params(channels_last=cl)
-                times[cl] += time_transform(emb, image, (args.repeats + 1) // 2)
+                # one warm-up call (and the inference copy of the network), then the timed calls
+                times[cl] += timed(lambda: emb.transform(image), (args.repeats + 1) // 2, warmup=1).wall.tolist()
                 maps[cl] = emb.transform(image)[0]
         diff = max(float((maps[False].local_map.data - maps[True].local_map.data).abs().max()),
                    float((maps[False].global_map.data - maps[True].global_map.data).abs().max()))

@@ -3,29 +3,26 @@ training images 001-070, for a few (torch threads, DataLoader workers) settings:
 small CPU gives the 30-minute budget the most iterations. Each setting trains from scratch for
 ``--seconds`` (same seed); run it on an otherwise idle machine.
 
-    PYTHONPATH=. python benchmarks/xray_train_speed.py --seconds 75 --settings 1,1 2,1 2,0
+    python -m benchmarks.speed.xray_train_speed --seconds 75 --settings 1,1 2,1 2,0
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from samlearn import SAMEmbedder  # noqa: E402
-from samlearn.datasets import load_cephalograms  # noqa: E402
+from benchmarks._common import CEPH_DIR, machine_summary
+from samlearn import SAMEmbedder
+from samlearn.datasets import CEPH_TRAIN_IDS, load_cephalograms
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cephalograms"))
+    ap.add_argument("--data", default=str(CEPH_DIR), help="cephalogram folder")
     ap.add_argument("--seconds", type=float, default=75.0)
     ap.add_argument("--settings", nargs="+", default=["1,1", "2,1", "2,0"], help="threads,workers pairs")
     args = ap.parse_args(argv)
     data = load_cephalograms(args.data, load_images=True)
-    train = [data.images[data.ids.index(f"{i:03d}")] for i in range(1, 71)]
+    train = [data.images[data.ids.index(i)] for i in CEPH_TRAIN_IDS]
+    print(f"# {machine_summary()}")
     print("| torch threads | DataLoader workers | iterations | training s | it/s |")
     print("|---:|---:|---:|---:|---:|")
     for setting in args.settings:

@@ -1,0 +1,1 @@
+"""The synthetic phantoms: generation time and a montage to look at."""

@@ -1,0 +1,1 @@
+"""Landmark benchmarks on the cephalograms: the one-shot protocol, the dev split, detector speed."""

@@ -1,0 +1,1 @@
+"""Registration benchmarks: SAM registrars against ANTs / elastix on warped CTs, and the peer wrappers."""

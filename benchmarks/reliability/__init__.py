@@ -1,0 +1,1 @@
+"""The bad-input matrix of the reliability tests, as a table."""

@@ -1,0 +1,1 @@
+"""CPU speed: network, memory format, volume size, patch sampling, matching, training throughput."""
