@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 import numbers
+from numbers import Real
 
 import numpy as np
 
-from .._utils.validation import is_int
+from .._utils.validation import Interval, check_param, is_int
 
 __all__ = ["check_patch_shape", "check_range", "check_number", "per_axis", "as_generator",
            "check_index_points", "check_stride", "check_grid_points"]
@@ -55,15 +56,9 @@ def check_range(value, name, *, lo=None, hi=None, lo_open=True, hi_open=False,
 
 
 def check_number(value, name, *, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    v = float(value)
-    if (lo is not None and (v <= lo if lo_open else v < lo)) or \
-            (hi is not None and (v >= hi if hi_open else v > hi)):
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
-    return v
+    """A finite number in the given bounds, as float (the declared-constraint check)."""
+    closed = {(False, False): "both", (True, False): "right", (False, True): "left", (True, True): "neither"}
+    return float(check_param(value, [Interval(Real, lo, hi, closed=closed[lo_open, hi_open])], name))
 
 
 def per_axis(value, ndim, name, *, lo=None, lo_open=False, integer=False) -> np.ndarray:

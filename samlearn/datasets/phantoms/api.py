@@ -4,12 +4,13 @@ text."""
 
 from __future__ import annotations
 
-import numbers
 import textwrap
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils import Bunch
 
+from ..._utils.validation import Interval, Options, check_param
 from .generate import generate, seed_sequence
 from .tables import LANDMARK_DOC, LANDMARK_NAMES, ORGAN_NAMES, PHASES, TISSUE_HU
 
@@ -202,12 +203,9 @@ def _check_options(
     n, ndim, contrast_phase, n_lesions, spacing, direction, field_of_view, noise, variation
 ):
     """Check every option (in this order) and return them as a dict for the generator."""
-    if isinstance(ndim, bool) or ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 (radiographs) or 3 (CT volumes), got {ndim!r}")
-    ndim = int(ndim)
+    ndim = int(check_param(ndim, [Interval(Integral, 2, 3)], "ndim"))  # radiographs or CT volumes
     phases, random_phase = _check_phases(contrast_phase, n)
-    if field_of_view not in ("random", "full"):
-        raise ValueError(f"field_of_view must be 'random' or 'full', got {field_of_view!r}")
+    check_param(field_of_view, [Options("random", "full")], "field_of_view")
     return dict(
         ndim=ndim,
         phases=phases,
@@ -223,22 +221,12 @@ def _check_options(
 
 def _check_int(value, name, minimum):
     """An integer (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})"
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
+    return int(check_param(value, [Interval(Integral, minimum, None)], name))
 
 
 def _check_float(value, name, lo, hi):
     """A finite real number (not a bool) in [lo, hi]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite number in [{lo}, {hi}], got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return float(value)
+    return float(check_param(value, [Interval(Real, lo, hi)], name))
 
 
 def _check_phases(contrast_phase, n):
