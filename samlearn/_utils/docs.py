@@ -11,7 +11,8 @@ import re
 
 __all__ = ["DOCDICT", "fill_doc", "fill_doc_with"]
 
-#: parameter name -> numpydoc entry (the ``name : type`` line and its description, unindented)
+#: name -> numpydoc text, unindented: a parameter's entry (the ``name : type`` line and its
+#: description), or whole sections that several methods share word for word
 DOCDICT: dict = {}
 
 DOCDICT["embedder"] = """
@@ -54,6 +55,25 @@ DOCDICT["ncc_penalty"] = """
 ncc_penalty : float, default 0.05
     NCC units subtracted at the edge of the search (in proportion to the squared shift), so that
     flat correlation surfaces keep the SAM match."""
+
+DOCDICT["world_points"] = """
+points : array-like of shape (n_points, ndim) or (ndim,)
+    World points (mm), ``(x, y[, z])`` order."""
+
+DOCDICT["fixed_to_moving"] = """
+Parameters
+----------
+points : array-like of shape (n_points, ndim) or (ndim,)
+    Points of the fixed image (mm).
+
+Returns
+-------
+ndarray of shape (n_points, ndim) or (ndim,)
+    Where the same anatomy lies in the moving image."""
+
+DOCDICT["config"] = """
+config : NetworkConfig
+    The architecture."""
 
 _PLACEHOLDER = re.compile(r"^(?P<indent>[ \t]*)%\((?P<key>\w+)\)s[ \t]*$", re.MULTILINE)
 

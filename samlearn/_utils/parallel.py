@@ -3,7 +3,8 @@
 torch and numpy release the GIL in their kernels, so images embedded and matched in threads run in
 parallel without copying a model or an image into other processes. :func:`limit_threads` bounds
 torch's and the BLAS libraries' threads during a block; :func:`thread_map` computes an ordered map
-ahead in a bounded pool; :func:`progress_bar` is a tqdm bar when ``verbose``.
+ahead in a bounded pool, :func:`thread_map_list` collects it under a progress bar;
+:func:`progress_bar` is a tqdm bar when ``verbose``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch
 
 from .validation import Interval, check_param
 
-__all__ = ["N_JOBS_CONSTRAINT", "effective_n_jobs", "limit_threads", "thread_map", "progress_bar"]
+__all__ = ["N_JOBS_CONSTRAINT", "effective_n_jobs", "limit_threads", "thread_map", "thread_map_list",
+           "progress_bar"]
 
 
 #: the declared constraint of every ``n_jobs`` parameter: None, or a non-zero int (-1: all cores)
@@ -129,6 +131,37 @@ def thread_map(fn, n: int, n_jobs: int, *, torch_threads: Optional[int] = None):
         finally:
             for f in pending:
                 f.cancel()
+
+
+def thread_map_list(fn, n: int, n_jobs: int, *, torch_threads: Optional[int] = None, verbose=False,
+                    desc: str = "") -> list:
+    """``[fn(0), ..., fn(n - 1)]`` computed by :func:`thread_map`, under a progress bar.
+
+    Parameters
+    ----------
+    fn, n, n_jobs, torch_threads
+        As in :func:`thread_map`.
+    verbose : bool or int, default False
+        A progress bar over the calls (:func:`progress_bar`).
+    desc : str, default ""
+        The bar's label.
+
+    Returns
+    -------
+    list
+        The results, in index order.
+    """
+    bar = progress_bar(verbose, n, desc)
+    out = []
+    try:
+        for result in thread_map(fn, n, n_jobs, torch_threads=torch_threads):
+            out.append(result)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
 
 
 def progress_bar(verbose, total: int, desc: str, unit: str = "image"):

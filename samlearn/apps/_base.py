@@ -20,8 +20,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._utils.validation import Interval, validate_params
 from ..embedding import Embedding, load
 
-__all__ = ["FrozenComponentMixin", "resolve_embedder", "embed_images", "POSITIVE_MM", "SCORE",
-           "POSITIVE_INT"]
+__all__ = ["FrozenComponentMixin", "check_fitted_component", "resolve_embedder", "embed_images",
+           "POSITIVE_MM", "SCORE", "POSITIVE_INT"]
 
 #: a positive length in mm
 POSITIVE_MM = Interval(Real, 0, None, closed="neither", unit="mm")
@@ -29,6 +29,56 @@ POSITIVE_MM = Interval(Real, 0, None, closed="neither", unit="mm")
 SCORE = Interval(Real, -1, 1)
 #: a count
 POSITIVE_INT = Interval(Integral, 1, None)
+
+
+def check_fitted_component(obj, param: str, method: str, *, required: str, expected: str,
+                           how_to_fit: str, load_paths: bool = False):
+    """The fitted component behind a parameter (an embedder, a detector): given, with the method
+    used, and fitted.
+
+    Parameters
+    ----------
+    obj : object
+        The parameter's value.
+    param : str
+        The parameter's name, which starts every error message.
+    method : str
+        The method the component must have (e.g. ``"transform"``).
+    required : str
+        What to pass, when ``obj`` is None (``"<param> is required: <required>"``).
+    expected : str
+        What the component must be, when it lacks ``method`` (``"<param> must be <expected>, got
+        <type>"``).
+    how_to_fit : str
+        How to fit it, when it is not fitted (``"<param> (<type>) is not fitted: <how_to_fit>"``).
+    load_paths : bool, default False
+        Whether a str or path is the file of a saved model, loaded with :func:`samlearn.load`.
+
+    Returns
+    -------
+    object
+        The component (loaded from its file when ``obj`` is a path).
+
+    Raises
+    ------
+    ValueError
+        When ``obj`` is None.
+    TypeError
+        When it has no ``method``.
+    sklearn.exceptions.NotFittedError
+        When it is not fitted.
+    """
+    if obj is None:
+        raise ValueError(f"{param} is required: {required}")
+    if load_paths and isinstance(obj, (str, os.PathLike)):
+        obj = load(obj)
+    if not (hasattr(obj, method) and callable(getattr(obj, method))):
+        raise TypeError(f"{param} must be {expected}, got {type(obj).__name__}")
+    try:
+        check_is_fitted(obj)
+    except NotFittedError:
+        raise NotFittedError(f"{param} ({type(obj).__name__}) is not fitted: {how_to_fit}") from None
+    return obj
 
 
 def resolve_embedder(emb, owner: str):
@@ -55,20 +105,15 @@ def resolve_embedder(emb, owner: str):
     sklearn.exceptions.NotFittedError
         When it is not fitted.
     """
-    if emb is None:
-        raise ValueError(f"embedder is required: pass a fitted SAMEmbedder or the path of a saved "
-                         f"model, e.g. {owner}(embedder=SAMEmbedder().fit(images))")
-    if isinstance(emb, (str, os.PathLike)):
-        emb = load(emb)
-    if not (hasattr(emb, "transform") and callable(emb.transform)):
-        raise TypeError(f"embedder must be a fitted SAMEmbedder-like estimator with a transform "
-                        f"method (or a path to a saved model), got {type(emb).__name__}")
-    try:
-        check_is_fitted(emb)
-    except NotFittedError:
-        raise NotFittedError(
-            f"embedder ({type(emb).__name__}) is not fitted: fit it on unlabelled images first "
-            f"(embedder.fit(images)) or pass a path to a saved, trained model") from None
+    emb = check_fitted_component(
+        emb, "embedder", "transform",
+        required=f"pass a fitted SAMEmbedder or the path of a saved model, e.g. "
+                 f"{owner}(embedder=SAMEmbedder().fit(images))",
+        expected="a fitted SAMEmbedder-like estimator with a transform method (or a path to a "
+                 "saved model)",
+        how_to_fit="fit it on unlabelled images first (embedder.fit(images)) or pass a path to a "
+                   "saved, trained model",
+        load_paths=True)
     ndim = getattr(emb, "ndim_", None)
     if ndim not in (2, 3):
         raise TypeError(f"embedder must expose ndim_ (2 or 3) after fitting, got {ndim!r}")

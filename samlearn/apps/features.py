@@ -14,11 +14,10 @@ import re
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from ..image import Image, check_images
-from ._base import POSITIVE_MM, FrozenComponentMixin
+from ._base import POSITIVE_MM, FrozenComponentMixin, check_fitted_component
 
 __all__ = ["LandmarkIntensityFeatures", "STATS"]
 
@@ -81,19 +80,13 @@ class LandmarkIntensityFeatures(FrozenComponentMixin, TransformerMixin, BaseEsti
         self.landmark_names = landmark_names
 
     def _check_detector(self):
-        det = self.detector
-        if det is None:
-            raise ValueError("detector is required: pass a OneShotLandmarkDetector fitted on a "
-                             "template, e.g. LandmarkIntensityFeatures(detector=OneShotLandmarkDetector("
-                             "embedder=embedder).fit(template, points))")
-        if not (hasattr(det, "predict") and callable(det.predict)):
-            raise TypeError(f"detector must be a fitted OneShotLandmarkDetector (with predict), got "
-                            f"{type(det).__name__}")
-        try:
-            check_is_fitted(det)
-        except NotFittedError:
-            raise NotFittedError(f"detector ({type(det).__name__}) is not fitted: fit it on a template "
-                                 f"first (detector.fit(template_image, template_points))") from None
+        det = check_fitted_component(
+            self.detector, "detector", "predict",
+            required="pass a OneShotLandmarkDetector fitted on a template, e.g. "
+                     "LandmarkIntensityFeatures(detector=OneShotLandmarkDetector("
+                     "embedder=embedder).fit(template, points))",
+            expected="a fitted OneShotLandmarkDetector (with predict)",
+            how_to_fit="fit it on a template first (detector.fit(template_image, template_points))")
         n = getattr(det, "n_points_", None)
         ndim = getattr(det, "ndim_", None)
         if not isinstance(n, (int, np.integer)) or ndim not in (2, 3):

@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from .._utils.docs import fill_doc
-from .._utils.parallel import N_JOBS_CONSTRAINT, effective_n_jobs, limit_threads, progress_bar, thread_map
+from .._utils.parallel import N_JOBS_CONSTRAINT, effective_n_jobs, limit_threads, progress_bar, thread_map_list
 from .._utils.validation import Interval, Options
 from ..exceptions import RegistrationError
 from ..image import check_images, check_points, image_items, load_item
@@ -396,17 +396,9 @@ class OneShotLandmarkDetector(FrozenComponentMixin, BaseEstimator):
             embedder = copy.copy(embedder)  # same network; its own thread count, no nested jobs
             embedder.n_threads = per
             embedder.n_jobs = None
-        bar = progress_bar(self.verbose, len(items), "landmarks")
-        parts = []
-        try:
-            for part in thread_map(lambda i: self._predict_items([items[i]], i, embedder=embedder),
-                                   len(items), n_jobs, torch_threads=per):
-                parts.append(part)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        parts = thread_map_list(lambda i: self._predict_items([items[i]], i, embedder=embedder),
+                                len(items), n_jobs, torch_threads=per, verbose=self.verbose,
+                                desc="landmarks")
         points = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts])
         cycle = np.concatenate([p[2] for p in parts]) if self.cycle_check else None

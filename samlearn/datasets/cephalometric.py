@@ -50,6 +50,7 @@ import numpy as np
 import SimpleITK as sitk
 from sklearn.utils import Bunch
 
+from .._utils.docs import fill_doc_with
 from ..image import ImageGeometry, read_image
 from ._folders import check_folder
 
@@ -81,35 +82,35 @@ CEPH_TRAIN_IDS = tuple(f"{i:03d}" for i in range(1, 71))
 #: Evaluation images (071-100): never trained on, labelled or used for a choice.
 CEPH_EVAL_IDS = tuple(f"{i:03d}" for i in range(71, 101))
 
+#: the sections that the two conversions between frames share
+_fill_doc = fill_doc_with({"full_resolution_points": """
+Parameters
+----------
+points : array-like of shape (..., 2)
+    Any shape ending in 2 (x, y).
 
+Returns
+-------
+ndarray of float64, same shape
+    The converted points."""})
+
+
+@_fill_doc
 def to_full_resolution(points) -> np.ndarray:
     """Cephalogram world points (half-resolution PNG frame) to full-resolution pixel coordinates
     (the CSV's frame): ``points * FULL_RESOLUTION_FACTOR``.
 
-    Parameters
-    ----------
-    points : array-like of shape (..., 2)
-        Any shape ending in 2 (x, y).
-
-    Returns
-    -------
-    full : ndarray of float64, same shape
+    %(full_resolution_points)s
     """
     return _xy_points(points) * FULL_RESOLUTION_FACTOR
 
 
+@_fill_doc
 def from_full_resolution(points) -> np.ndarray:
     """Full-resolution pixel coordinates (the CSV's frame) to cephalogram world points:
     ``points / FULL_RESOLUTION_FACTOR``; inverse of :func:`to_full_resolution`.
 
-    Parameters
-    ----------
-    points : array-like of shape (..., 2)
-        Any shape ending in 2 (x, y).
-
-    Returns
-    -------
-    world : ndarray of float64, same shape
+    %(full_resolution_points)s
     """
     return _xy_points(points) / FULL_RESOLUTION_FACTOR
 

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .._utils.docs import fill_doc
 from ..nn.network import NetworkConfig, receptive_reach
 
 __all__ = ["estimate_pass_bytes", "auto_tile_shape", "plan_tiles", "run_network", "Tile", "pad_batch",
@@ -36,6 +37,7 @@ def _padded(spatial, stride):
     return tuple(int(math.ceil(n / s)) * s for n, s in zip(spatial, stride))
 
 
+@fill_doc
 def estimate_pass_bytes(config: NetworkConfig, spatial: Sequence[int], batch: int = 1,
                         element_bytes: int = 4) -> int:
     """Estimated peak bytes of the activations of one no-grad pass of :class:`SAMNet`.
@@ -48,8 +50,7 @@ def estimate_pass_bytes(config: NetworkConfig, spatial: Sequence[int], batch: in
 
     Parameters
     ----------
-    config : NetworkConfig
-        The architecture.
+    %(config)s
     spatial : sequence of int
         Input shape (numpy order), padded to a multiple of the global stride here.
     batch : int, default 1
@@ -86,13 +87,13 @@ def estimate_pass_bytes(config: NetworkConfig, spatial: Sequence[int], batch: in
     return int(_OVERHEAD * max(phases) * batch * element_bytes)
 
 
+@fill_doc
 def halo(config: NetworkConfig) -> Tuple[int, ...]:
     """Input voxels of context each tile needs on every side.
 
     Parameters
     ----------
-    config : NetworkConfig
-        The architecture.
+    %(config)s
 
     Returns
     -------
@@ -141,6 +142,7 @@ def _axis_tiles(n, g, hh, core):
     return sum(lengths), max(lengths)
 
 
+@fill_doc
 def auto_tile_shape(config: NetworkConfig, spatial: Sequence[int], budget_bytes: float,
                     element_bytes: int = 4, max_overhead: float = 2.0) -> Optional[Tuple[int, ...]]:
     """The tile core for embedding a volume within a memory budget per pass.
@@ -152,8 +154,7 @@ def auto_tile_shape(config: NetworkConfig, spatial: Sequence[int], budget_bytes:
 
     Parameters
     ----------
-    config : NetworkConfig
-        The architecture.
+    %(config)s
     spatial : sequence of int
         The volume's shape (numpy order, working-grid voxels).
     budget_bytes : float
@@ -214,13 +215,13 @@ class Tile:
     local_src: Tuple[slice, ...]
 
 
+@fill_doc
 def plan_tiles(config: NetworkConfig, spatial: Sequence[int], core_shape: Sequence[int]) -> List[Tile]:
     """Tiles covering a volume, with the halo of :func:`halo`.
 
     Parameters
     ----------
-    config : NetworkConfig
-        The architecture.
+    %(config)s
     spatial : sequence of int
         The volume's shape (numpy order; padded to a multiple of the global stride by the
         caller).

@@ -457,7 +457,7 @@ class SAMEmbedder(BaseEstimator):
         Parameters
         ----------
         image : Image, SimpleITK.Image or path
-            One image.
+            The image to embed.
 
         Returns
         -------

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .._utils.parallel import progress_bar, thread_map
+from .._utils.parallel import progress_bar, thread_map, thread_map_list
 from ..image import load_item
 from ..nn.fusion import fold_small_conv3d, fuse_conv_bn, pointwise_as_matmul
 from .cache import EmbeddingCache, image_key
@@ -153,8 +153,8 @@ class InferenceEngine:
 
         Parameters
         ----------
-        spatial : sequence of int
-            Shape of the working arrays (numpy order).
+        spatial
+            As in :meth:`tile_core`.
 
         Returns
         -------
@@ -226,18 +226,9 @@ class InferenceEngine:
             In the order of ``items``.
         """
         per = max(1, torch.get_num_threads() // n_jobs)
-        bar = progress_bar(self.verbose, len(items), "embedding")
-        out = []
-        try:
-            for emb in thread_map(lambda i: next(self.iter_embeddings([items[i]], ndim, offset=i)),
-                                  len(items), n_jobs, torch_threads=per):
-                out.append(emb)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-        return out
+        return thread_map_list(lambda i: next(self.iter_embeddings([items[i]], ndim, offset=i)),
+                               len(items), n_jobs, torch_threads=per, verbose=self.verbose,
+                               desc="embedding")
 
     def iter_embeddings(self, items, ndim: int, offset: int = 0):
         """Yield the embeddings of ``items`` in order.

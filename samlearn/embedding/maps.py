@@ -210,10 +210,8 @@ class Embedding:
 
         Parameters
         ----------
-        device : torch.device or str, optional
-            Target device (None: unchanged).
-        dtype : torch.dtype, optional
-            Target dtype (None: unchanged).
+        device, dtype
+            As in :meth:`EmbeddingMap.to`.
 
         Returns
         -------

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from .._utils.docs import fill_doc
+
 __all__ = ["ImageGeometry", "check_points"]
 
 
@@ -186,13 +188,13 @@ class ImageGeometry:
                 f"got shape {np.shape(points)}")
         return pts, single
 
+    @fill_doc
     def world_to_index(self, points) -> np.ndarray:
         """World mm ``(x, y[, z])`` -> continuous index ``(i, j[, k])`` (x, y, z order).
 
         Parameters
         ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            World points (mm).
+        %(world_points)s
 
         Returns
         -------
@@ -226,7 +228,7 @@ class ImageGeometry:
         Parameters
         ----------
         points : array-like of shape (n_points, ndim) or (ndim,)
-            World points (mm), ``(x, y[, z])`` order.
+            World points, as in :meth:`world_to_index`.
 
         Returns
         -------
@@ -250,13 +252,13 @@ class ImageGeometry:
         """
         return self.index_to_world(np.asarray(indices, dtype=np.float64)[..., ::-1])
 
+    @fill_doc
     def contains(self, points, margin: float = 0.5) -> np.ndarray:
         """Which world points fall inside the grid.
 
         Parameters
         ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            World points (mm).
+        %(world_points)s
         margin : float, default 0.5
             Tolerance in voxels beyond the outer voxel centres: 0.5 accepts points up to the
             voxel borders; a larger margin accepts points slightly outside.

@@ -13,6 +13,7 @@ Intensity presets: :func:`normalize_intensity`.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -22,8 +23,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter, map_coordinates
 
+from .._utils.docs import fill_doc
 from .geometry import ImageGeometry
 from .integrity import check_slice_positions, verify_image_file
+from .resampling import check_interpolator, resample_sitk
 
 __all__ = ["Image", "read_image", "normalize_intensity", "INTENSITY_PRESETS", "RASTER_SUFFIXES"]
 
@@ -38,6 +41,17 @@ INTENSITY_PRESETS = ("ct", "xray", "none")
 
 
 PathLike = Union[str, os.PathLike]
+
+
+def _geometry_method(name: str):
+    """An :class:`Image` method that calls ``ImageGeometry.<name>`` on the image's geometry (same
+    signature and docstring)."""
+    method = getattr(ImageGeometry, name)
+
+    @functools.wraps(method)
+    def forward(self, *args, **kwargs):
+        return method(self.geometry, *args, **kwargs)
+    return forward
 
 
 class Image:
@@ -107,7 +121,7 @@ class Image:
         image : SimpleITK.Image
             A scalar image, or a 2D 8/16-bit colour picture (RGB, RGBA, grey + alpha).
         source : str or None, default None
-            Where the image came from.
+            As in :meth:`from_array`.
 
         Returns
         -------
@@ -191,78 +205,12 @@ class Image:
         src = f", source={self.source!r}" if self.source else ""
         return f"Image({self.ndim}D, shape(z,y,x)={self.shape}, {self.geometry!r}{src})"
 
-    # coordinate helpers forwarded to the geometry
-    def world_to_index(self, points):
-        """World mm -> continuous index ``(i, j[, k])`` (:meth:`ImageGeometry.world_to_index`).
-
-        Parameters
-        ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            World points (mm), ``(x, y[, z])`` order.
-
-        Returns
-        -------
-        ndarray of shape (n_points, ndim) or (ndim,)
-        """
-        return self.geometry.world_to_index(points)
-
-    def index_to_world(self, indices):
-        """Continuous index ``(i, j[, k])`` -> world mm (:meth:`ImageGeometry.index_to_world`).
-
-        Parameters
-        ----------
-        indices : array-like of shape (n_points, ndim) or (ndim,)
-            Continuous indices, x, y, z order.
-
-        Returns
-        -------
-        ndarray of shape (n_points, ndim) or (ndim,)
-        """
-        return self.geometry.index_to_world(indices)
-
-    def world_to_array_index(self, points):
-        """World mm -> continuous index in numpy array order ``(z, y, x)``.
-
-        Parameters
-        ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            World points (mm), ``(x, y[, z])`` order.
-
-        Returns
-        -------
-        ndarray of shape (n_points, ndim) or (ndim,)
-        """
-        return self.geometry.world_to_array_index(points)
-
-    def array_index_to_world(self, indices):
-        """Continuous index in numpy array order ``(z, y, x)`` -> world mm ``(x, y[, z])``.
-
-        Parameters
-        ----------
-        indices : array-like of shape (n_points, ndim) or (ndim,)
-            Continuous array indices.
-
-        Returns
-        -------
-        ndarray of shape (n_points, ndim) or (ndim,)
-        """
-        return self.geometry.array_index_to_world(indices)
-
-    def contains(self, points, margin: float = 0.5):
-        """Which world points fall inside the image (:meth:`ImageGeometry.contains`).
-
-        Parameters
-        ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            World points (mm), ``(x, y[, z])`` order.
-        margin : float, default 0.5
-            Tolerance in voxels beyond the outer voxel centres (0.5: up to the voxel borders).
-
-        Returns
-        -------
-        ndarray of bool, shape (n_points,)
-        """
-        return self.geometry.contains(points, margin)
+    # coordinate helpers: the geometry's methods, on the image's grid
+    world_to_index = _geometry_method("world_to_index")
+    index_to_world = _geometry_method("index_to_world")
+    world_to_array_index = _geometry_method("world_to_array_index")
+    array_index_to_world = _geometry_method("array_index_to_world")
+    contains = _geometry_method("contains")
 
     def with_array(self, array) -> "Image":
         """Same geometry, new pixels (same shape).
@@ -347,24 +295,13 @@ class Image:
             raise TypeError(f"geometry must be an ImageGeometry, got {type(geometry).__name__}")
         if geometry.ndim != self.ndim:
             raise ValueError(f"geometry is {geometry.ndim}D but the image is {self.ndim}D")
-        interps = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor,
-                   "bspline": sitk.sitkBSpline}
-        if interpolator not in interps:
-            raise ValueError(f"interpolator must be one of {sorted(interps)}, got {interpolator!r}")
+        check_interpolator(interpolator)
         src = self
         if antialias and interpolator != "nearest":
             src = self._antialiased(geometry)
         if default_value is None:
             default_value = float(self.array.min())
-        f = sitk.ResampleImageFilter()
-        f.SetSize([int(s) for s in geometry.size])
-        f.SetOutputSpacing([float(v) for v in geometry.spacing])
-        f.SetOutputOrigin([float(v) for v in geometry.origin])
-        f.SetOutputDirection([float(v) for v in geometry.direction.ravel()])
-        f.SetInterpolator(interps[interpolator])
-        f.SetDefaultPixelValue(float(default_value))
-        f.SetOutputPixelType(sitk.sitkFloat32)
-        out = f.Execute(src.to_sitk())
+        out = resample_sitk(src.to_sitk(), geometry, interpolator, default_value)
         return Image(sitk.GetArrayFromImage(out), geometry, self.source)
 
     def _antialiased(self, target: ImageGeometry) -> "Image":
@@ -414,13 +351,13 @@ class Image:
         size = np.broadcast_to(np.asarray(size), (self.ndim,))
         return self.resample_to_geometry(self.geometry.with_size(size), **kwargs)
 
+    @fill_doc
     def sample(self, points, order: int = 1, cval: float | None = None) -> np.ndarray:
         """Pixel values at world points, interpolated.
 
         Parameters
         ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            World points (mm), ``(x, y[, z])`` order.
+        %(world_points)s
         order : int, default 1
             Spline order: 0 nearest, 1 linear, 3 cubic.
         cval : float or None, default None

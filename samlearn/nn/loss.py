@@ -38,10 +38,35 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .._utils.docs import fill_doc_with
+
 __all__ = ["LossConfig", "sam_loss", "sample_vectors", "info_nce_from_logits", "far_mask",
            "hard_negative_indices", "random_negative_indices", "diverse_local_negative_indices"]
 
 NEG_INF = float("-inf")
+
+#: the parameters and results that the negative samplers share
+_fill_doc = fill_doc_with({
+    "pos_mm": """
+pos_mm : torch.Tensor of shape (B, n, ndim)
+    The positives (mm).""",
+    "cand_mm": """
+cand_mm : torch.Tensor of shape (B, N, ndim)
+    The candidates' source positions (mm).""",
+    "delta_mm": """
+delta_mm : float
+    The exclusion distance (mm).""",
+    "far": """
+far : torch.Tensor of shape (B, n, N) or None, default None
+    When given, replaces the distance test (see :func:`far_mask`).""",
+    "negative_indices": """
+Returns
+-------
+indices : torch.Tensor of shape (B, n, k)
+    Indices into N.
+valid : torch.Tensor of bool, shape (B, n, k)
+    False where fewer than k candidates qualify.""",
+})
 
 
 @dataclass
@@ -135,17 +160,15 @@ def _flat_coords(coords):
     return coords.flatten(2).transpose(1, 2)  # (B, N, ndim)
 
 
+@_fill_doc
 def far_mask(pos_mm, cand_mm, delta_mm: float, pos_mm2=None, n_first=None) -> torch.Tensor:
     """Mask of the candidates farther than ``delta_mm`` from the positive.
 
     Parameters
     ----------
-    pos_mm : torch.Tensor of shape (B, n, ndim)
-        The positives (mm).
-    cand_mm : torch.Tensor of shape (B, N, ndim)
-        The candidates' source positions (mm).
-    delta_mm : float
-        The exclusion distance (mm).
+    %(pos_mm)s
+    %(cand_mm)s
+    %(delta_mm)s
     pos_mm2 : torch.Tensor of shape (B, n, ndim) or None, default None
         For pairs across two images: the positives in patch 2's frame. The first ``n_first``
         candidates (patch 1) are then measured from ``pos_mm``, the rest (patch 2) from
@@ -164,6 +187,15 @@ def far_mask(pos_mm, cand_mm, delta_mm: float, pos_mm2=None, n_first=None) -> to
                       torch.cdist(pos_mm2, cand_mm[:, n_first:])], -1) > delta_mm
 
 
+def _mask_near(scores, cand_mm, pos_mm, delta_mm, far):
+    """``scores`` (detached) with the candidates within ``delta_mm`` of the positive at -inf, and
+    the mask of the others (``far`` when given, else :func:`far_mask`)."""
+    if far is None:
+        far = far_mask(pos_mm, cand_mm, delta_mm)
+    return scores.detach().masked_fill(~far, NEG_INF), far
+
+
+@_fill_doc
 def hard_negative_indices(sim: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torch.Tensor,
                           k: int, delta_mm: float, far=None):
     """Top-``k`` most similar candidates farther than ``delta_mm`` from the positive.
@@ -172,27 +204,16 @@ def hard_negative_indices(sim: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torc
     ----------
     sim : torch.Tensor of shape (B, n, N)
         Similarity of each anchor to each candidate.
-    cand_mm : torch.Tensor of shape (B, N, ndim)
-        The candidates' source positions (mm).
-    pos_mm : torch.Tensor of shape (B, n, ndim)
-        The positives (mm).
+    %(cand_mm)s
+    %(pos_mm)s
     k : int
         Negatives per anchor (at most N).
-    delta_mm : float
-        The exclusion distance (mm).
-    far : torch.Tensor of shape (B, n, N) or None, default None
-        When given, replaces the distance test (see :func:`far_mask`).
+    %(delta_mm)s
+    %(far)s
 
-    Returns
-    -------
-    indices : torch.Tensor of shape (B, n, k)
-        Indices into N.
-    valid : torch.Tensor of bool, shape (B, n, k)
-        False where fewer than k candidates qualify.
+    %(negative_indices)s
     """
-    if far is None:
-        far = torch.cdist(pos_mm, cand_mm) > delta_mm
-    masked = sim.detach().masked_fill(~far, NEG_INF)
+    masked, _ = _mask_near(sim, cand_mm, pos_mm, delta_mm, far)
     k = min(k, sim.shape[-1])
     vals, idx = masked.topk(k, dim=-1)
     return idx, torch.isfinite(vals)
@@ -236,6 +257,7 @@ def random_negative_indices(image_ids: torch.Tensor, n_per_map: int, k: int, gen
     return idx, torch.isfinite(vals)
 
 
+@_fill_doc
 def diverse_local_negative_indices(rank: torch.Tensor, cand_mm: torch.Tensor, pos_mm: torch.Tensor,
                                    n_candidates: int, k: int, delta_mm: float, generator=None,
                                    threshold_sample: int = 2048, far=None):
@@ -255,33 +277,22 @@ def diverse_local_negative_indices(rank: torch.Tensor, cand_mm: torch.Tensor, po
     ----------
     rank : torch.Tensor of shape (B, n, N)
         The ranking score S^g (upsampled to the local grid) + S^l.
-    cand_mm : torch.Tensor of shape (B, N, ndim)
-        The candidates' source positions (mm).
-    pos_mm : torch.Tensor of shape (B, n, ndim)
-        The positives (mm).
+    %(cand_mm)s
+    %(pos_mm)s
     n_candidates : int
         Size of the top set.
     k : int
         Negatives per anchor.
-    delta_mm : float
-        The exclusion distance (mm).
+    %(delta_mm)s
     generator : torch.Generator or None, default None
         Drives the random draws (on ``rank``'s device).
     threshold_sample : int, default 2048
         Columns sampled to estimate the top set's threshold when N is larger.
-    far : torch.Tensor of shape (B, n, N) or None, default None
-        When given, replaces the distance test (see :func:`far_mask`).
+    %(far)s
 
-    Returns
-    -------
-    indices : torch.Tensor of shape (B, n, k)
-        Indices into N.
-    valid : torch.Tensor of bool, shape (B, n, k)
-        False where fewer than k candidates qualify.
+    %(negative_indices)s
     """
-    if far is None:
-        far = torch.cdist(pos_mm, cand_mm) > delta_mm
-    masked = rank.detach().masked_fill(~far, NEG_INF)
+    masked, far = _mask_near(rank, cand_mm, pos_mm, delta_mm, far)
     N = rank.shape[-1]
     nc = min(n_candidates, N)
     device = rank.device

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._utils.docs import fill_doc
+
 __all__ = ["NetworkConfig", "SAMNet", "SAMBackbone", "RESNET_LAYERS", "receptive_reach"]
 
 # blocks per stage; "resnet14" halves the two high-resolution stages of ResNet-18 (each stage costs
@@ -234,6 +236,7 @@ def _init_resnet(module: nn.Module) -> None:
             nn.init.zeros_(m.bn2.weight)
 
 
+@fill_doc
 class SAMBackbone(nn.Module):
     """The encoder of :class:`SAMNet` alone: the same ``stem`` and ``stages`` modules (so the same
     state-dict keys, ``stem.*`` and ``stages.<i>.*``), for initialising other networks, e.g. a
@@ -261,8 +264,7 @@ class SAMBackbone(nn.Module):
 
     Attributes
     ----------
-    config : NetworkConfig
-        The architecture.
+    %(config)s
     stem, stages : torch.nn.Module
         The stem and the ``ModuleList`` of stages, as in :class:`SAMNet`.
     """
@@ -304,6 +306,7 @@ class SAMBackbone(nn.Module):
         return feats
 
 
+@fill_doc
 class SAMNet(nn.Module):
     """ResNet + FPN with a global head on the coarsest level and a local head on ``local_level``.
 
@@ -311,13 +314,11 @@ class SAMNet(nn.Module):
 
     Parameters
     ----------
-    config : NetworkConfig
-        The architecture.
+    %(config)s
 
     Attributes
     ----------
-    config : NetworkConfig
-        The architecture.
+    %(config)s
     stem, stages : torch.nn.Module
         The ResNet encoder: the stem, and the ``ModuleList`` of stages (Conv2_x, ...).
     lateral : torch.nn.ModuleList
@@ -419,6 +420,7 @@ class SAMNet(nn.Module):
         return g, loc
 
 
+@fill_doc
 def receptive_reach(config: NetworkConfig):
     """How far (input voxels) a map voxel's value can depend on input beyond its stride cell.
 
@@ -431,8 +433,7 @@ def receptive_reach(config: NetworkConfig):
 
     Parameters
     ----------
-    config : NetworkConfig
-        The architecture.
+    %(config)s
 
     Returns
     -------

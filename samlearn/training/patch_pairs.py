@@ -16,7 +16,7 @@ from .._utils.validation import is_int
 from ._checks import as_generator, check_grid_points, check_index_points
 from .patch_transform import PatchTransform
 
-__all__ = ["PatchPair", "CrossPatchPair", "estimate_overlap"]
+__all__ = ["BasePatchPair", "PatchPair", "CrossPatchPair", "estimate_overlap"]
 
 
 _OVERLAP_GRID = 9            # points per axis of the overlap check grid
@@ -63,7 +63,88 @@ def apply_jitter(patch: np.ndarray, jitter: dict, k: int) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-class PatchPair:
+class BasePatchPair:
+    """What :class:`PatchPair` and :class:`CrossPatchPair` share: two patches, the transforms from
+    their indices to the indices of their source (the one source image of a :class:`PatchPair`,
+    source ``k`` for patch ``k`` of a :class:`CrossPatchPair`) and the source positions of their
+    voxels.
+
+    Parameters
+    ----------
+    patches, clean_patches : ndarray of float32, shape ``(2, *patch_shape)``
+        The patches with / without intensity jitter.
+    transforms : pair of PatchTransform
+        Patch ``k`` indices -> indices of the source of patch ``k``.
+    jitter : dict
+        The intensity jitter (``gain``, ``bias``, ``noise_std``, ``noise_seed``).
+
+    Attributes
+    ----------
+    patches, clean_patches, transforms, jitter
+        The parameters (``transforms`` a tuple).
+    """
+
+    def __init__(self, patches, clean_patches, transforms, jitter):
+        self.patches = patches
+        self.clean_patches = clean_patches
+        self.transforms = tuple(transforms)
+        self.jitter = jitter
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes (2 or 3)."""
+        return self.transforms[0].ndim
+
+    @property
+    def patch_shape(self) -> tuple:
+        """Patch shape (numpy order)."""
+        return self.transforms[0].patch_shape
+
+    def source_index(self, k: int, stride=1) -> np.ndarray:
+        """Array indices, in the source of patch ``k``, of the voxel centres of patch ``k``'s
+        stride-``s`` grid.
+
+        Parameters
+        ----------
+        k : {0, 1}
+            Which patch.
+        stride : int or sequence of int, default 1
+            Stride of the grid (1: the patch voxels).
+
+        Returns
+        -------
+        ndarray of float32, shape ``(ndim, *grid)``
+            Source indices (numpy order).
+        """
+        return self._transform(k).source_coords(stride)
+
+    def source_mm(self, k: int, stride=1) -> np.ndarray:
+        """Positions in mm, in the source of patch ``k``, of the voxel centres of the same grid.
+
+        Parameters
+        ----------
+        k, stride
+            As in :meth:`source_index`.
+
+        Returns
+        -------
+        ndarray of float32, shape ``(ndim, *grid)``
+            Array index times the spacing of that source (numpy order): ``spacing`` for a
+            :class:`PatchPair`, ``spacings[k]`` for a :class:`CrossPatchPair`.
+        """
+        t = self._transform(k)
+        return t.source_mm(self._source_spacing(k), stride)
+
+    def _source_spacing(self, k: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _transform(self, k) -> PatchTransform:
+        if not is_int(k) or k not in (0, 1):
+            raise ValueError(f"k must be 0 or 1 (which patch), got {k!r}")
+        return self.transforms[k]
+
+
+class PatchPair(BasePatchPair):
     """Two patches of one source image with exact correspondences.
 
     Parameters
@@ -88,23 +169,10 @@ class PatchPair:
     """
 
     def __init__(self, patches, clean_patches, transforms, jitter, spacing, cval):
-        self.patches = patches
-        self.clean_patches = clean_patches
-        self.transforms = tuple(transforms)
-        self.jitter = jitter
+        super().__init__(patches, clean_patches, transforms, jitter)
         self.spacing = np.asarray(spacing, dtype=np.float64)
         self.cval = float(cval)
         self._overlap = None
-
-    @property
-    def ndim(self) -> int:
-        """Number of axes (2 or 3)."""
-        return self.transforms[0].ndim
-
-    @property
-    def patch_shape(self) -> tuple:
-        """Patch shape (numpy order)."""
-        return self.transforms[0].patch_shape
 
     @property
     def overlap_fraction(self) -> float:
@@ -177,47 +245,11 @@ class PatchPair:
             sel = rng.integers(0, u1.shape[0], size=n)
         return np.stack([u1[sel], u2[sel]]).astype(np.float32)
 
-    def source_index(self, k: int, stride=1) -> np.ndarray:
-        """Source array indices of the voxel centres of patch ``k``'s stride-``s`` grid.
-
-        Parameters
-        ----------
-        k : {0, 1}
-            Which patch.
-        stride : int or sequence of int, default 1
-            Stride of the grid (1: the patch voxels).
-
-        Returns
-        -------
-        ndarray of float32, shape ``(ndim, *grid)``
-            Source indices (numpy order).
-        """
-        return self._transform(k).source_coords(stride)
-
-    def source_mm(self, k: int, stride=1) -> np.ndarray:
-        """Source positions in mm of the voxel centres of patch ``k``'s stride-``s`` grid.
-
-        Parameters
-        ----------
-        k : {0, 1}
-            Which patch.
-        stride : int or sequence of int, default 1
-            Stride of the grid (1: the patch voxels).
-
-        Returns
-        -------
-        ndarray of float32, shape ``(ndim, *grid)``
-            Array index times spacing (numpy order).
-        """
-        return self._transform(k).source_mm(self.spacing, stride)
-
-    def _transform(self, k) -> PatchTransform:
-        if not is_int(k) or k not in (0, 1):
-            raise ValueError(f"k must be 0 or 1 (which patch), got {k!r}")
-        return self.transforms[k]
+    def _source_spacing(self, k: int) -> np.ndarray:
+        return self.spacing
 
 
-class CrossPatchPair:
+class CrossPatchPair(BasePatchPair):
     """Two patches of two *different* source images, each showing one given point.
 
     The given point (a labelled landmark) sits at a random patch position: the positive pair of
@@ -248,23 +280,10 @@ class CrossPatchPair:
     """
 
     def __init__(self, patches, clean_patches, transforms, jitter, spacings, cvals, anchor):
-        self.patches = patches
-        self.clean_patches = clean_patches
-        self.transforms = tuple(transforms)
-        self.jitter = jitter
+        super().__init__(patches, clean_patches, transforms, jitter)
         self.spacings = np.asarray(spacings, dtype=np.float64)
         self.cvals = tuple(float(c) for c in cvals)
         self.anchor = np.asarray(anchor, dtype=np.float64)
-
-    @property
-    def ndim(self) -> int:
-        """Number of axes (2 or 3)."""
-        return self.transforms[0].ndim
-
-    @property
-    def patch_shape(self) -> tuple:
-        """Patch shape (numpy order)."""
-        return self.transforms[0].patch_shape
 
     def __repr__(self) -> str:
         return (f"CrossPatchPair(patch_shape={self.patch_shape}, anchor={self.anchor.round(2).tolist()}, "
@@ -297,41 +316,5 @@ class CrossPatchPair:
         inside[inside] = _inside(u[inside], t.patch_shape)
         return u, inside
 
-    def source_index(self, k: int, stride=1) -> np.ndarray:
-        """Source-``k`` array indices of the voxel centres of patch ``k``'s stride-``s`` grid.
-
-        Parameters
-        ----------
-        k : {0, 1}
-            Which patch.
-        stride : int or sequence of int, default 1
-            Stride of the grid (1: the patch voxels).
-
-        Returns
-        -------
-        ndarray of float32, shape ``(ndim, *grid)``
-            Source-``k`` indices (numpy order).
-        """
-        return self._transform(k).source_coords(stride)
-
-    def source_mm(self, k: int, stride=1) -> np.ndarray:
-        """Positions in source ``k``'s mm frame of the voxel centres of patch ``k``'s grid.
-
-        Parameters
-        ----------
-        k : {0, 1}
-            Which patch.
-        stride : int or sequence of int, default 1
-            Stride of the grid (1: the patch voxels).
-
-        Returns
-        -------
-        ndarray of float32, shape ``(ndim, *grid)``
-            Array index times source ``k``'s spacing (numpy order).
-        """
-        return self._transform(k).source_mm(self.spacings[k], stride)
-
-    def _transform(self, k) -> PatchTransform:
-        if not is_int(k) or k not in (0, 1):
-            raise ValueError(f"k must be 0 or 1 (which patch), got {k!r}")
-        return self.transforms[k]
+    def _source_spacing(self, k: int) -> np.ndarray:
+        return self.spacings[k]

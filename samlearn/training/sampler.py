@@ -233,15 +233,19 @@ class PatchPairSampler:
             raise RuntimeError(f"no overlapping patch pair found in {_MAX_DRAW_ATTEMPTS} draws; "
                                f"rotation_deg={self.rotation_deg} and overlap={self.overlap} "
                                f"are too extreme")
+        jitter = self._draw_jitter(rng)
+        return t1, t2, jitter, frac
+
+    def _draw_jitter(self, rng) -> dict:
+        """The intensity jitter of the two patches of a pair (the ``jitter`` of :meth:`draw`)."""
         j = self.intensity_jitter
-        jitter = {
+        return {
             "gain": rng.uniform(1 - j, 1 + j, size=2).tolist(),
             "bias": rng.uniform(-j, j, size=2).tolist(),
             "noise_std": self.noise_std,
             "noise_seed": (rng.integers(0, 2**63 - 1, size=2).tolist() if self.noise_std > 0
                            else None),
         }
-        return t1, t2, jitter, frac
 
     def sample(self, source_array, rng, spacing=None) -> PatchPair:
         """Draw one :class:`PatchPair` from a source image.
@@ -346,14 +350,7 @@ class PatchPairSampler:
             zero = PatchTransform(self.patch_shape, M, np.zeros(self.ndim), e)
             transforms.append(PatchTransform(self.patch_shape, M, p - zero.to_source(u), e))
             anchor.append(u)
-        j = self.intensity_jitter
-        jitter = {
-            "gain": rng.uniform(1 - j, 1 + j, size=2).tolist(),
-            "bias": rng.uniform(-j, j, size=2).tolist(),
-            "noise_std": self.noise_std,
-            "noise_seed": (rng.integers(0, 2**63 - 1, size=2).tolist() if self.noise_std > 0
-                           else None),
-        }
+        jitter = self._draw_jitter(rng)
         clean = np.stack([transforms[k].apply(srcs[k], cvals[k]) for k in range(2)])
         jittered = np.stack([apply_jitter(clean[k], jitter, k) for k in range(2)])
         return CrossPatchPair(jittered, clean, transforms, jitter, np.stack(sps), cvals,

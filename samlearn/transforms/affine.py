@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from .._utils.docs import fill_doc
 from .base import Transform, reference_geometry
 
 __all__ = ["AffineTransform"]
@@ -133,18 +134,11 @@ class AffineTransform(Transform):
         """The translation ``t`` (mm), (ndim,)."""
         return self._matrix[: self.ndim, self.ndim]
 
+    @fill_doc
     def transform_points(self, points) -> np.ndarray:
         """Map FIXED world points to MOVING world points (mm): ``A x + t``.
 
-        Parameters
-        ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            Points of the fixed image.
-
-        Returns
-        -------
-        ndarray of shape (n_points, ndim) or (ndim,)
-            Where the same anatomy lies in the moving image.
+        %(fixed_to_moving)s
         """
         pts, single = self._check(points)
         out = pts @ self.linear.T + self.translation
@@ -161,12 +155,12 @@ class AffineTransform(Transform):
         return AffineTransform(np.linalg.inv(self._matrix))
 
     def to_sitk(self) -> sitk.AffineTransform:
-        """SimpleITK ``AffineTransform`` (centre 0) with the same fixed -> moving meaning.
+        """SimpleITK ``AffineTransform`` with the same fixed -> moving meaning.
 
         Returns
         -------
         SimpleITK.AffineTransform
-            The transform.
+            Matrix ``A``, translation ``t`` and centre 0.
         """
         tx = sitk.AffineTransform(self.ndim)
         tx.SetMatrix([float(v) for v in self.linear.ravel()])

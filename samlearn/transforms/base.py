@@ -8,7 +8,9 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+from .._utils.docs import fill_doc
 from ..image import Image, ImageGeometry, check_images, check_points
+from ..image.resampling import check_interpolator, resample_sitk
 
 __all__ = ["Transform", "reference_geometry"]
 
@@ -43,10 +45,6 @@ def reference_geometry(reference, name="reference") -> ImageGeometry:
                     f"grid to resample onto), got {type(reference).__name__}")
 
 
-_INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor,
-                  "bspline": sitk.sitkBSpline}
-
-
 class Transform:
     """Shared behaviour: point checks, resampling through SimpleITK.
 
@@ -67,18 +65,11 @@ class Transform:
         single = np.ndim(points) == 1
         return check_points(points, self.ndim, name=name), single
 
+    @fill_doc
     def transform_points(self, points) -> np.ndarray:  # pragma: no cover - abstract
         """Map FIXED world points to MOVING world points (mm).
 
-        Parameters
-        ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            Points of the fixed image.
-
-        Returns
-        -------
-        ndarray of shape (n_points, ndim) or (ndim,)
-            Where the same anatomy lies in the moving image.
+        %(fixed_to_moving)s
         """
         raise NotImplementedError
 
@@ -134,18 +125,8 @@ class Transform:
             geom = reference_geometry(reference)
         if geom.ndim != self.ndim:
             raise ValueError(f"reference is {geom.ndim}D but the transform is {self.ndim}D")
-        if interpolator not in _INTERPOLATORS:
-            raise ValueError(f"interpolator must be one of {sorted(_INTERPOLATORS)}, got {interpolator!r}")
+        check_interpolator(interpolator)
         if default_value is None:
             default_value = float(moving.array.min())
-        f = sitk.ResampleImageFilter()
-        f.SetSize([int(s) for s in geom.size])
-        f.SetOutputSpacing([float(v) for v in geom.spacing])
-        f.SetOutputOrigin([float(v) for v in geom.origin])
-        f.SetOutputDirection([float(v) for v in geom.direction.ravel()])
-        f.SetInterpolator(_INTERPOLATORS[interpolator])
-        f.SetDefaultPixelValue(float(default_value))
-        f.SetOutputPixelType(sitk.sitkFloat32)
-        f.SetTransform(self.to_sitk())
-        out = f.Execute(moving.to_sitk())
+        out = resample_sitk(moving.to_sitk(), geom, interpolator, default_value, self.to_sitk())
         return Image(sitk.GetArrayFromImage(out), geom, moving.source)

@@ -6,6 +6,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .._utils.docs import fill_doc
 from .base import Transform, reference_geometry
 
 __all__ = ["CompositeTransform"]
@@ -50,18 +51,11 @@ class CompositeTransform(Transform):
         self.ndim = ts[0].ndim
         self.reference = None if reference is None else reference_geometry(reference)
 
+    @fill_doc
     def transform_points(self, points) -> np.ndarray:
         """Map FIXED world points to MOVING world points through the whole chain.
 
-        Parameters
-        ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            Points of the fixed image (mm).
-
-        Returns
-        -------
-        ndarray of shape (n_points, ndim) or (ndim,)
-            Where the same anatomy lies in the moving image.
+        %(fixed_to_moving)s
         """
         pts, single = self._check(points)
         for t in self.transforms:

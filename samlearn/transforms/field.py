@@ -5,6 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .._utils.docs import fill_doc
 from ..image import ImageGeometry
 from .base import Transform, reference_geometry
 
@@ -54,13 +55,16 @@ class DisplacementField(Transform):
         self.ndim = geometry.ndim
         self.reference = None if reference is None else reference_geometry(reference)
 
+    @fill_doc
     def displacement_at(self, points) -> np.ndarray:
-        """``u`` at world points: linear interpolation, zero outside the grid.
+        """``u`` at world points.
+
+        Linear interpolation of the grid's vectors (the nearest one between the outer voxel centres
+        and the grid's borders); zero outside the borders.
 
         Parameters
         ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            World points (mm).
+        %(world_points)s
 
         Returns
         -------
@@ -79,18 +83,11 @@ class DisplacementField(Transform):
                                                          mode="nearest")
         return out
 
+    @fill_doc
     def transform_points(self, points) -> np.ndarray:
         """Map FIXED world points to MOVING world points: ``x + u(x)``.
 
-        Parameters
-        ----------
-        points : array-like of shape (n_points, ndim) or (ndim,)
-            Points of the fixed image (mm).
-
-        Returns
-        -------
-        ndarray of shape (n_points, ndim) or (ndim,)
-            Where the same anatomy lies in the moving image.
+        %(fixed_to_moving)s
         """
         pts, single = self._check(points)
         out = pts + self.displacement_at(pts)
