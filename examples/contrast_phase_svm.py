@@ -15,15 +15,15 @@ accuracy perfect landmarks would allow.
 import argparse
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 import samlearn
-from samlearn.datasets import PHASES, make_phantoms
 from samlearn import LandmarkIntensityFeatures
+from samlearn.datasets import PHASES, make_phantoms
 
 SENSITIVE = ("aortic_arch_top", "heart_apex", "liver_dome", "portal_vein_bifurcation", "spleen_tip",
              "kidney_left_upper_pole", "kidney_right_upper_pole", "aortic_bifurcation")

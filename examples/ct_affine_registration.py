@@ -16,8 +16,8 @@ import argparse
 import numpy as np
 
 import samlearn
-from samlearn.datasets import make_phantom_pair, make_phantoms
 from samlearn import SAMAffineRegistrar
+from samlearn.datasets import make_phantom_pair, make_phantoms
 
 
 def main(argv=None):
