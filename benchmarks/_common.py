@@ -165,12 +165,3 @@ def module_command(module: str, *args) -> list:
     """The command that runs ``python -m module args...`` with this interpreter (run it with
     ``cwd=ROOT``): how a script starts fresh copies of itself in child processes."""
     return [sys.executable, "-m", module, *[str(a) for a in args]]
-
-
-def random_rotation(rng: np.random.Generator, ndim: int, allow_reflection: bool = True) -> np.ndarray:
-    """A random orthonormal matrix (QR of a Gaussian matrix), optionally with a reflection."""
-    q, r = np.linalg.qr(rng.normal(size=(ndim, ndim)))
-    q = q * np.sign(np.diag(r))
-    if not allow_reflection and np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q

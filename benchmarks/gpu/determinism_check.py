@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 import samlearn
-from benchmarks._common import machine_info, random_rotation
-from samlearn import Image, OneShotLandmarkDetector, SAMEmbedder
+from benchmarks._common import machine_info
+from samlearn import OneShotLandmarkDetector, SAMEmbedder
+from samlearn.datasets.synthetic import make_smooth_images
 
 #: an X-ray embedder small enough to train a few iterations in a second on the CPU
 TINY_2D = dict(preset="xray-lite", image_size=(64, 64), patch_shape=(32, 32), batch_size=2, depth="resnet10",
@@ -33,24 +34,6 @@ TINY_2D = dict(preset="xray-lite", image_size=(64, 64), patch_shape=(32, 32), ba
 
 def tiny_embedder(**overrides):
     return SAMEmbedder(**dict(TINY_2D, **overrides))
-
-
-def smooth_images(n, seed=0, shape=(60, 70)):
-    """Small 2D images with smooth random structure (sums of Gaussian blobs) and non-trivial
-    geometry (spacing, origin, a rotated or reflected direction)."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    out = []
-    for _ in range(n):
-        arr = np.zeros(shape, np.float32)
-        for _ in range(12):
-            c = [rng.uniform(0, s) for s in shape]
-            w = rng.uniform(2, 8)
-            arr += rng.uniform(-1, 1) * np.exp(-sum((g - ci) ** 2 for g, ci in zip(grids, c)) / (2 * w * w))
-        arr = arr * 400 + rng.normal(0, 5, size=shape)
-        out.append(Image.from_array(arr, spacing=rng.uniform(0.8, 1.6, size=2), origin=rng.uniform(-50, 50, size=2),
-                                    direction=random_rotation(rng, 2, allow_reflection=True)))
-    return out
 
 
 def fit(device, amp, seed, max_iter, images, **kw):
@@ -88,7 +71,7 @@ def emit(**rec):
 def run_device(args):
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-    images = smooth_images(4, seed=0)
+    images = make_smooth_images(4, seed=0)
     points = images[0].geometry.array_index_to_world(
         np.array([[10.0, 12.0], [45.0, 50.0], [30.0, 33.0], [20.0, 60.0], [50.0, 20.0]]))
     dev = args.device
@@ -140,7 +123,7 @@ def run_device(args):
 def run_compare(folder):
     """On the CPU: load the GPU-trained model, embed and detect, compare with the GPU's answers."""
     folder = Path(folder)
-    images = smooth_images(4, seed=0)
+    images = make_smooth_images(4, seed=0)
     points = images[0].geometry.array_index_to_world(
         np.array([[10.0, 12.0], [45.0, 50.0], [30.0, 33.0], [20.0, 60.0], [50.0, 20.0]]))
     model = samlearn.load(folder / "gpu_model.samlearn")

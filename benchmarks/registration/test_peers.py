@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 from scipy.linalg import expm
 
-from benchmarks._common import random_rotation
 from samlearn import Image, ImageGeometry
+from samlearn.datasets.synthetic import random_direction as random_rotation
 
 pytest.importorskip("ants")
 pytest.importorskip("itk")

@@ -6,7 +6,9 @@ downloaded.
 Modules: :mod:`.phantoms` (``make_phantoms``, ``make_phantom_pair``), :mod:`.cephalometric`
 (``load_cephalograms``, the full-resolution conversions and the protocol: ``CEPH_TRAIN_IDS``,
 ``CEPH_EVAL_IDS``, ``normalise_landmarks``, ``choose_template``, ``choose_labelled_ids``,
-``training_labels``) and :mod:`.ct` (``load_ct_folder``, ``structure_geometry``).
+``training_labels``), :mod:`.ct` (``load_ct_folder``, ``structure_geometry``) and
+:mod:`.synthetic` (``make_smooth_images``, ``random_direction``: small random images for quick
+checks).
 """
 from .cephalometric import (
     CEPH_ANNOTATORS,
@@ -24,6 +26,7 @@ from .cephalometric import (
 )
 from .ct import CT_CASES, TOTALSEG_V2_CLASSES, load_ct_folder, structure_geometry
 from .phantoms import LANDMARK_NAMES, ORGAN_NAMES, PHASES, make_phantom_pair, make_phantoms
+from .synthetic import make_smooth_images, random_direction
 
 __all__ = [
     "make_phantoms",
@@ -48,4 +51,7 @@ __all__ = [
     "choose_template",
     "choose_labelled_ids",
     "training_labels",
+    # small random images
+    "make_smooth_images",
+    "random_direction",
 ]
