@@ -272,8 +272,8 @@ class InferenceEngine:
             return embs
 
         try:
-            # on CUDA, upcoming images are read and preprocessed in background threads
-            for im, key, hit, pre in thread_map(prepare, len(items), self.n_prepare if cuda else 0):
+            # upcoming images are read and preprocessed by n_prepare background threads
+            for im, key, hit, pre in thread_map(prepare, len(items), self.n_prepare):
                 if hit is not None:
                     if group:
                         yield from run_group()
