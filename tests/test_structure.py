@@ -22,14 +22,14 @@ LAYERS = [
     {"embedding"},
     {"matching"},
     {"apps"},
-    {"plot"},
+    {"plot", "jobs"},
     {"cli", "__init__", "__main__"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 #: imports allowed inside functions: optional dependencies, and the command line, which imports
 #: torch and everything built on it only in the commands that need them
-LAZY_OK = {"matplotlib", "matplotlib.pyplot", "tqdm.auto", "threadpoolctl"}
+LAZY_OK = {"matplotlib", "matplotlib.pyplot", "tqdm.auto", "threadpoolctl", "distributed"}
 LAZY_OK_MODULES = {"samlearn.cli.commands"}
 
 MAX_LINES = 650
