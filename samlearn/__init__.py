@@ -12,31 +12,36 @@ The packages follow the data flow, image -> embedding -> matches -> result:
 * :mod:`samlearn.transforms` -- affine and deformable transforms and their fitting;
 * :mod:`samlearn.apps` -- the application estimators (landmarks, lesions, registration,
   features);
+* :mod:`samlearn.jobs` -- batch jobs over many images that lose nothing, on Dask or torchrun;
 * :mod:`samlearn.datasets`, :mod:`samlearn.metrics`, :mod:`samlearn.plot`, :mod:`samlearn.cli`.
-"""
-from ._version import __version__
-from .apps import (LandmarkIntensityFeatures, LesionMatcher, OneShotLandmarkDetector, SAMAffineRegistrar,
-                   SAMDeformableRegistrar)
-from .embedding import SAMEmbedder, load
-from .image import Image, ImageGeometry, check_images, check_points, normalize_intensity, read_image
-from .transforms import AffineTransform, CompositeTransform, DisplacementField
 
-__all__ = [
-    "__version__",
-    "Image",
-    "ImageGeometry",
-    "check_images",
-    "check_points",
-    "normalize_intensity",
-    "read_image",
-    "SAMEmbedder",
-    "OneShotLandmarkDetector",
-    "LesionMatcher",
-    "SAMAffineRegistrar",
-    "SAMDeformableRegistrar",
-    "AffineTransform",
-    "DisplacementField",
-    "CompositeTransform",
-    "LandmarkIntensityFeatures",
-    "load",
-]
+The names below are imported on first use (PEP 562), so that ``import samlearn`` -- and the
+command line's ``--help`` -- do not pay for torch until it is needed.
+"""
+import importlib
+
+from ._version import __version__
+
+#: public name -> the sub-package that defines it
+_EXPORTS = {
+    "Image": "image", "ImageGeometry": "image", "check_images": "image", "check_points": "image",
+    "normalize_intensity": "image", "read_image": "image",
+    "SAMEmbedder": "embedding", "load": "embedding",
+    "OneShotLandmarkDetector": "apps", "LesionMatcher": "apps", "SAMAffineRegistrar": "apps",
+    "SAMDeformableRegistrar": "apps", "LandmarkIntensityFeatures": "apps",
+    "AffineTransform": "transforms", "DisplacementField": "transforms", "CompositeTransform": "transforms",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'samlearn' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

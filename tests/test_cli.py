@@ -164,7 +164,9 @@ def test_embed_writes_npz_and_pt_with_geometry(files, phantoms, capsys, tmp_path
                             scans / "ph0.nii.gz", str(scans / "ph[12].nii.gz")], capsys)
         assert code == 0, err
         written = sorted(p.name for p in out.iterdir())
-        assert written == [f"ph{i}.{fmt}" for i in range(3)]
+        assert written == ["embeddings.csv"] + [f"ph{i}.{fmt}" for i in range(3)]
+        index = read_csv(out / "embeddings.csv")
+        assert [Path(r["file"]).name for r in index] == [f"ph{i}.{fmt}" for i in range(3)]
     ref = load(m).transform([phantoms.images[1]])[0]
     for fmt in ("npz", "pt"):
         e = load_embedding(tmp_path / fmt / f"ph1.{fmt}")

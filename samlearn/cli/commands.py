@@ -1,84 +1,167 @@
-"""The ``samlearn`` command-line tool (also ``python -m samlearn``).
+"""The ``samlearn`` command-line tool (also ``python -m samlearn``): the commands and :func:`main`.
 
-One function per subcommand (``_cmd_<name>(args) -> exit code``), registered in
-:func:`build_parser`. Bad command-line syntax (argparse) and bad inputs (a missing file, a CSV
-without the expected columns, points outside the image, an unreadable model file) exit with code
-2; a failure while running (a registration without enough confident matches, an unexpected error)
-exits with code 1. Both
-print ``samlearn COMMAND: error: <one line>`` to stderr, without a traceback (set
-``SAMLEARN_DEBUG=1`` to see it). File formats: see :mod:`samlearn.cli.files` and the README.
-Heavy modules (torch and everything built on it) are imported inside the commands that need them.
+One function per subcommand (``cmd_<name>(args) -> exit code``), named in the parser
+(:mod:`samlearn.cli.parser`). Exit codes: 0 done; 3 done with failures (a batch command whose bad
+images are listed in ``<output stem>.failures.csv``); 2 bad arguments or inputs (a missing file, a
+CSV without the expected columns, points outside the image, an unreadable model file, an output
+that cannot be written or that another run holds); 1 a failure while running (a registration
+without enough confident matches, an unexpected error). Errors print ``samlearn COMMAND: error:
+<one line>`` to stderr, without a traceback (set ``SAMLEARN_DEBUG=1`` to see it). Heavy modules
+(torch and everything built on it) are imported inside the commands that need them, so that
+``--help`` and ``--version`` answer at once.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from .._version import __version__
 from .files import CLIError, collect_images, image_stem, one_line, read_lesions_csv, read_points_csv, write_csv
+from .logs import configure_logging, level_for
+from .parser import POINT_SUFFIXES, build_parser
+
+logger = logging.getLogger("samlearn.cli")
+
+TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5", ".xfm")
+MARKUP_SUFFIXES = (".mrk.json", ".fcsv")
 
 
 # ---------------------------------------------------------------------------- shared helpers
 def _set_threads(args) -> None:
     n = getattr(args, "threads", None)
-    if n is None:
-        return
-    import torch
-    torch.set_num_threads(int(n))
+    if n is not None:
+        import torch
+        torch.set_num_threads(int(n))
 
 
-def _load_model(path):
+def _check_model_file(path) -> str:
     if not Path(path).is_file():
         raise CLIError(f"model file does not exist: '{path}' (train one with `samlearn train` or run "
                        f"`samlearn demo`, which writes one)")
-    from ..embedding import load
-    return load(path)
+    return str(path)
 
 
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
-    return v
+def _load_model(path):
+    from ..jobs.tasks import load_model
+    return load_model(_check_model_file(path))
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return v
+def _suffix(path) -> str:
+    low = str(path).lower()
+    return next((s for s in POINT_SUFFIXES if low.endswith(s)), Path(low).suffix)
+
+
+def _read_marks(path, what: str, ndim=None, lesions: bool = False):
+    """Names and points (or lesion boxes) from a CSV or a 3D Slicer markups file, LPS world mm."""
+    suffix = _suffix(path)
+    if suffix not in POINT_SUFFIXES:
+        raise CLIError(f"{what} file '{path}' must be .csv, .mrk.json or .fcsv, got '{suffix}'")
+    if suffix == ".csv":
+        return read_lesions_csv(path) if lesions else read_points_csv(path, what)
+    if not Path(path).is_file():
+        raise CLIError(f"{what} file does not exist: '{path}'")
+    from ..image import read_points
+    return read_points(path, ndim=ndim)
 
 
 def _fmt(v) -> str:
     return f"{float(v):.3f}"
 
 
-def _log(args, text) -> None:
-    if not getattr(args, "quiet", False):
-        print(text, file=sys.stderr)
+def _dask_client(args):
+    if getattr(args, "dask_scheduler", None) is None and getattr(args, "dask_workers", None) is None:
+        return None
+    if args.dask_scheduler is not None and args.dask_workers is not None:
+        raise CLIError("give --dask-scheduler or --dask-workers, not both")
+    from ..jobs import dask_client
+    return dask_client(args.dask_scheduler, args.dask_workers, args.threads)
 
 
-def _write_rows(args, header, rows) -> int:
-    """Write the result CSV to ``--out`` (standard output when absent); exit code 0."""
-    write_csv(args.out, header, rows)
-    if args.out not in (None, "-"):
-        _log(args, f"wrote {len(rows)} rows to {args.out}")
-    return 0
+def _run_batch(args, task, images, output, table=None, write=None) -> int:
+    """Run a batch task durably; report; the exit code (0 done, 3 done with failures)."""
+    from ..jobs import run_batch
+
+    client = _dask_client(args)
+    try:
+        res = run_batch(task, images, output, table=table, resume=args.resume, client=client,
+                        verbose=args.verbose > 0, write=write)
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    done = len(images) - len(res.failures)
+    extra = f" ({res.resumed} from the interrupted run)" if res.resumed else ""
+    logger.info(f"{done} of {len(images)} images done{extra}; results in {table or output}")
+    if res.failures:
+        logger.warning(f"{len(res.failures)} image(s) failed; see {res.failures_file}")
+    return res.exit_code
 
 
-# ---------------------------------------------------------------------------- info
-def _cmd_info(args) -> int:
+def _run_to_stdout(args, task, images) -> int:
+    """A task's table on standard output (no journal: nothing to resume); failures on stderr."""
+    from ..jobs import run_serial
+
+    if args.resume or args.dask_scheduler or args.dask_workers:
+        raise CLIError("--resume and Dask need --out (a file the results are recorded in)")
+    rows, failed = [], 0
+    for image, r, error in run_serial(task, images):
+        if error is None:
+            rows.extend(r)
+        else:
+            failed += 1
+            logger.warning(f"{image}: failed: {error}")
+    write_csv(None, list(task.header), rows)
+    return 3 if failed else 0
+
+
+def _markup_writer(pattern: str, images, ndim: int):
+    """Write each image's points as a 3D Slicer markups file named by ``pattern``."""
+    stems = [image_stem(f) for f in images]
+    if len(images) > 1 and "{image}" not in pattern:
+        raise CLIError(f"--out '{pattern}': with several images, put {{image}} in the markups file name "
+                       f"(e.g. 'out/{{image}}.mrk.json'), or write a .csv")
+    if len(set(stems)) != len(stems):
+        raise CLIError("--out: two images have the same file name; write a .csv instead")
+    stem_of = dict(zip(images, stems))
+
+    def write(_table, _header, rows):
+        import numpy as np
+
+        from ..image import write_points
+        by_image = {}
+        for row in rows:
+            by_image.setdefault(row[0], []).append(row)
+        for image, rs in by_image.items():
+            names = [r[1] for r in rs]
+            pts = np.array([[float(v) for v in r[2:2 + ndim]] for r in rs])
+            write_points(pattern.replace("{image}", stem_of[image]), names, pts)
+    return write
+
+
+def _check_table_out(args, images):
+    """Check ``--out`` before any work. Returns (output, table, writer) for :func:`_run_batch`."""
+    from ..jobs import check_output_file, check_output_folder
+
+    out = args.out
+    if _suffix(out) in MARKUP_SUFFIXES:
+        folder = Path(out).parent
+        check_output_folder(folder, "--out")
+        return folder / args.command, out, out
+    if not str(out).lower().endswith(".csv"):
+        raise CLIError(f"--out '{out}' must be a .csv file or a 3D Slicer markups file (.mrk.json, .fcsv)")
+    return check_output_file(out), None, None
+
+
+
+# ---------------------------------------------------------------------------- info, demo
+def cmd_info(args) -> int:
+    """Print the versions (``samlearn info``)."""
     import numpy
     import SimpleITK
     import torch
@@ -89,8 +172,8 @@ def _cmd_info(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------- demo
-def _cmd_demo(args) -> int:
+def cmd_demo(args) -> int:
+    """Run the embedded main job (``samlearn demo``)."""
     from .demo import run_demo
 
     run_demo(minutes=args.minutes, out=args.out, seed=args.seed, n_train=args.subjects,
@@ -128,12 +211,12 @@ def _launch_workers(args, argv) -> int:
         rest.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={args.nproc_per_node}", "-m", "samlearn.cli"] + rest
-    if args.verbose:
-        print("launching: " + " ".join(cmd), file=sys.stderr)
+    logger.debug("launching: %s", " ".join(cmd))
     return subprocess.call(cmd)
 
 
-def _cmd_train(args, argv=None) -> int:
+def cmd_train(args, argv=None) -> int:
+    """Train and save a model (``samlearn train``)."""
     if args.nproc_per_node is not None and args.nproc_per_node < 1:
         raise CLIError(f"--nproc-per-node must be a positive integer, got {args.nproc_per_node}")
     under_torchrun = all(v in os.environ for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
@@ -167,24 +250,153 @@ def _cmd_train(args, argv=None) -> int:
     est.fit(files)  # bad images: ValueError / TypeError / OSError, exit 2 in main()
     if getattr(est, "rank_", 0) == 0:
         est.save(out)
-        if args.verbose:
-            print(f"trained {est.n_iter_} iterations in {est.train_time_:.1f} s on {len(files)} images "
-                  f"({est.world_size_} process(es)); model written to {out}", file=sys.stderr)
+        logger.info(f"trained {est.n_iter_} iterations in {est.train_time_:.1f} s on {len(files)} images "
+                  f"({est.world_size_} process(es)); model written to {out}")
     return 0
 
 
-# ---------------------------------------------------------------------------- embed
-def _cmd_embed(args) -> int:
-    _set_threads(args)
-    files = collect_images(args.images)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out '{out}' is a file; give a folder for the embedding files")
-    model = _load_model(args.model)
-    from ..embedding import save_embedding
 
+# ---------------------------------------------------------------------------- embed
+def cmd_embed(args) -> int:
+    """Embed images into one file each (``samlearn embed``)."""
+    from ..jobs import EmbedTask, check_output_folder, prepared
+
+    files = collect_images(args.images)
+    out = check_output_folder(args.out)
+    model = _check_model_file(args.model)
+    names, used = {}, set()
+    for f in files:  # fixed before any work, so that a resumed run names every file alike
+        stem = image_stem(f)
+        name, k = stem, 1
+        while name in used:
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        names[f] = name
     out.mkdir(parents=True, exist_ok=True)
-    used = set()
+    task = EmbedTask(model=model, threads=args.threads, folder=str(out), file_names=tuple(names.items()),
+                     format=args.format)
+    prepared(task)  # an unreadable model fails here, before any image (exit 2)
+    return _run_batch(args, task, files, out, table=out / "embeddings.csv")
+
+
+# ---------------------------------------------------------------------------- detect
+def cmd_detect(args) -> int:
+    """Find template landmarks in images (``samlearn detect``)."""
+    from ..jobs import DetectTask, prepared
+
+    files = collect_images(args.images)
+    output = table = writer = pattern = None
+    if args.out not in (None, "-"):
+        output, table, pattern = _check_table_out(args, files)
+    model = _load_model(args.model)
+    names, points = _read_marks(args.points, "points", ndim=model.ndim_)
+    if points.shape[1] != model.ndim_:
+        raise CLIError(f"points file '{args.points}' has {points.shape[1]} coordinates per point but "
+                       f"the model works on {model.ndim_}D images")
+    radius = None if args.search_radius == "none" else args.search_radius
+    detector = (("consistency", None if args.consistency == "none" else args.consistency),
+                ("search_radius_mm", radius), ("cycle_check", args.cycle_check),
+                ("ncc_radius_mm", args.ncc_radius))
+    task = DetectTask(model=args.model, threads=args.threads, template=args.template, names=tuple(names),
+                      points=tuple(map(tuple, points.tolist())), detector=detector)
+    prepared(task)  # a bad template or points fail here, before any image (exit 2)
+    if output is None:
+        return _run_to_stdout(args, task, files)
+    if pattern is not None:
+        writer = _markup_writer(pattern, files, model.ndim_)
+    return _run_batch(args, task, files, output, table=table, write=writer)
+
+
+# ---------------------------------------------------------------------------- match-lesions
+def cmd_match_lesions(args) -> int:
+    """Find template lesions in follow-up scans (``samlearn match-lesions``)."""
+    from ..jobs import LesionTask, prepared
+
+    files = collect_images(args.images)
+    output = None
+    if args.out not in (None, "-"):
+        output, _table, pattern = _check_table_out(args, files)
+        if pattern is not None:
+            raise CLIError("--out: match-lesions writes a .csv (found, score and cycle_mm per lesion)")
+    model = _load_model(args.model)
+    names, lesions = _read_marks(args.lesions, "lesions", ndim=model.ndim_, lesions=True)
+    nd = model.ndim_
+    if lesions.shape[1] not in (nd, 2 * nd):
+        raise CLIError(f"lesions file '{args.lesions}' has {lesions.shape[1]} values per lesion; a "
+                       f"{nd}D model needs {nd} (centre) or {2 * nd} (box)")
+    kw = []
+    if args.score_threshold is not None:
+        kw.append(("score_threshold", args.score_threshold))
+    if args.cycle_threshold is not None:
+        kw.append(("cycle_threshold_mm", None if args.cycle_threshold == "none" else args.cycle_threshold))
+    task = LesionTask(model=args.model, threads=args.threads, template=args.template, names=tuple(names),
+                      lesions=tuple(map(tuple, lesions.tolist())), matcher=tuple(kw))
+    prepared(task)
+    if output is None:
+        return _run_to_stdout(args, task, files)
+    return _run_batch(args, task, files, output)
+
+
+# ---------------------------------------------------------------------------- register
+def _register_one(args, moving) -> int:
+    from ..jobs import check_output_file
+
+    out = check_output_file(args.out)
+    model = _load_model(args.model)
+    import SimpleITK as sitk
+
+    from ..apps import SAMAffineRegistrar
+    from ..image import read_image
+    fixed, moving = read_image(args.fixed), read_image(moving)
+    reg = SAMAffineRegistrar(embedder=model, **dict(_registrar_params(args))).fit(fixed, moving)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteTransform(reg.transform_.to_sitk(), str(out))
+    inl = getattr(reg, "inlier_mask_", None)
+    n_inl = len(reg.matches_) if inl is None else int(sum(bool(v) for v in inl))
+    logger.info(f"affine from {len(reg.matches_)} confident matches ({n_inl} inliers), "
+                f"{reg.timings_.get('total', float('nan')):.1f} s; transform (fixed -> moving world "
+                f"points) written to {out}")
+    if args.resampled:
+        warped = reg.transform_.resample(moving, reference=fixed)
+        warped.save(args.resampled)
+        logger.info(f"moving image resampled onto the fixed grid: {args.resampled}")
+    return 0
+
+
+def _registrar_params(args):
+    kw = [("random_state", args.seed)]
+    if args.grid_spacing is not None:
+        kw.append(("grid_spacing_mm", args.grid_spacing))
+    if args.ncc_radius is not None:
+        kw.append(("ncc_radius_mm", args.ncc_radius))
+    return tuple(kw)
+
+
+def cmd_register(args) -> int:
+    """Register moving images to a fixed image (``samlearn register``)."""
+    from ..jobs import RegisterTask, check_output_folder, prepared
+
+    if not Path(args.fixed).exists():
+        raise CLIError(f"fixed image does not exist: '{args.fixed}'")
+    out = Path(args.out)
+    single = len(args.moving) == 1 and out.suffix.lower() in TRANSFORM_SUFFIXES
+    if single:
+        if not Path(args.moving[0]).exists():
+            raise CLIError(f"moving image does not exist: '{args.moving[0]}'")
+        if args.resume or args.dask_scheduler or args.dask_workers:
+            raise CLIError("--resume and Dask are for a batch (-o a folder)")
+        return _register_one(args, args.moving[0])
+    if out.suffix.lower() in TRANSFORM_SUFFIXES:
+        raise CLIError(f"--out '{out}': several moving images need a folder for their transforms")
+    if out.suffix:
+        raise CLIError(f"--out '{out}' must be a SimpleITK transform file (.tfm, .txt, .mat, .h5) or a folder")
+    if args.resampled:
+        raise CLIError("--resampled is for one moving image")
+    files = collect_images(args.moving)
+    check_output_folder(out)
+    _check_model_file(args.model)
+    names, used = {}, set()
     for f in files:
         stem = image_stem(f)
         name, k = stem, 1
@@ -192,285 +404,15 @@ def _cmd_embed(args) -> int:
             k += 1
             name = f"{stem}_{k}"
         used.add(name)
-        t0 = time.perf_counter()
-        emb = model.transform([f])[0]
-        path = save_embedding(emb, out / f"{name}.{args.format}")
-        g, loc = emb.global_map, emb.local_map
-        _log(args, f"{f} -> {path} (global {tuple(g.data.shape)}, local {tuple(loc.data.shape)}, "
-                   f"{time.perf_counter() - t0:.1f} s)")
-    return 0
+        names[f] = name
+    out.mkdir(parents=True, exist_ok=True)
+    task = RegisterTask(model=args.model, threads=args.threads, fixed=args.fixed, folder=str(out),
+                        file_names=tuple(names.items()), registrar=_registrar_params(args))
+    prepared(task)
+    return _run_batch(args, task, files, out, table=out / "registrations.csv")
 
 
-# ---------------------------------------------------------------------------- detect
-def _cmd_detect(args) -> int:
-    _set_threads(args)
-    names, points = read_points_csv(args.points)
-    files = collect_images(args.images)
-    model = _load_model(args.model)
-    if points.shape[1] != model.ndim_:
-        raise CLIError(f"points file '{args.points}' has {points.shape[1]} coordinates per point but "
-                       f"the model works on {model.ndim_}D images")
-    from ..apps import OneShotLandmarkDetector
-
-    det = OneShotLandmarkDetector(embedder=model, consistency=None if args.consistency == "none" else args.consistency,
-                                  search_radius_mm=None if args.search_radius == "none" else
-                                  ("auto" if args.search_radius == "auto" else float(args.search_radius)),
-                                  cycle_check=args.cycle_check, ncc_radius_mm=args.ncc_radius)
-    det.fit(args.template, points)
-    axes = ["x", "y", "z"][: model.ndim_]
-    header = ["image", "name", *axes, "score"] + (["cycle_mm"] if args.cycle_check else [])
-    rows = []
-    for f in files:
-        t0 = time.perf_counter()
-        res = det.predict([f], return_scores=True)
-        pts, scores = res[0][0], res[1][0]
-        cyc = res[2][0] if args.cycle_check else None
-        for j, name in enumerate(names):
-            row = [f, name, *(_fmt(v) for v in pts[j]), _fmt(scores[j])]
-            if cyc is not None:
-                row.append(_fmt(cyc[j]))
-            rows.append(row)
-        _log(args, f"{f}: {len(names)} points, median score {float(sorted(scores)[len(scores) // 2]):.3f} "
-                   f"({time.perf_counter() - t0:.1f} s)")
-    return _write_rows(args, header, rows)
-
-
-# ---------------------------------------------------------------------------- match-lesions
-def _cmd_match_lesions(args) -> int:
-    _set_threads(args)
-    from ..apps import LesionMatcher
-
-    names, lesions = read_lesions_csv(args.lesions)
-    files = collect_images(args.images)
-    model = _load_model(args.model)
-    nd = model.ndim_
-    if lesions.shape[1] not in (nd, 2 * nd):
-        raise CLIError(f"lesions file '{args.lesions}' has {lesions.shape[1]} values per lesion; a "
-                       f"{nd}D model needs {nd} (centre) or {2 * nd} (box)")
-    kw = {}
-    if args.score_threshold is not None:
-        kw["score_threshold"] = args.score_threshold
-    if args.cycle_threshold is not None:
-        kw["cycle_threshold_mm"] = None if args.cycle_threshold == "none" else (
-            "auto" if args.cycle_threshold == "auto" else float(args.cycle_threshold))
-    matcher = LesionMatcher(embedder=model, **kw).fit(args.template, lesions)
-    axes = ["x", "y", "z"][:nd]
-    header = ["image", "name", "found", *axes, "score", "cycle_mm"]
-    rows = []
-    for f in files:
-        t0 = time.perf_counter()
-        res = matcher.match([f])
-        for j, name in enumerate(names):
-            p = res["raw_points"][0, j]
-            rows.append([f, name, int(bool(res["found"][0, j])), *(_fmt(v) for v in p),
-                         _fmt(res["scores"][0, j]), _fmt(res["cycle_mm"][0, j])])
-        _log(args, f"{f}: {int(res['found'][0].sum())} of {len(names)} lesions found "
-                   f"({time.perf_counter() - t0:.1f} s)")
-    return _write_rows(args, header, rows)
-
-
-# ---------------------------------------------------------------------------- register
-def _cmd_register(args) -> int:
-    _set_threads(args)
-    from ..apps import SAMAffineRegistrar
-
-    out = Path(args.out)
-    if out.suffix.lower() not in (".tfm", ".txt", ".mat", ".h5", ".hdf5", ".xfm"):
-        raise CLIError(f"--out '{out}' must be a SimpleITK transform file (.tfm, .txt, .mat, .h5)")
-    for name, path in (("fixed", args.fixed), ("moving", args.moving)):
-        if not Path(path).exists():
-            raise CLIError(f"{name} image does not exist: '{path}'")
-    model = _load_model(args.model)
-    import SimpleITK as sitk
-
-    from ..image import read_image
-    fixed, moving = read_image(args.fixed), read_image(args.moving)
-    kw = {"random_state": args.seed}
-    if args.grid_spacing is not None:
-        kw["grid_spacing_mm"] = args.grid_spacing
-    if args.ncc_radius is not None:
-        kw["ncc_radius_mm"] = args.ncc_radius
-    reg = SAMAffineRegistrar(embedder=model, **kw).fit(fixed, moving)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteTransform(reg.transform_.to_sitk(), str(out))
-    inl = getattr(reg, "inlier_mask_", None)
-    n_inl = len(reg.matches_) if inl is None else int(sum(bool(v) for v in inl))
-    _log(args, f"affine from {len(reg.matches_)} confident matches ({n_inl} inliers), "
-               f"{reg.timings_.get('total', float('nan')):.1f} s; transform (fixed -> moving world "
-               f"points) written to {out}")
-    if args.resampled:
-        warped = reg.transform_.resample(moving, reference=fixed)
-        warped.save(args.resampled)
-        _log(args, f"moving image resampled onto the fixed grid: {args.resampled}")
-    return 0
-
-
-# ---------------------------------------------------------------------------- parser
-def _common(p, threads=True):
-    if threads:
-        p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                       help="CPU threads for torch (default: torch's choice, all cores)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
-
-
-def _template_query_args(p, images_help, template_help):
-    """The arguments of the commands that carry marks from a template to query images."""
-    p.add_argument("images", nargs="+", help=images_help)
-    p.add_argument("-m", "--model", required=True, help="trained model file")
-    p.add_argument("-t", "--template", required=True, help=template_help)
-    p.add_argument("-o", "--out", default=None, help="output CSV (default: standard output)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``samlearn`` command.
-
-    Subcommands: ``info``, ``demo``, ``train``, ``embed``, ``detect``, ``match-lesions`` and
-    ``register``; each sets ``func``, the function that runs it.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        The parser.
-    """
-    p = argparse.ArgumentParser(
-        prog="samlearn",
-        description="Self-supervised anatomical embeddings (SAM) for CT and X-ray: one-shot landmarks, "
-                    "lesion matching, registration. Points are world millimetres (x, y[, z]) as "
-                    "SimpleITK reports them. Start with `samlearn demo`.",
-        epilog="Run `samlearn COMMAND --help` for the options of a command.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    info = sub.add_parser("info", help="print versions and the compute device",
-                          description="Print the versions of samlearn, torch, numpy and SimpleITK and "
-                                      "whether CUDA is available.")
-    info.set_defaults(func=_cmd_info)
-
-    demo = sub.add_parser(
-        "demo", help="train on synthetic CT phantoms and find 20 landmarks one-shot (no data needed)",
-        description="The main job on an embedded default: generate synthetic CT torso phantoms, train "
-                    "a ct-lite SAMEmbedder on the training phantoms for --minutes, mark the 20 "
-                    "landmarks on one training phantom and find them in held-out phantoms, with the "
-                    "one-shot detector and through SAM-affine + SAM-coarse registration; compare "
-                    "with copying the template coordinates and with SimpleITK's intensity-based "
-                    "affine registration; write a table, the model and a figure to --out.")
-    demo.add_argument("--minutes", type=_positive_float, default=4.0,
-                      help="training time in minutes (default 4)")
-    demo.add_argument("--out", default="samlearn-demo",
-                      help="output folder for the model, results and figure (default ./samlearn-demo)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--subjects", type=_positive_int, default=20, help="training phantoms (default 20)")
-    demo.add_argument("--test", type=_positive_int, default=10, help="held-out phantoms (default 10)")
-    demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    demo.add_argument("--no-baseline", action="store_true", help="skip the SimpleITK affine baseline")
-    demo.add_argument("--no-figure", action="store_true", help="skip the PNG figure")
-    _common(demo)
-    demo.set_defaults(func=_cmd_demo)
-
-    tr = sub.add_parser(
-        "train", help="train a SAM model on unlabelled images",
-        description="Train a SAMEmbedder on unlabelled images and save it. With --nproc-per-node N "
-                    "the training runs data-parallel in N processes on this machine (one GPU each, or "
-                    "CPU processes with the Gloo backend), launched with torch.distributed.run; for "
-                    "several machines run `torchrun --nnodes ... -m samlearn.cli train ...` yourself.")
-    tr.add_argument("images", nargs="+", help="image files, folders of images (or of DICOM series), "
-                    "or glob patterns (quote them: 'data/*.nii.gz')")
-    tr.add_argument("--out", "-o", required=True, help="model file to write")
-    tr.add_argument("--preset", default="auto", help="ct, xray, ct-lite, xray-lite or auto (default)")
-    tr.add_argument("--max-iter", type=int, default=None, help="training iterations (default: preset)")
-    tr.add_argument("--max-time", type=float, default=None, help="training time budget in seconds")
-    tr.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    tr.add_argument("--seed", type=int, default=None, help="random seed (random_state)")
-    tr.add_argument("--nproc-per-node", type=int, default=None,
-                    help="data-parallel processes on this machine (torch.distributed.run)")
-    tr.add_argument("--checkpoint", default=None, help="checkpoint file, written during training")
-    tr.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints")
-    tr.add_argument("--resume", action="store_true", help="continue from --checkpoint when it exists")
-    tr.add_argument("--param", action="append", metavar="KEY=VALUE",
-                    help="any other SAMEmbedder parameter (VALUE in JSON: --param batch_size=4 "
-                         "--param patch_shape=[32,64,64]); repeatable")
-    tr.add_argument("-v", "--verbose", action="count", default=0, help="progress bar and summary")
-    tr.set_defaults(func=_cmd_train)
-
-    emb = sub.add_parser(
-        "embed", help="embed images with a trained model (one .npz/.pt file per image)",
-        description="Compute the global and local embedding maps of each image and save them, with "
-                    "the world geometry of every grid, as OUT/<image name>.npz (numpy) or .pt "
-                    "(torch). Read them back with samlearn.embedding.load_embedding.")
-    emb.add_argument("images", nargs="+", help="image files, folders of images (or one DICOM series "
-                     "folder), or quoted glob patterns")
-    emb.add_argument("-m", "--model", required=True, help="trained model file (samlearn.save)")
-    emb.add_argument("-o", "--out", required=True, help="output folder")
-    emb.add_argument("--format", choices=("npz", "pt"), default="npz", help="file format (default npz)")
-    _common(emb)
-    emb.set_defaults(func=_cmd_embed)
-
-    det = sub.add_parser(
-        "detect", help="find landmarks marked on one template image in other images",
-        description="One-shot landmark detection: read the points marked on --template from --points "
-                    "(CSV with header name,x,y[,z], world mm) and find them in every image. Writes a "
-                    "CSV with one row per image and point: image,name,x,y[,z],score (world mm of each "
-                    "image; score = peak cosine similarity in [-1, 1]).")
-    _template_query_args(det, "query image files, folders or quoted glob patterns",
-                         "template image the points are marked on")
-    det.add_argument("-p", "--points", required=True, help="CSV of template points: name,x,y[,z] (mm)")
-    det.add_argument("--consistency", choices=("coarse", "affine", "none"), default="coarse",
-                     help="joint check of the points: 'coarse' (default) searches each point near "
-                          "where a grid of template points' affine + smooth field puts it; 'affine' "
-                          "re-searches points that disagree with a robust affine fit of all points "
-                          "(faster; needs ndim + 2 points); 'none' searches each point on its own")
-    det.add_argument("--ncc-radius", type=_positive_float, default=None, metavar="MM",
-                     help="refine each match by normalised cross-correlation of the template's "
-                          "intensity patch of this half-width (mm) within one local voxel (off by default)")
-    det.add_argument("--search-radius", default="auto",
-                     help="coarse-to-fine window in mm around the global peak, 'auto' (default) or "
-                          "'none' (whole image)")
-    det.add_argument("--cycle-check", action="store_true",
-                     help="also report the forward-backward distance (cycle_mm column)")
-    _common(det)
-    det.set_defaults(func=_cmd_detect)
-
-    les = sub.add_parser(
-        "match-lesions", help="find lesions marked on one scan in follow-up scans",
-        description="Follow-up lesion matching: lesions marked on --template (CSV: name,x,y[,z] "
-                    "centres or name,x0,y0[,z0],x1,y1[,z1] boxes, world mm) are searched in every "
-                    "image; a lesion whose match is not trusted (low score, outside the field of "
-                    "view, failed cycle check) is reported with found=0. Writes a CSV: "
-                    "image,name,found,x,y[,z],score,cycle_mm.")
-    _template_query_args(les, "follow-up image files, folders or quoted glob patterns",
-                         "scan the lesions are marked on")
-    les.add_argument("-l", "--lesions", required=True, help="CSV of lesion centres or boxes (mm)")
-    les.add_argument("--score-threshold", type=float, default=None,
-                     help="minimum peak score of a found lesion (default: LesionMatcher's)")
-    les.add_argument("--cycle-threshold", default=None,
-                     help="maximum forward-backward distance in mm, 'auto' or 'none' "
-                          "(default: LesionMatcher's)")
-    _common(les)
-    les.set_defaults(func=_cmd_match_lesions)
-
-    reg = sub.add_parser(
-        "register", help="affine registration of two images from SAM matches",
-        description="SAM-affine registration: match a grid of points of FIXED into MOVING and fit an "
-                    "affine. Writes a SimpleITK transform file mapping FIXED world points to MOVING "
-                    "world points (what sitk.Resample expects to pull MOVING onto FIXED's grid), and "
-                    "with --resampled the moving image on the fixed grid.")
-    reg.add_argument("fixed", help="fixed image (file or DICOM folder)")
-    reg.add_argument("moving", help="moving image (file or DICOM folder)")
-    reg.add_argument("-m", "--model", required=True, help="trained model file")
-    reg.add_argument("-o", "--out", required=True, help="transform file to write (.tfm)")
-    reg.add_argument("--resampled", default=None, help="also write the moving image resampled onto "
-                     "the fixed grid (e.g. moved.nii.gz)")
-    reg.add_argument("--grid-spacing", type=_positive_float, default=None,
-                     help="spacing in mm of the matched point grid (default: the registrar's)")
-    reg.add_argument("--ncc-radius", type=_positive_float, default=None, metavar="MM",
-                     help="refine the matches made on the affinely resampled moving image by normalised "
-                          "cross-correlation of fixed-image patches of this half-width in mm (same "
-                          "modality only; off by default; 10 on 2 mm CT)")
-    reg.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    _common(reg)
-    reg.set_defaults(func=_cmd_register)
-    return p
-
-
+# ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     """Run the ``samlearn`` command line.
 
@@ -485,8 +427,8 @@ def main(argv=None) -> int:
     Returns
     -------
     int
-        The exit code: 0 on success, 2 for bad input (or no command), 1 for a failure while
-        running, 130 when interrupted.
+        The exit code: 0 done, 3 done with failures (batch commands), 2 bad arguments or input
+        (or no command), 1 a failure while running, 130 when interrupted.
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -494,11 +436,13 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    configure_logging(level_for(getattr(args, "quiet", False), getattr(args, "verbose", 0)))
     prefix = f"samlearn {args.command}: error:"
     try:
-        if args.func is _cmd_train:
-            return _cmd_train(args, argv)
-        return args.func(args)
+        if args.func == "train":
+            return cmd_train(args, argv)
+        _set_threads(args)
+        return globals()[f"cmd_{args.func}"](args)
     except KeyboardInterrupt:
         print(f"samlearn {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -511,6 +455,8 @@ def main(argv=None) -> int:
         hint = "" if known else f" ({type(exc).__name__}; set SAMLEARN_DEBUG=1 for the traceback)"
         print(f"{prefix} {one_line(exc)}{hint}", file=sys.stderr)
         return 2 if bad_input else 1
+    finally:
+        logging.captureWarnings(False)
 
 
 if __name__ == "__main__":  # pragma: no cover

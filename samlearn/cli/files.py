@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._utils.messages import one_line
+
 __all__ = ["CLIError", "IMAGE_SUFFIXES", "collect_images", "read_points_csv", "read_lesions_csv",
            "write_csv", "image_stem", "one_line"]
 
@@ -26,23 +28,6 @@ IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", "
 
 class CLIError(Exception):
     """A problem with the command line or its inputs, reported as one line (exit code 2)."""
-
-
-def one_line(exc: BaseException) -> str:
-    """The message of an exception on one line (no traceback, no newlines).
-
-    Parameters
-    ----------
-    exc : BaseException
-        The exception.
-
-    Returns
-    -------
-    str
-        Its message with whitespace runs collapsed, or its type's name when the message is empty.
-    """
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def _is_image_file(path: Path) -> bool:
