@@ -1,10 +1,13 @@
 """One prepared GPU check: training throughput and model FLOP utilisation, inference time per 2 mm
 chest CT, peak GPU memory. Designed to finish in under 5 minutes on one H100 / H200.
 
-    python -m benchmarks.gpu.gpu [--ct PATH] [--smoke] [--compile]
+    python -m benchmarks.gpu.gpu [--ct PATH] [--smoke] [--compile] [--decisions-only]
 
 Phases (each guarded: a failure is reported in the table and the next phase still runs):
 
+0. **decisions** (:mod:`benchmarks.gpu.decisions`, seconds): ``amp="auto"`` resolves by the GPU's
+   compute capability, fp16 training runs with a gradient scaler (finite losses), each torchrun
+   rank gets ``cuda:LOCAL_RANK``. ``--decisions-only`` stops after it.
 1. **train/<preset>** for ``ct`` and ``xray``: ``SAMEmbedder(preset=...).fit`` on synthetic images
    (CT: the chest CT and flipped / shifted copies; X-ray: smooth random 512 x 512 images) for
    ``--iters`` iterations with DataLoader workers: the *pipeline* rate (it/s over the iterations
@@ -38,6 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks._common import machine_info, synchronize, timed, write_json
+from benchmarks.gpu.decisions import run_checks
 from samlearn import Image, SAMEmbedder
 from samlearn.embedding.config import amp_dtype, loss_config
 from samlearn.matching import match_points, template_vectors
@@ -218,11 +222,18 @@ def fmt(v, spec=".2f"):
 
 
 def table(results, device_name):
-    lines = [f"device: {device_name}", "",
-             "| phase | pipeline it/s | compute it/s (default / channels-last) | TFLOP/step "
+    lines = [f"device: {device_name}", ""]
+    for r in results:
+        if r["phase"] == "decisions":
+            lines += [f"decision {'skipped' if c['ok'] is None else 'ok' if c['ok'] else 'FAILED'}: "
+                      f"{c['check']} {({k: v for k, v in c.items() if k not in ('check', 'ok')})}"
+                      for c in r["checks"]] + [""]
+    lines += ["| phase | pipeline it/s | compute it/s (default / channels-last) | TFLOP/step "
              "| MFU (compute / pipeline / cl) | peak GB (default / cl) |",
              "|---|---|---|---|---|---|"]
     for r in results:
+        if r["phase"] == "decisions":
+            continue
         if "error" in r:
             lines.append(f"| {r['phase']} | FAILED: {r['error'][:150]} | | | | |")
         elif r["phase"].startswith("train"):
@@ -255,6 +266,7 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="also torch.compile the network (slow start)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the card")
     p.add_argument("--json", default=None)
+    p.add_argument("--decisions-only", action="store_true", help="only phase 0 (the GPU decisions)")
     args = p.parse_args(argv)
     args.iters = args.iters or (6 if args.smoke else 40)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 15)
@@ -274,8 +286,12 @@ def main(argv=None):
     if args.ct:
         from samlearn import read_image
         ct_raw = read_image(args.ct)
+    checks = run_checks(device)
+    results.append({"phase": "decisions", "checks": checks,
+                    "ok": not any(c["ok"] is False for c in checks)})
+    print(f"[{time.perf_counter() - t_start:.0f} s] {results[-1]}", flush=True)
     ct_est = None
-    for preset in args.presets:
+    for preset in ([] if args.decisions_only else args.presets):
         try:
             if preset == "ct":
                 base = ct_raw.resample_to_spacing(2.0) if ct_raw is not None else \

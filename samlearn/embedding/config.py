@@ -10,6 +10,7 @@ several keys.
 """
 from __future__ import annotations
 
+import logging
 from numbers import Integral, Real
 
 import torch
@@ -19,9 +20,12 @@ from ..exceptions import InvalidParameterError
 from ..nn.loss import LossConfig
 from ..nn.network import NetworkConfig
 from ..presets import PRESETS, get_preset, resolve_preset_name
+from ..training.distributed import rank_device
 
 __all__ = ["PRESET_KEYS", "CONFIG_CONSTRAINTS", "resolve_config", "validate_config", "network_config",
-           "loss_config", "inference_config", "amp_dtype", "resolve_device"]
+           "loss_config", "inference_config", "amp_dtype", "bf16_supported", "resolve_device"]
+
+logger = logging.getLogger(__name__)
 
 #: estimator parameters that override the preset key of the same name (None: keep the preset's)
 PRESET_KEYS = (
@@ -51,7 +55,8 @@ CONFIG_CONSTRAINTS = {
     "spacing_mm": [Interval(Real, 0, None, closed="neither", unit="mm"), None],
 }
 
-#: amp values: "auto" (bf16 autocast on CUDA, off on the CPU), a precision, or off
+#: amp values: "auto" (bf16 autocast on GPUs with bf16, else fp16; off on the CPU), a precision,
+#: or off (:func:`amp_dtype`)
 AMP_OPTIONS = [Options("auto", "bf16", "fp16", "none", False), None]
 
 
@@ -199,52 +204,105 @@ def inference_config(cfg: dict, transform_scale) -> dict:
     return cfg
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether a CUDA device computes in bfloat16 natively (compute capability 8.0, Ampere, or
+    newer; every ROCm device torch supports).
+
+    Older GPUs only emulate bf16 (slowly), which ``torch.cuda.is_bf16_supported()`` counts as
+    support by default; the capability of ``device`` itself is what decides here.
+
+    Parameters
+    ----------
+    device : torch.device
+        A CUDA device (``cuda`` without an index: the current one).
+
+    Returns
+    -------
+    bool
+    """
+    if getattr(torch.version, "hip", None):
+        return bool(torch.cuda.is_bf16_supported())
+    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
+
+
 def amp_dtype(amp, device: torch.device):
     """The autocast dtype of an ``amp`` setting on ``device`` (None: no autocast).
+
+    On CUDA ``"auto"`` is bf16 where the GPU computes in bf16 (:func:`bf16_supported`: compute
+    capability 8.0 or newer), else fp16 -- in training with a gradient scaler
+    (:func:`samlearn.training.loop.make_grad_scaler`), in inference as plain fp16 autocast. On the
+    CPU ``"auto"`` is off (float32).
 
     Parameters
     ----------
     amp : {"auto", "bf16", "fp16", "none"} or None
-        ``"auto"``: bf16 on CUDA, off on the CPU.
+        The setting; ``"none"``, False and None: no autocast.
     device : torch.device
+        Where the network runs.
 
     Returns
     -------
     torch.dtype or None
+        ``torch.bfloat16``, ``torch.float16`` or None.
+
+    Raises
+    ------
+    InvalidParameterError
+        For an unknown setting, ``"fp16"`` on the CPU, or ``"bf16"`` on a GPU without bf16.
     """
     check_param(amp, AMP_OPTIONS, "amp")
     if amp in (None, "none", False):
         return None
+    cuda = device.type == "cuda"
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if not cuda:
+            return None
+        dtype = torch.bfloat16 if bf16_supported(device) else torch.float16
+        logger.debug("amp='auto' on %s: %s autocast", device, dtype)
+        return dtype
     if amp == "bf16":
+        if cuda and not bf16_supported(device):
+            cap = ".".join(map(str, torch.cuda.get_device_capability(device)))
+            raise InvalidParameterError(f"amp='bf16' needs a GPU with bfloat16 (compute capability 8.0 "
+                                        f"or newer) but {device} has compute capability {cap}; use "
+                                        f"amp='fp16' (trained with a gradient scaler), 'auto' or 'none'")
         return torch.bfloat16
-    if device.type != "cuda":
+    if not cuda:
         raise InvalidParameterError("amp='fp16' needs a CUDA device; use 'bf16' or 'none' on the CPU")
     return torch.float16
 
 
-def resolve_device(device) -> torch.device:
+def resolve_device(device, distributed=False) -> torch.device:
     """The torch device of a ``device`` setting.
+
+    With ``distributed`` other than False, a process launched by ``torchrun`` with
+    ``WORLD_SIZE > 1`` gets its own GPU: every CUDA setting ("auto" on a GPU, "cuda", "cuda:N")
+    becomes ``cuda:LOCAL_RANK``, an explicit other index with a warning
+    (:func:`samlearn.training.distributed.rank_device`).
 
     Parameters
     ----------
     device : "auto", str, torch.device or None
         "auto" (or None) is a GPU when there is one, else the CPU.
+    distributed : {"auto", True, False} or None, default False
+        The estimator's ``distributed`` setting; False: the device as asked, whatever the
+        environment.
 
     Returns
     -------
     torch.device
+        The device of this process.
 
     Raises
     ------
     InvalidParameterError
         For a string that names no device.
     ValueError
-        When CUDA is asked for and not available.
+        When CUDA is asked for and not available, or ``LOCAL_RANK`` is not below the number of
+        GPUs.
     """
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return rank_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"), distributed)
     d = device
     if isinstance(device, str):
         try:
@@ -254,4 +312,4 @@ def resolve_device(device) -> torch.device:
                                         f"got {device!r}") from None
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine")
-    return d
+    return rank_device(d, distributed)

@@ -23,17 +23,17 @@ from .._utils.validation import HasMethods, Interval, IntSequence, Options, chec
 from ..image import Image, check_images, image_items, load_item
 from ..nn.network import SAMBackbone, SAMNet
 from ..presets import PRESETS
-from ..training import TrainState, run_training, sampler_from_config, setup_distributed, torchrun_env
+from ..training import TrainState, run_training, sampler_from_config, setup_distributed
 from .cache import EmbeddingCache, cache_folder, model_fingerprint
 from .config import (AMP_OPTIONS, PRESET_KEYS, amp_dtype, inference_config, loss_config, network_config,
                      resolve_config, resolve_device, validate_config)
 from .engine import check_tile_shape
-from .fitting import make_optimizer, new_network, resumed_network, training_arrays
+from .fitting import (checkpoint_tensors, continued_network, make_optimizer, new_network, resumed_network,
+                      training_arrays)
 from .inference import InferenceEngine, inference_network, memory_budget
 from .labels import check_landmark_labels
 from .maps import Embedding
-from .model_file import (check_checkpointing, embedder_meta, read_checkpoint,
-                         save_payload, to_cpu, to_jsonable)
+from .model_file import check_checkpointing, embedder_meta, read_checkpoint, save_payload, to_jsonable
 from .preprocessing import preprocess
 
 __all__ = ["SAMEmbedder"]
@@ -81,8 +81,11 @@ class SAMEmbedder(BaseEstimator):
         3D). Nothing is ever downloaded; None is random initialisation.
     device : "auto", str or torch.device, default "auto"
         "cpu", "cuda", "cuda:N"; "auto": a GPU when there is one. Resolved in ``fit`` (``device_``).
+        Under torchrun (``WORLD_SIZE > 1``) each rank uses ``cuda:LOCAL_RANK`` (another explicit
+        index is remapped, with a warning; an error if ``LOCAL_RANK`` is not below the GPU count).
     amp : {"auto", "bf16", "fp16", "none"}, default "auto"
-        Autocast precision: "auto" is bf16 on CUDA and off on the CPU.
+        Autocast precision. "auto": bf16 on GPUs with bf16 (compute capability 8.0+), else fp16
+        (training with a gradient scaler); off on the CPU. "bf16" on an older GPU is an error.
     num_workers, n_threads : int or None, default None
         DataLoader worker processes (None: 1 on the CPU, 4 on a GPU); torch and BLAS CPU threads
         during ``fit`` and ``transform`` (None: leave the settings).
@@ -308,13 +311,11 @@ class SAMEmbedder(BaseEstimator):
             device = resolve_device(self.device)
             preset, cfg = resolve_config(self.preset, ndim, device.type == "cuda",
                                          {k: getattr(self, k) for k in PRESET_KEYS})
+        device = resolve_device(device, self.distributed)   # under torchrun: cuda:LOCAL_RANK
         amp = amp_dtype(self.amp, device)
         n_jobs = effective_n_jobs(self.n_jobs)
         if additional and extra_iter is None:
             extra_iter = cfg["max_iter"]
-        env = torchrun_env() if self.distributed is not False else None
-        if env is not None and env["world_size"] > 1 and device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", env["local_rank"])  # one GPU per rank
         ctx = setup_distributed(self.distributed, device)
         try:
             resume_ckpt = None
@@ -335,8 +336,7 @@ class SAMEmbedder(BaseEstimator):
         ss_weights, ss_data, ss_loss = np.random.SeedSequence(self.random_state).spawn(3)
         net_cfg = network_config(cfg)
         if continuing:
-            net, opt_state = self.network_, getattr(self, "_optimizer_state", None)
-            state = TrainState(self.n_iter_, self.train_time_, list(self.history_))
+            net, state, opt_state = continued_network(self)
         elif resume_ckpt is not None:
             # the estimator's parameters rule (budget included); the checkpoint brings the state
             net, state, opt_state = resumed_network(net_cfg, resume_ckpt, self.checkpoint_path)
@@ -375,7 +375,7 @@ class SAMEmbedder(BaseEstimator):
                                 history_=state.history, interrupted_=state.interrupted,
                                 world_size_=ctx.world_size, rank_=ctx.rank).items():
             setattr(self, name, value)
-        self._optimizer_state = optimizer.state_dict()
+        self._optimizer_state, self._scaler_state = optimizer.state_dict(), state.scaler_state
         self._fingerprint = None   # the weights changed: cached fingerprint and inference copy are stale
         self._inference_net = None
         if state.interrupted:
@@ -568,9 +568,7 @@ class SAMEmbedder(BaseEstimator):
     def _write_checkpoint(self, path, net, optimizer, cfg, preset, state):
         meta = embedder_meta(self._params_json(), cfg, preset, state.iteration, state.train_time,
                              state.interrupted, state.history, checkpoint=True)
-        tensors = {"network": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                   "optimizer": to_cpu(optimizer.state_dict())}
-        save_payload(path, "SAMEmbedder", meta, tensors)
+        save_payload(path, "SAMEmbedder", meta, checkpoint_tensors(net, optimizer, state))
 
     def __getstate__(self):
         state = self.__dict__.copy()

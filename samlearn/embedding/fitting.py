@@ -2,11 +2,16 @@
 
 * :func:`training_arrays` -- the training images read and preprocessed (in threads), each rank of
   a data-parallel run keeping its share, with semi-supervised labels moved to array indices.
-* :func:`new_network`, :func:`resumed_network`, :func:`make_optimizer` -- a seeded new network
-  (optionally initialised from local torchvision weights), or the network, state and optimiser
-  state of a checkpoint, and the RAdam optimiser over it.
+* :func:`new_network`, :func:`resumed_network`, :func:`continued_network`,
+  :func:`make_optimizer` -- a seeded new network (optionally initialised from local torchvision
+  weights), the network, state and optimiser state of a checkpoint or of a fitted estimator, and
+  the RAdam optimiser over it.
+* :func:`checkpoint_tensors` -- what a checkpoint stores besides its metadata: the weights, the
+  optimiser state and, for fp16 training, the gradient scaler's state.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -19,10 +24,11 @@ from ..nn.pretrained import load_torchvision_resnet
 from ..training import DistributedContext, TrainState
 from .config import network_config
 from .labels import check_labels_inside
-from .model_file import network_from_state
+from .model_file import network_from_state, to_cpu
 from .preprocessing import preprocess
 
-__all__ = ["training_arrays", "new_network", "resumed_network", "make_optimizer"]
+__all__ = ["training_arrays", "new_network", "resumed_network", "continued_network", "make_optimizer",
+           "checkpoint_tensors"]
 
 
 def training_arrays(items, first, cfg: dict, device, labels, ctx: DistributedContext, n_jobs: int):
@@ -121,7 +127,7 @@ def resumed_network(net_cfg: NetworkConfig, checkpoint, path) -> tuple:
     net : SAMNet
         The network, on the CPU.
     state : TrainState
-        Iterations, time and history of the checkpoint.
+        Iterations, time and history of the checkpoint (and its gradient scaler's state).
     optimizer_state : dict or None
         The optimiser state, when the checkpoint holds one.
 
@@ -139,7 +145,70 @@ def resumed_network(net_cfg: NetworkConfig, checkpoint, path) -> tuple:
         raise ValueError(f"checkpoint '{path}' was written by a different network "
                          f"architecture; resume with the parameters that produced it")
     net = network_from_state(net_cfg, tensors, f"checkpoint '{path}'")
-    return net, TrainState(meta["n_iter"], meta["train_time"], meta["history"]), tensors.get("optimizer")
+    state = TrainState(meta["n_iter"], meta["train_time"], meta["history"],
+                       scaler_state=_scaler_state(tensors.get("grad_scaler")))
+    return net, state, tensors.get("optimizer")
+
+
+def continued_network(est) -> tuple:
+    """The network, training state and optimiser state of a fitted estimator, to train further.
+
+    Parameters
+    ----------
+    est : SAMEmbedder
+        A fitted estimator (``warm_start`` or ``partial_fit``).
+
+    Returns
+    -------
+    net : SAMNet
+        ``est.network_`` itself.
+    state : TrainState
+        Its iterations, time, history (a copy) and gradient scaler state.
+    optimizer_state : dict or None
+        The optimiser state of its last fit (None for a model loaded without one).
+    """
+    state = TrainState(est.n_iter_, est.train_time_, list(est.history_),
+                       scaler_state=_scaler_state(getattr(est, "_scaler_state", None)))
+    return est.network_, state, getattr(est, "_optimizer_state", None)
+
+
+def _scaler_state(obj):
+    """A gradient scaler state dict to restore, or None when absent or damaged (a new scaler
+    calibrates its scale again within a few steps)."""
+    if not isinstance(obj, dict) or not obj:
+        return None
+    try:
+        out = {str(k): float(v) if isinstance(v, float) else int(v) for k, v in obj.items()}
+    except (TypeError, ValueError):
+        return None
+    scale = out.get("scale")
+    return out if isinstance(scale, float) and math.isfinite(scale) and scale > 0 else None
+
+
+def checkpoint_tensors(net, optimizer, state: TrainState) -> dict:
+    """The tensors of a training checkpoint: CPU copies of the weights and the optimiser state,
+    and the gradient scaler's state (plain numbers) when training runs in fp16.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network (unwrapped).
+    optimizer : torch.optim.Optimizer
+        Its optimiser.
+    state : TrainState
+        The training state; its ``scaler_state`` is stored when set.
+
+    Returns
+    -------
+    dict
+        ``{"network", "optimizer"[, "grad_scaler"]}``, for
+        :func:`~samlearn.embedding.model_file.save_payload`.
+    """
+    tensors = {"network": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+               "optimizer": to_cpu(optimizer.state_dict())}
+    if state.scaler_state:
+        tensors["grad_scaler"] = dict(state.scaler_state)
+    return tensors
 
 
 def make_optimizer(net, cfg: dict, state=None, source: str = "this model") -> torch.optim.RAdam:

@@ -99,7 +99,8 @@ class InferenceEngine:
     device : torch.device
         Where the network runs.
     amp_dtype : torch.dtype or None
-        Autocast precision (None: float32).
+        Autocast precision (None: float32); fp16 runs as plain autocast (no scaling is needed
+        without gradients).
     tile_shape : "auto", tuple of int or None
         Tiling of the network passes (a checked ``SAMEmbedder.tile_shape``).
     budget_bytes : float
@@ -197,7 +198,8 @@ class InferenceEngine:
         # maps are L2-normalised, so finite values cannot overflow the float32 sums)
         if not (torch.isfinite(g.sum()) and torch.isfinite(l.sum())):
             raise FloatingPointError("an embedding holds NaN or infinite values (numeric overflow, e.g. "
-                                     "with amp='fp16', or damaged weights)")
+                                     "with fp16 autocast: amp='fp16', or amp='auto' on a GPU without "
+                                     "bf16; try amp='none'; or damaged weights)")
         out = []
         for b, (image, pre) in enumerate(group):
             gb, lb = (g[b], l[b]) if len(group) == 1 else (g[b].clone(), l[b].clone())

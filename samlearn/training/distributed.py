@@ -2,7 +2,7 @@
 
 Under ``torchrun`` (environment variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; ``samlearn
 train --nproc-per-node N`` launches it) the process group is initialised (NCCL on CUDA, Gloo on
-the CPU; this rank's GPU is ``cuda:LOCAL_RANK``) and the network wrapped in
+the CPU; this rank's GPU is ``cuda:LOCAL_RANK``, :func:`rank_device`) and the network wrapped in
 ``torch.nn.parallel.DistributedDataParallel``, which averages the gradients of all ranks. With at
 least two images per rank (and no landmark labels) the images are sharded between the ranks. Each
 rank draws its own patch pairs and negatives (streams spawned from the run's ``SeedSequence`` by
@@ -16,13 +16,17 @@ over the ranks, BatchNorm running statistics are taken from rank 0 at the end
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "setup_distributed", "torchrun_env", "sync_buffers"]
+__all__ = ["DistributedContext", "setup_distributed", "torchrun_env", "rank_device", "sync_buffers"]
+
+logger = logging.getLogger(__name__)
 
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -53,6 +57,58 @@ def torchrun_env() -> dict | None:
                          + ", ".join(f"{v}={os.environ[v]!r}" for v in _TORCHRUN_VARS)) from None
     if out["world_size"] < 1 or not (0 <= out["rank"] < out["world_size"]) or out["local_rank"] < 0:
         raise ValueError(f"inconsistent torchrun environment: {out}")
+    return out
+
+
+def rank_device(device: torch.device, distributed="auto", env: dict | None = None) -> torch.device:
+    """This rank's device: under ``torchrun`` with ``WORLD_SIZE > 1``, GPU ``cuda:LOCAL_RANK``.
+
+    The rule torchrun users expect (one GPU per rank, ranks numbered per machine): any CUDA device
+    -- ``"cuda"``, ``"auto"`` resolved to CUDA, or an explicit ``"cuda:N"`` -- becomes
+    ``cuda:LOCAL_RANK``; an explicit index other than ``LOCAL_RANK`` is remapped with a warning
+    (``"cuda:0"`` in a script written for one GPU would otherwise put every rank on GPU 0). A
+    CPU device, a single process (``WORLD_SIZE`` unset or 1) or ``distributed=False`` leave
+    ``device`` as it is.
+
+    Parameters
+    ----------
+    device : torch.device
+        The device asked for, already resolved (``"auto"`` is CUDA when there is a GPU).
+    distributed : {"auto", True, False} or None, default "auto"
+        The estimator's ``distributed`` setting; False (or None) never remaps.
+    env : dict, optional
+        The torchrun ranks (:func:`torchrun_env`); read from the environment when not given.
+
+    Returns
+    -------
+    torch.device
+        ``cuda:LOCAL_RANK`` for a CUDA device in a multi-process run, else ``device``.
+
+    Raises
+    ------
+    ValueError
+        When ``LOCAL_RANK`` is not below the number of GPUs this process sees (more ranks per
+        machine than GPUs, or ``CUDA_VISIBLE_DEVICES`` hiding them).
+    """
+    device = torch.device(device)
+    if distributed is False or distributed is None or device.type != "cuda":
+        return device
+    env = env if env is not None else torchrun_env()
+    if env is None or env["world_size"] <= 1:
+        return device
+    local, n_gpus = env["local_rank"], torch.cuda.device_count()
+    if local >= n_gpus:
+        raise ValueError(f"data-parallel rank {env['rank']} has LOCAL_RANK={local} but this process "
+                         f"sees {n_gpus} GPU(s) (cuda:0 .. cuda:{n_gpus - 1}): each rank uses GPU "
+                         f"cuda:LOCAL_RANK, so launch at most {n_gpus} processes per machine "
+                         f"(--nproc-per-node) and do not restrict CUDA_VISIBLE_DEVICES per rank")
+    out = torch.device("cuda", local)
+    if device.index is not None and device.index != local:
+        warnings.warn(f"device='{device}' is remapped to '{out}' on data-parallel rank {env['rank']}: "
+                      f"under torchrun each rank uses its own GPU, cuda:LOCAL_RANK", UserWarning,
+                      stacklevel=2)
+    elif device != out:
+        logger.debug("rank %d trains on %s (cuda:LOCAL_RANK)", env["rank"], out)
     return out
 
 

@@ -6,7 +6,11 @@ sampling and loss on the device and never synchronises the host with the device 
 no ``float(tensor)``, no host-to-device copy from pageable memory, no Python branch on a tensor):
 diagnostics are converted to Python floats only every ``log_every`` iterations (one
 synchronisation per flush), batches arrive from pinned memory with ``non_blocking`` copies while
-DataLoader workers prepare the next ones. The schedule (:func:`lr_at`: linear warm-up, then
+DataLoader workers prepare the next ones. With fp16 autocast the loss is scaled by a
+``torch.amp.GradScaler`` (:func:`make_grad_scaler`): the gradients are unscaled before the
+optimiser step, steps with infinite or NaN gradients are skipped and the scale adapts; its step
+reads that inf/NaN flag on the host, the one synchronisation per step of fp16 training (bf16 and
+float32 need no scaler). The schedule (:func:`lr_at`: linear warm-up, then
 cosine decay to 5%) is samlearn's: the paper trains at a constant rate.
 """
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch.distributed as dist
 from ..nn.loss import LossConfig, sam_loss
 from .distributed import DistributedContext
 
-__all__ = ["train", "TrainState", "lr_at"]
+__all__ = ["train", "TrainState", "lr_at", "make_grad_scaler"]
 
 
 def lr_at(it: int, progress: float, base_lr: float, warmup: int, schedule: str) -> float:
@@ -68,12 +72,55 @@ class TrainState:
         One record per iteration (see :func:`train`); empty by default.
     interrupted : bool, default False
         Whether the last run was stopped by Ctrl-C or SIGTERM.
+    scaler_state : dict or None, default None
+        The ``state_dict`` of the gradient scaler of fp16 training (plain numbers: the scale and
+        its growth tracker), set at every checkpoint and at the end of :func:`train`; restored
+        into the scaler of the next run. None without a scaler.
     """
 
     iteration: int = 0
     train_time: float = 0.0
     history: list = field(default_factory=list)
     interrupted: bool = False
+    scaler_state: dict | None = None
+
+
+def make_grad_scaler(amp_dtype, device, state: dict | None = None):
+    """The gradient scaler that training at ``amp_dtype`` on ``device`` needs, or None.
+
+    fp16 has too few exponent bits for small gradients: without scaling they underflow to zero.
+    Only fp16 autocast on CUDA gets a scaler; bf16 (float32's exponent range) and float32 need
+    none, and samlearn refuses fp16 on the CPU.
+
+    Parameters
+    ----------
+    amp_dtype : torch.dtype or None
+        The autocast precision of training (None: float32).
+    device : torch.device or str
+        Where training runs.
+    state : dict, optional
+        A scaler ``state_dict`` to restore (:attr:`TrainState.scaler_state`); an empty or
+        missing one starts a new scaler.
+
+    Returns
+    -------
+    torch.amp.GradScaler or None
+        A scaler for fp16 on CUDA, else None.
+    """
+    dev = torch.device(device)
+    if amp_dtype != torch.float16 or dev.type != "cuda":
+        return None
+    scaler = torch.amp.GradScaler(dev.type)
+    if state:
+        scaler.load_state_dict(state)
+    return scaler
+
+
+def _save_scaler(scaler, state: TrainState) -> None:
+    """Record the scaler's state in ``state`` (reads the scale: a host-device synchronisation)."""
+    if scaler is not None and scaler.is_enabled():
+        state.scaler_state = {k: (float(v) if isinstance(v, float) else int(v))
+                              for k, v in scaler.state_dict().items()}
 
 
 def _to_device(batch: dict, device, non_blocking: bool) -> dict:
@@ -84,7 +131,7 @@ def train(net, optimizer, loader, state: TrainState, *, loss_config: LossConfig,
           amp_dtype, max_iter: int | None, max_time: float | None, lr: float, warmup: int,
           schedule: str, generator: torch.Generator, checkpoint=None, checkpoint_every: int | None = None,
           progress=None, log_every: int = 10, channels_last: bool = False, config=None,
-          dist_ctx: DistributedContext | None = None) -> TrainState:
+          dist_ctx: DistributedContext | None = None, grad_scaler="auto") -> TrainState:
     """Optimise ``net`` on batches from ``loader`` until the budget is spent.
 
     Ctrl-C (``KeyboardInterrupt``) stops the loop cleanly: ``state.interrupted`` is set and the
@@ -109,7 +156,7 @@ def train(net, optimizer, loader, state: TrainState, *, loss_config: LossConfig,
     device : torch.device or str
         Where training runs.
     amp_dtype : torch.dtype or None
-        Autocast precision (None: float32).
+        Autocast precision (None: float32); fp16 on CUDA trains with a gradient scaler.
     max_iter : int or None
         Total iterations, counted across resumed runs (None: no limit).
     max_time : float or None
@@ -134,6 +181,11 @@ def train(net, optimizer, loader, state: TrainState, *, loss_config: LossConfig,
     dist_ctx : DistributedContext, optional
         The data-parallel group (default: one process). Every rank must call this with the same
         budget: the stop decision and the logged statistics are agreed on at each flush.
+    grad_scaler : "auto", torch.amp.GradScaler or None, default "auto"
+        Scales the loss for the backward pass (unscaled gradients reach the optimiser; steps with
+        infinite gradients are skipped). "auto": :func:`make_grad_scaler` for ``amp_dtype`` and
+        ``device``, restored from ``state.scaler_state``; a scaler: used as given; None: none.
+        ``state.scaler_state`` records its state at every checkpoint and at the end.
 
     Returns
     -------
@@ -153,6 +205,16 @@ def train(net, optimizer, loader, state: TrainState, *, loss_config: LossConfig,
     log_every = max(1, int(log_every))
     synced_time = state.train_time   # elapsed time all ranks agree on (== train_time on one process)
     stop = synced_time >= budget_time
+    if isinstance(grad_scaler, str):
+        if grad_scaler != "auto":
+            raise ValueError(f"grad_scaler must be 'auto', a GradScaler or None, got {grad_scaler!r}")
+        scaler = make_grad_scaler(amp_dtype, dev, state.scaler_state)
+    else:
+        scaler = grad_scaler
+    if scaler is not None and not scaler.is_enabled():
+        scaler = None
+    if scaler is None:
+        state.scaler_state = None   # a state from an earlier fp16 run does not describe this one
 
     def flush(collective=True):
         nonlocal synced_time, stop
@@ -219,8 +281,14 @@ def train(net, optimizer, loader, state: TrainState, *, loss_config: LossConfig,
                                        batch["pos_mm"], cg[:, 0], cg[:, 1], cl[:, 0], cl[:, 1],
                                        batch["image_id"], gstride, lstride, loss_config, generator)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                # gradient clipping, if ever added, goes after scaler.unscale_(optimizer) here
+                scaler.step(optimizer)   # unscales; skips the step when a gradient is inf / NaN
+                scaler.update()
             state.iteration += 1
             state.train_time = time.perf_counter() - t_start
             pending.append((state.iteration, lr_now, state.train_time, stats, time.perf_counter() - t0))
@@ -235,6 +303,7 @@ def train(net, optimizer, loader, state: TrainState, *, loss_config: LossConfig,
                 if pending:  # on every rank (a collective), also those that write no checkpoint
                     flush()
                 if checkpoint is not None:
+                    _save_scaler(scaler, state)
                     checkpoint(state)
     except KeyboardInterrupt:
         state.interrupted = True
@@ -243,6 +312,7 @@ def train(net, optimizer, loader, state: TrainState, *, loss_config: LossConfig,
         flush(collective=not state.interrupted)
         state.train_time = synced_time if ctx.enabled and not state.interrupted else \
             time.perf_counter() - t_start
+        _save_scaler(scaler, state)
         net.eval()
     if checkpoint is not None:
         checkpoint(state)

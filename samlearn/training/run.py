@@ -54,7 +54,8 @@ def run_training(net, optimizer, state: TrainState, arrays, spacings, *, sampler
     device : torch.device
         Where training runs.
     amp_dtype : torch.dtype or None
-        Autocast precision (None: float32).
+        Autocast precision (None: float32); fp16 on CUDA trains with a gradient scaler, its state
+        kept in ``state.scaler_state`` (:func:`~samlearn.training.loop.make_grad_scaler`).
     max_iter, max_time : int or None, float or None
         Total iterations and seconds of training, counted across resumed runs.
     data_seed, loss_seed : numpy.random.SeedSequence
