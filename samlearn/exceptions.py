@@ -6,12 +6,14 @@
   file (a ``ValueError``: the input is bad).
 * :class:`RegistrationError` -- a registration that could not produce a transform from the
   images it was given (too few confident matches, degenerate point layouts).
+* :class:`ModelFormatWarning` -- a model file in an old format, loaded, that should be saved again
+  (a ``UserWarning``).
 
 Unfitted estimators raise scikit-learn's ``sklearn.exceptions.NotFittedError``; bad images and
 points raise ``ValueError`` / ``TypeError`` naming the argument.
 """
 
-__all__ = ["InvalidParameterError", "ModelFileError", "RegistrationError"]
+__all__ = ["InvalidParameterError", "ModelFileError", "ModelFormatWarning", "RegistrationError"]
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -26,6 +28,14 @@ class InvalidParameterError(ValueError, TypeError):
 
 class ModelFileError(ValueError):
     """A model file that is missing its samlearn header, corrupt, truncated or unsafe."""
+
+
+class ModelFormatWarning(UserWarning):
+    """A model file in an old samlearn format: it loaded, but should be saved again.
+
+    ``samlearn.load(path).save(path)`` rewrites it in the current format (see
+    :mod:`samlearn.embedding.model_file`).
+    """
 
 
 class RegistrationError(RuntimeError):

@@ -181,13 +181,12 @@ class Context:
         the checksum is recomputed (as a careless or malicious writer would), so the edit itself is
         what fails."""
         from samlearn.embedding import model_file as persistence
-        payload = torch.load(source or self.model_path, weights_only=True)
+        payload = read_raw_payload(source or self.model_path)
         edit(payload)
-        digest = getattr(persistence, "payload_digest", None)  # absent before checksums existed
-        if rehash and digest is not None and isinstance(payload.get("meta_json"), str):
-            payload["sha256"] = digest(payload["meta_json"], payload["tensors"])
+        if rehash and isinstance(payload.get("meta_json"), str):
+            payload["sha256"] = persistence.payload_digest(payload["meta_json"], payload["tensors"])
         p = self.tmp / f"tampered_{len(list(self.tmp.iterdir()))}.samlearn"
-        torch.save(payload, p)
+        write_raw_payload(p, payload)
         return p
 
     def model_bytes(self, transform):
@@ -195,6 +194,23 @@ class Context:
         p = self.tmp / f"damaged_{len(list(self.tmp.iterdir()))}.samlearn"
         p.write_bytes(bytes(transform(data)))
         return p
+
+
+def read_raw_payload(path):
+    """The header fields and nested ``tensors`` of a (format 2, safetensors) model file, unchecked."""
+    from samlearn.embedding import model_file as persistence
+    header, flat = persistence._read_file(Path(path))
+    return dict(header, tensors=persistence._unflatten(json.loads(header["layout_json"]), flat))
+
+
+def write_raw_payload(path, payload):
+    """Write ``payload`` (as :func:`read_raw_payload` gives it) as a safetensors model file, as is."""
+    from safetensors.torch import save_file
+    from samlearn.embedding import model_file as persistence
+    payload = dict(payload)
+    flat, layout = persistence._flatten(payload.pop("tensors"))
+    payload["layout_json"] = json.dumps(layout)
+    save_file(flat, str(path), metadata={k: str(v) for k, v in payload.items()})
 
 
 @pytest.fixture(scope="module")
@@ -534,7 +550,7 @@ def test_malicious_model_file_is_refused_and_never_runs(payload_kind, tmp_path, 
     if payload_kind == "torch_archive":
         torch.save({"magic": "samlearn-model", "kind": "SAMEmbedder", "x": _Marker(marker)}, evil)
     elif payload_kind == "inside_tensors":
-        good = torch.load(ctx.model_path, weights_only=True)
+        good = dict(read_raw_payload(ctx.model_path), format_version=1)  # a format-1 archive
         good["tensors"]["network"]["evil"] = _Marker(marker)
         torch.save(good, evil)
     elif payload_kind == "raw_pickle":
@@ -564,11 +580,12 @@ def test_model_file_round_trip_is_exact_and_checksummed(ctx):
     back = samlearn.load(ctx.model_path)
     a, b = ctx.emb2.network_.state_dict(), back.network_.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    payload = torch.load(ctx.model_path, weights_only=True)
+    payload = read_raw_payload(ctx.model_path)
     assert len(payload["sha256"]) == 64
-    # files without a checksum (written before it existed) still load
+    # the checksum is mandatory: a file without one is refused
     p = ctx.tampered_model(lambda pl: pl.pop("sha256"), rehash=False)
-    assert samlearn.load(p).n_iter_ == ctx.emb2.n_iter_
+    with pytest.raises(ModelFileError, match="checksum is missing"):
+        samlearn.load(p)
 
 
 # ===================================================================================== atomic checkpoints
@@ -580,17 +597,16 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     from samlearn.embedding import model_file as persistence
     path = tmp_path / "ckpt.samlearn"
     save_payload(path, "SAMEmbedder", {"n_iter": 1}, {"w": torch.ones(1000)})
-    real_save = torch.save
+    real_fsync = os.fsync
 
-    def dying_save(obj, fh, *a, **k):
-        real_save(obj, fh, *a, **k)
-        fh.truncate(fh.tell() // 2)
+    def dying_fsync(fd):  # the write got half-way, then the disk filled up
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(persistence.torch, "save", dying_save)
+    monkeypatch.setattr(persistence.os, "fsync", dying_fsync)
     with pytest.raises(OSError, match="No space left"):
         save_payload(path, "SAMEmbedder", {"n_iter": 2}, {"w": torch.zeros(1000)})
-    monkeypatch.setattr(persistence.torch, "save", real_save)
+    monkeypatch.setattr(persistence.os, "fsync", real_fsync)
     _, meta, tensors, _ = load_payload(path)
     assert meta == {"n_iter": 1} and torch.equal(tensors["w"], torch.ones(1000))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.samlearn"]

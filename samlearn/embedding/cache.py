@@ -8,9 +8,9 @@ stale embeddings; entries are read back as float32 with ``torch.load(weights_onl
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import torch
 
 from ..image import ImageGeometry
 from .maps import Embedding, EmbeddingMap
+from .model_file import write_atomic
 
 __all__ = ["EmbeddingCache", "model_fingerprint", "image_key", "cache_folder"]
 
@@ -116,8 +117,9 @@ class EmbeddingCache:
     """Embeddings on disk under ``folder/<model fingerprint>/<image key>.pt``.
 
     Maps are stored in float16 (half the memory of float32; unit vectors lose about 5e-4 per
-    component), geometry as JSON. Files are written atomically and read with
-    ``torch.load(weights_only=True)``; an unreadable file is treated as missing (and rewritten).
+    component), geometry as JSON. Files are written atomically, with the permissions of any new
+    file (the umask), and read with ``torch.load(weights_only=True)``; an unreadable file is
+    treated as missing (and rewritten).
 
     Parameters
     ----------
@@ -199,13 +201,7 @@ class EmbeddingCache:
         blob = {"format": self.FORMAT, "fingerprint": self.fingerprint, "geometry": json.dumps(geo),
                 "global": embedding.global_map.data.detach().to("cpu", torch.float16).contiguous(),
                 "local": embedding.local_map.data.detach().to("cpu", torch.float16).contiguous()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=str(self.folder))
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(blob, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        write_atomic(path, buf.getvalue(), durable=False)  # a cache: no fsync; mode from the umask
         return path

@@ -1,39 +1,49 @@
-"""Safe model files: JSON metadata + torch state dicts, written atomically, loaded without code.
+"""Safe model files: JSON metadata + tensors in a safetensors file, written atomically, loaded without code.
 
-A samlearn model file is a ``torch.save`` archive holding only plain data: strings (JSON metadata),
-numbers, lists, dicts and tensors. It is read with ``torch.load(weights_only=True)``, which refuses
-any pickled object that is not plain data, so loading a model file never executes code from it.
-Files are written to a temporary file in the same folder, flushed to disk and renamed into place
-(then the folder entry is flushed), so a crash never leaves a half-written model behind; a SHA-256
-checksum of the content, verified on load, catches damage that the archive format would not.
-Weights are checked against the architecture before they are loaded (:func:`network_from_state`).
+A model file (format version 2) is a `safetensors <https://huggingface.co/docs/safetensors>`_ file: a
+JSON header, then raw tensor bytes; it holds no pickle, so loading it never runs code. The tensors of
+the nested ``tensors`` dict are named by their path of keys joined by ``/`` (``network/stem.0.weight``);
+the header's string metadata holds ``magic``, ``kind``, ``format_version``, ``samlearn_version``,
+``torch_version``, ``meta_json`` (the JSON metadata), ``layout_json`` (the nesting of ``tensors``, with
+its numbers, strings, booleans and None) and ``sha256``, a mandatory checksum of ``meta_json`` and
+``tensors``: a file without it, or whose content does not match it (damaged or edited), is refused.
+Format 1 files (``torch.save`` archives, from older samlearn) still load, with a
+:class:`~samlearn.exceptions.ModelFormatWarning` asking to save them again, through
+``torch.load(weights_only=True)``, which refuses any pickled object that is not plain data.
+Files are written to a new temporary file in the same folder, flushed to disk and renamed into place
+(then the folder entry is flushed), so a crash never leaves a half-written model behind; they get the
+permissions of any new file (the umask). Weights are checked against the architecture before they
+are loaded (:func:`network_from_state`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
-import tempfile
+import pickle
+import secrets
 import warnings
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from .._version import __version__
-from ..exceptions import ModelFileError
+from ..exceptions import ModelFileError, ModelFormatWarning
 from ..nn.network import SAMNet
 from .config import network_config
 
 __all__ = ["save_payload", "load_payload", "check_checkpointing", "read_checkpoint", "network_from_state", "embedder_meta",
-           "read_embedder_meta", "to_jsonable", "FORMAT_VERSION"]
+           "read_embedder_meta", "to_jsonable", "write_atomic", "FORMAT_VERSION"]
 
-
-FORMAT_VERSION = 1
-
-
+FORMAT_VERSION = 2
 MAGIC = "samlearn-model"
+_SCALARS = (str, int, float, bool, type(None))
+_ZIP = b"PK\x03\x04"  # a torch.save archive: format version 1
 
 
 def save_payload(path, kind: str, meta: dict, tensors: dict) -> Path:
@@ -48,7 +58,42 @@ def save_payload(path, kind: str, meta: dict, tensors: dict) -> Path:
     meta : dict
         JSON-serialisable metadata.
     tensors : dict
-        Nested dicts of tensors / numbers.
+        Nested dicts, lists and tuples of tensors, numbers, strings, booleans and None (also as keys).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    TypeError
+        For a value in ``tensors`` that cannot be stored.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path '{path}' is a folder; give a file name for the model")
+    meta_json = json.dumps(meta, allow_nan=True)
+    flat, layout = _flatten(tensors)
+    header = {"magic": MAGIC, "kind": str(kind), "format_version": str(FORMAT_VERSION),
+              "samlearn_version": __version__, "torch_version": str(torch.__version__), "meta_json": meta_json,
+              "layout_json": json.dumps(layout, allow_nan=True), "sha256": payload_digest(meta_json, tensors)}
+    data = safetensors.torch.save(flat, metadata=header)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(path, data)
+
+
+def write_atomic(path, data: bytes, durable: bool = True) -> Path:
+    """Write a file atomically (a temporary file beside it, renamed), with mode 0o666 less the umask.
+
+    Parameters
+    ----------
+    path : str or path
+        The file; its folder must exist.
+    data : bytes
+        The content.
+    durable : bool, default True
+        Flush the file and the folder entry to disk before returning.
 
     Returns
     -------
@@ -56,55 +101,102 @@ def save_payload(path, kind: str, meta: dict, tensors: dict) -> Path:
         ``path``.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"path '{path}' is a folder; give a file name for the model")
-    meta_json = json.dumps(meta, allow_nan=True)
-    payload = {
-        "magic": MAGIC,
-        "kind": kind,
-        "format_version": FORMAT_VERSION,
-        "samlearn_version": __version__,
-        "torch_version": str(torch.__version__),
-        "meta_json": meta_json,
-        "tensors": tensors,
-        "sha256": payload_digest(meta_json, tensors),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    fd, tmp = _new_temp_file(path)  # readers see the previous file or the complete new one
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+            fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return path
 
 
+def _new_temp_file(path: Path):
+    """A new file beside ``path``, opened for writing, with mode 0o666 less the umask (as any new
+    file; ``tempfile.mkstemp``'s 0o600 would survive the rename and hide the model from others)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        with contextlib.suppress(FileExistsError):
+            return os.open(tmp, flags, 0o666), tmp
+    raise FileExistsError(f"could not create a temporary file beside '{path}'")
+
+
 def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX: the folder's entry is flushed to disk), so a power
-    cut just after a save cannot bring back the previous file. A no-op where folders cannot be
-    opened (Windows)."""
-    try:
+    """Make the rename durable: flush the folder's entry to disk (a no-op where folders cannot be opened)."""
+    with contextlib.suppress(OSError):
         fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _flatten(tensors):
+    """The tensors of a nested dict, named by their path of keys, and the JSON layout of the nesting:
+    ``{"dict": [[key, node], ...]}``, ``{"list"|"tuple": [node, ...]}``, ``{"tensor": name}``, ``{"value": v}``."""
+    flat, storages = {}, set()
+
+    def encode(obj, where):
+        if torch.is_tensor(obj):
+            t = obj.detach().cpu().contiguous()
+            if t.numel():
+                if t.untyped_storage().data_ptr() in storages:  # safetensors refuses shared memory
+                    t = t.clone()
+                storages.add(t.untyped_storage().data_ptr())
+            name, n = where or "tensor", 1
+            while name in flat or name == "__metadata__":  # keys such as "a/b" beside "a": {"b": ...}
+                name, n = f"{where}#{n}", n + 1
+            flat[name] = t
+            return {"tensor": name}
+        if isinstance(obj, dict):
+            for k in obj:
+                if type(k) not in _SCALARS:
+                    raise TypeError(f"cannot store a key of type {type(k).__name__} (at '{where}') in a model file")
+            return {"dict": [[k, encode(v, f"{where}/{k}" if where else str(k))] for k, v in obj.items()]}
+        if isinstance(obj, (list, tuple)):
+            return {"tuple" if isinstance(obj, tuple) else "list":
+                    [encode(v, f"{where}/{i}" if where else str(i)) for i, v in enumerate(obj)]}
+        if type(obj) in _SCALARS:
+            return {"value": obj}
+        raise TypeError(f"cannot store a value of type {type(obj).__name__} (at '{where}') in a model file")
+
+    return flat, encode(tensors, "")
+
+
+def _unflatten(layout, flat):
+    """Rebuild the nested ``tensors`` dict from its layout (which must use every tensor)."""
+    used = set()
+
+    def decode(node):
+        (tag, body), = node.items()
+        if tag == "tensor":
+            used.add(body)
+            return flat[body]
+        if tag == "dict":
+            return {k: decode(v) for k, v in body}
+        if tag in ("list", "tuple"):
+            return (tuple if tag == "tuple" else list)(decode(v) for v in body)
+        if tag == "value" and type(body) in _SCALARS:
+            return body
+        raise ValueError(f"unknown layout entry {tag!r}")
+
+    tensors = decode(layout)
+    if not isinstance(tensors, dict) or used != set(flat):
+        raise ValueError("the layout does not describe the file's tensors")
+    return tensors
 
 
 def payload_digest(meta_json: str, tensors) -> str:
-    """SHA-256 of the metadata and of every tensor's name, dtype, shape and bytes. Stored in the file
-    and checked on load: torch's archive format does not verify its data records, so without it a
-    flipped bit in a weight (bit rot, a damaged copy) loads silently as a different model."""
+    """SHA-256 of the metadata and of every key, value and tensor (dtype, shape, bytes) of ``tensors``:
+    without it a flipped bit (bit rot, a damaged copy) or an edited weight would load silently."""
     h = hashlib.sha256()
     h.update(meta_json.encode("utf-8"))
     _digest_into(h, tensors)
@@ -137,8 +229,41 @@ def _version_tuple(v: str):
     return tuple(out)
 
 
+def _corrupt(path, exc) -> ModelFileError:
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return ModelFileError(f"cannot load model file '{path}': it is corrupt, truncated or not a samlearn model "
+                          f"file; refusing to load it ({type(exc).__name__}: {line[:200]})")
+
+
+def _read_file(path: Path) -> tuple:
+    """``(header, flat)`` of a model file, unchecked: its metadata and tensors (by name); for a
+    format-1 file (a ``torch.save`` archive, read with the safe unpickler), its payload and None."""
+    data = path.read_bytes()
+    if data[:4] == _ZIP:
+        try:
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError for unsafe content, RuntimeError/EOFError for damage
+            text = str(exc)
+            if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
+                # torch's message advises weights_only=False (running the file's code): keep its diagnosis
+                found = [ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[-1].splitlines()
+                         if "global" in ln.lower() and "weights_only" not in ln]
+                raise ModelFileError(f"cannot load model file '{path}': it holds objects that are not plain "
+                                     f"data (code or classes, possibly malicious) and was refused, since loading "
+                                     f"it could run code" + (f" ({found[0][:200]})" if found else "")) from None
+            raise _corrupt(path, exc) from None
+        return (payload if isinstance(payload, dict) else {}), None
+    try:
+        flat = safetensors.torch.load(data)
+        # safetensors checked the header: JSON, with str -> str metadata
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, JSON, UTF-8 errors: all damage
+        raise _corrupt(path, exc) from None
+    return dict(header), flat
+
+
 def load_payload(path, kind: str | None = None) -> tuple:
-    """Read a model file written by :func:`save_payload`.
+    """Read a model file written by :func:`save_payload` (or a format-1 file, with a warning).
 
     Parameters
     ----------
@@ -156,12 +281,13 @@ def load_payload(path, kind: str | None = None) -> tuple:
     tensors : dict
         Its tensors (on the CPU).
     header : dict
-        The whole payload (versions, checksum, ...).
+        The file's header (``magic``, ``kind``, ``format_version`` (int), ``sha256``, ...), ``tensors``.
 
     Raises
     ------
     ModelFileError
-        For anything that is not an intact samlearn model file (of ``kind``).
+        For anything that is not an intact samlearn model file (of ``kind``): damaged, truncated,
+        edited (no checksum, or one that does not match), unsafe, or of a newer format.
     FileNotFoundError, IsADirectoryError, TypeError
         For a missing file, a folder, or a ``path`` that is not a path.
     """
@@ -172,46 +298,46 @@ def load_payload(path, kind: str | None = None) -> tuple:
         raise IsADirectoryError(f"'{path}' is a folder, not a model file")
     if not path.is_file():
         raise FileNotFoundError(f"model file does not exist: '{path}'")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError for unsafe content, RuntimeError/EOFError for damage
-        text = str(exc)
-        if "WeightsUnpickler error:" in text:  # keep torch's diagnosis, drop its advice to disable the check
-            text = text.split("WeightsUnpickler error:", 1)[1]
-        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-        msg = lines[0] if lines else type(exc).__name__
-        if "Unsupported global" in text:
-            why = "it contains objects that are not plain data (code or classes: possibly malicious)"
-        else:
-            why = ("it is corrupt, truncated or not a samlearn model file (or holds objects that are "
-                   "not plain data)")
-        raise ModelFileError(f"cannot load model file '{path}': {why}; refusing to load it "
-                             f"({type(exc).__name__}: {msg[:200]})") from None
-    if not isinstance(payload, dict) or payload.get("magic") != MAGIC:
+    payload, flat = _read_file(path)
+    legacy = flat is None
+    if payload.get("magic") != MAGIC:
         raise ModelFileError(f"'{path}' is not a samlearn model file (no samlearn header)")
     try:
-        meta = json.loads(payload["meta_json"])
-        tensors = payload["tensors"]
         fmt = int(payload["format_version"])
-        file_kind = str(payload["kind"])
-        if not isinstance(meta, dict) or not isinstance(tensors, dict):
-            raise TypeError("metadata and tensors must be dicts")
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"model file '{path}' is damaged: {exc}") from None
-    digest = payload.get("sha256")
-    if digest is not None and digest != payload_digest(payload["meta_json"], tensors):
-        raise ModelFileError(f"model file '{path}' is corrupt: its SHA-256 checksum does not match its "
-                             f"content (damaged on disk or in a copy); refusing to load it")
+        raise ModelFileError(f"model file '{path}' is damaged: no format version ({exc})") from None
     if fmt > FORMAT_VERSION:
         raise ModelFileError(f"model file '{path}' has format version {fmt}; this samlearn "
                              f"({__version__}) reads up to {FORMAT_VERSION}. Upgrade samlearn.")
+    try:
+        if fmt < 1 or (fmt == 1) != legacy:
+            raise ValueError(f"format version {fmt} does not match the file's container")
+        if not legacy:
+            payload["tensors"] = _unflatten(json.loads(payload["layout_json"]), flat)
+        meta, tensors, file_kind = json.loads(payload["meta_json"]), payload["tensors"], str(payload["kind"])
+        if not isinstance(meta, dict) or not isinstance(tensors, dict):
+            raise TypeError("metadata and tensors must be dicts")
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise ModelFileError(f"model file '{path}' is damaged: {type(exc).__name__}: {str(exc)[:200]}") from None
+    digest = payload.get("sha256")
+    if not isinstance(digest, str) or not digest:
+        raise ModelFileError(f"model file '{path}' has no checksum: its SHA-256 checksum is missing (every "
+                             f"samlearn model file carries one), so it was damaged or edited; refusing to load it")
+    if digest != payload_digest(payload["meta_json"], tensors):
+        raise ModelFileError(f"model file '{path}' is corrupt: its SHA-256 checksum does not match its content, "
+                             f"so it was damaged (on disk or in a copy) or edited; refusing to load it")
     saved = payload.get("samlearn_version", "0")
     if _version_tuple(saved) > _version_tuple(__version__):
         warnings.warn(f"model file '{path}' was written by samlearn {saved}, newer than this "
                       f"samlearn {__version__}; it may not load or behave identically", UserWarning, stacklevel=3)
     if kind is not None and file_kind != kind:
         raise ModelFileError(f"model file '{path}' holds a {file_kind}, expected a {kind}")
-    return file_kind, meta, tensors, payload
+    if legacy:
+        warnings.warn(f"model file '{path}' has samlearn's old format (version 1, a torch.save archive); it "
+                      f"loaded safely, but re-save it with this samlearn to get the current format (load it "
+                      f"and call .save() again: samlearn.load(path).save(path))", ModelFormatWarning, stacklevel=3)
+    header = dict({k: v for k, v in payload.items() if k != "layout_json"}, format_version=fmt)
+    return file_kind, meta, tensors, header
 
 
 def check_checkpointing(path, every, resume) -> None:
