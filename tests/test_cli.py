@@ -290,3 +290,53 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     assert abs(np.mean(err) - res["samlearn"]["mre"]) < 0.01
     assert "SimpleITK affine registration" in stdout and "samlearn one-shot detector" in stdout
     assert "SAM-affine + SAM-coarse" in stdout
+
+
+# ------------------------------------------------------------------------------- a native feel
+def test_version(capsys):
+    from samlearn import __version__
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"samlearn {__version__}"
+
+
+def test_help_imports_no_heavy_module():
+    code = ("import sys, contextlib, io\n"
+            "from samlearn.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        main(['detect', '--help'])\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'sklearn', 'scipy', 'SimpleITK', 'samlearn.embedding') if m in sys.modules]\n"
+            "print(heavy)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["detect", "--search-radius", "abc", "-m", "m", "-t", "t", "-p", "p", "q"], "--search-radius"),
+    (["match-lesions", "--score-threshold", "2", "-m", "m", "-t", "t", "-l", "l", "q"], "--score-threshold"),
+    (["register", "--grid-spacing", "0", "-m", "m", "-o", "o.tfm", "f", "g"], "--grid-spacing"),
+])
+def test_bad_values_name_their_argument(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_logging_levels_and_simpleitk_warnings(files, capsys, tmp_path):
+    import SimpleITK as sitk
+
+    m, scans = files / "model.samlearn", files / "scans"
+    args = ["embed", "-m", m, "-o", tmp_path / "e", scans / "ph0.nii.gz", "--threads", "1"]
+    code, _, err = run(args, capsys)
+    assert code == 0 and "1 of 1 images done" in err
+    code, _, err = run(args[:4] + [tmp_path / "e2"] + args[5:] + ["-q"], capsys)
+    assert code == 0 and err == ""
+    # ITK's C++ warnings reach the samlearn logger (one line), not raw stderr
+    img = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32))
+    img.SetDirection([1, 0.2, 0, 0, 1, 0, 0, 0, 1])
+    sitk.WriteImage(img, str(tmp_path / "skew.nii.gz"))
+    err = capsys.readouterr().err
+    assert "SimpleITK: NiftiImageIO" in err and "Non-orthogonal" in err and "WARNING: In" not in err

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from .._version import __version__
 from .files import CLIError, collect_images, image_stem, one_line, read_lesions_csv, read_points_csv, write_csv
-from .logs import configure_logging, level_for
 from .parser import POINT_SUFFIXES, build_parser
 
 logger = logging.getLogger("samlearn.cli")
@@ -436,6 +435,8 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .logs import configure_logging, level_for  # SimpleITK: not for --help and --version
+
     configure_logging(level_for(getattr(args, "quiet", False), getattr(args, "verbose", 0)))
     prefix = f"samlearn {args.command}: error:"
     try:

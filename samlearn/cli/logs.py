@@ -2,15 +2,19 @@
 
 The library never prints: it logs to loggers under ``samlearn`` (and warns with
 :mod:`warnings`). The command line shows them on stderr, at the level ``-q`` / ``-v`` ask for:
-warnings only, information (default), or debug messages. Python warnings are routed through
-logging too, so that ``-q`` silences nothing that matters and everything reads alike.
+warnings only, information (default), or debug messages. Python warnings and the warnings of
+SimpleITK / ITK (which would otherwise go raw to stderr from C++) are routed through logging too,
+so that everything reads alike and ``-q`` / ``-v`` decide.
 """
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
-__all__ = ["configure_logging", "level_for"]
+import SimpleITK as sitk
+
+__all__ = ["configure_logging", "level_for", "ITKToLogging"]
 
 _HANDLER_NAME = "samlearn-cli"
 
@@ -29,6 +33,89 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):  # StreamHandler.__init__ sets it; the property always reads sys.stderr
         pass
+
+
+class ITKToLogging(sitk.LoggerBase):
+    """SimpleITK's global message sink, forwarding ITK's messages to the ``samlearn.itk`` logger.
+
+    ITK writes its warnings (a non-orthonormal direction read from a NIfTI header, a DICOM slice
+    spacing that varies, ...) to stderr from C++; once this logger is installed with
+    ``SetAsGlobalITKLogger`` they reach Python's logging like every other message. The source
+    location ITK passes along (``*context``: file, line, class, object) is left out.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._logger = logging.getLogger("samlearn.itk")
+
+    @staticmethod
+    def _clean(t) -> str:
+        text = " ".join(str(t).split())
+        return "SimpleITK: " + _ITK_PREFIX.sub("", text)
+
+    def DisplayText(self, t, *context):  # noqa: N802 - SimpleITK's interface
+        """Log a message of ITK at level INFO.
+
+        Parameters
+        ----------
+        t : str
+            The message.
+        *context
+            ITK's source location (file, line, class, object), left out.
+        """
+        self._logger.info(self._clean(t))
+
+    def DisplayErrorText(self, t, *context):  # noqa: N802
+        """Log an error of ITK at level ERROR.
+
+        Parameters
+        ----------
+        t : str
+            The message.
+        *context
+            ITK's source location (file, line, class, object), left out.
+        """
+        self._logger.error(self._clean(t))
+
+    def DisplayWarningText(self, t, *context):  # noqa: N802
+        """Log a warning of ITK at level WARNING.
+
+        Parameters
+        ----------
+        t : str
+            The message.
+        *context
+            ITK's source location (file, line, class, object), left out.
+        """
+        self._logger.warning(self._clean(t))
+
+    def DisplayGenericOutputText(self, t, *context):  # noqa: N802
+        """Log other output of ITK at level INFO.
+
+        Parameters
+        ----------
+        t : str
+            The message.
+        *context
+            ITK's source location (file, line, class, object), left out.
+        """
+        self._logger.info(self._clean(t))
+
+    def DisplayDebugText(self, t, *context):  # noqa: N802
+        """Log a debug message of ITK at level DEBUG.
+
+        Parameters
+        ----------
+        t : str
+            The message.
+        *context
+            ITK's source location (file, line, class, object), left out.
+        """
+        self._logger.debug(self._clean(t))
+
+
+_ITK_PREFIX = re.compile(r"^(WARNING|ERROR|Debug)?:? ?In \S+, line \d+ ")
+_ITK_LOGGER = []  # the installed instance, kept alive for as long as SimpleITK may call it
 
 
 def level_for(quiet: bool = False, verbose: int = 0) -> int:
@@ -82,4 +169,8 @@ def configure_logging(level: int) -> logging.Logger:
             warn_logger.removeHandler(h)
     warn_logger.addHandler(handler)
     logging.captureWarnings(True)
+    if not _ITK_LOGGER:
+        itk = ITKToLogging()
+        itk.SetAsGlobalITKLogger()
+        _ITK_LOGGER.append(itk)
     return logger

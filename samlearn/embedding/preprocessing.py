@@ -21,6 +21,7 @@ import torch
 
 from .._utils.kernels import gaussian_kernel
 from ..image import Image, ImageGeometry, normalize_intensity
+from .config import network_config
 
 __all__ = ["preprocess", "resample_canonical", "MAX_WORK_VOXELS"]
 
@@ -28,6 +29,10 @@ __all__ = ["preprocess", "resample_canonical", "MAX_WORK_VOXELS"]
 # largest working grid (voxels) an image may be resampled to: 4 GiB of float32. Beyond it an
 # image's geometry is almost surely wrong (e.g. spacing in micrometres read as mm).
 MAX_WORK_VOXELS = 2 ** 30
+
+#: fewest voxels an image may have on an axis: fewer hold no structure to embed (a 3 x 3 image,
+#: a 1 x 96 line), whatever the working grid they would be interpolated to
+MIN_IMAGE_VOXELS = 4
 
 
 def _axis_map(source: ImageGeometry, target: ImageGeometry):
@@ -248,11 +253,16 @@ def preprocess(image: Image, cfg: dict, device=None, where: str = "image") -> Im
     Raises
     ------
     ValueError
-        For a constant image (no anatomy to embed) or one whose working grid would exceed
-        :data:`MAX_WORK_VOXELS` (a wrong spacing, e.g. micrometres read as mm).
+        For a constant image (no anatomy to embed), one with fewer than :data:`MIN_IMAGE_VOXELS`
+        voxels on an axis or whose working grid spans fewer than two local embedding voxels on an
+        axis (too small to locate anything in), or one whose working
+        grid would exceed :data:`MAX_WORK_VOXELS` (a wrong spacing, e.g. micrometres read as mm).
     """
     geom = image.geometry
     src = f" ('{image.source}')" if image.source else ""
+    if min(geom.size) < MIN_IMAGE_VOXELS:
+        raise ValueError(f"{where}{src} is too small to embed: {geom.size} voxels (x, y[, z]); every "
+                         f"axis needs at least {MIN_IMAGE_VOXELS}")
     lo, hi = float(image.array.min()), float(image.array.max())
     if lo == hi:
         # a blank image holds no anatomy: its embedding would be the same vector everywhere and
@@ -264,6 +274,11 @@ def preprocess(image: Image, cfg: dict, device=None, where: str = "image") -> Im
     else:
         size = tuple(int(v) for v in cfg["image_size"])
         target = geom.canonical(size=size[::-1])  # image_size is (rows, cols) numpy order
+    stride = network_config(cfg).local_stride[::-1]  # (x, y[, z]) like the sizes
+    if any(n < 2 * s for n, s in zip(target.size, stride)):
+        raise ValueError(f"{where}{src} is too small for the network: its working grid is {target.size} "
+                         f"voxels (x, y[, z]) for a {np.round(geom.extent_mm, 1).tolist()} mm extent, "
+                         f"less than two local embedding voxels (stride {tuple(stride)}) on some axis")
     n_vox = float(np.prod(np.asarray(target.size, dtype=np.float64)))
     if n_vox > MAX_WORK_VOXELS:
         raise ValueError(

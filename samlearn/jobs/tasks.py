@@ -183,6 +183,7 @@ class DetectTask(BatchTask):
 
     @property
     def header(self):
+        """The columns of the result table: image, name, x, y[, z], score[, cycle_mm]."""
         axes = ["x", "y", "z"][: len(self.points[0])]
         cyc = ["cycle_mm"] if dict(self.detector).get("cycle_check") else []
         return ["image", "name", *axes, "score", *cyc]
@@ -250,10 +251,11 @@ class LesionTask(BatchTask):
     matcher: tuple = field(default_factory=tuple)
 
     def _ndim(self) -> int:
-        return load_ndim(self.lesions)
+        return lesion_ndim(self.lesions)
 
     @property
     def header(self):
+        """The columns of the result table: image, name, found, x, y[, z], score, cycle_mm."""
         return ["image", "name", "found", *["x", "y", "z"][: self._ndim()], "score", "cycle_mm"]
 
     def prepare(self):
@@ -286,7 +288,7 @@ class LesionTask(BatchTask):
                  _fmt(res["scores"][0, j]), _fmt(res["cycle_mm"][0, j])] for j, name in enumerate(self.names)]
 
 
-def load_ndim(lesions) -> int:
+def lesion_ndim(lesions) -> int:
     """The dimension of lesion centres or boxes given as rows of 2, 3, 4 or 6 values.
 
     Parameters
