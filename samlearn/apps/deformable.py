@@ -76,7 +76,9 @@ class SAMDeformableRegistrar(SAMAffineRegistrar):
     Attributes
     ----------
     transform_ : CompositeTransform
-        Fixed -> moving world mm: the fields, then the affine.
+        Fixed -> moving world mm: the fields, then the affine. ``transform_.save("t.h5")``
+        writes it as one ITK composite transform that ``SimpleITK.ReadTransform``, ITK and ANTs
+        read with the same meaning (:func:`samlearn.transforms.write_transform`).
     affine_transform_ : AffineTransform
         The affine alone.
     field_ : DisplacementField or CompositeTransform

@@ -15,6 +15,10 @@ transform with the same meaning (fixed -> moving physical points, as ``sitk.Resa
 * :class:`DisplacementField` -- ``y = x + u(x)``, ``u`` on a grid, linear interpolation, zero
   outside the grid, as ITK's ``DisplacementFieldTransform``.
 * :class:`CompositeTransform` -- a chain, applied to points in the listed order.
+* :func:`write_transform` / ``transform.save(path)`` and :func:`read_transform` -- ITK transform
+  files (``.h5`` for any transform and chain, ``.tfm`` / ``.mat`` for affines) and displacement
+  field images (``.nii.gz``, ...), which SimpleITK, ITK and ANTs read with the same meaning
+  (:mod:`~samlearn.transforms.files`).
 * :func:`fit_affine` -- least squares, RANSAC or Huber IRLS from point pairs
   (:mod:`~samlearn.transforms.fitting`); :func:`field_from_matches` -- a smooth field from
   residuals (:mod:`~samlearn.transforms.smoothing`).
@@ -22,9 +26,11 @@ transform with the same meaning (fixed -> moving physical points, as ``sitk.Resa
 from .affine import AffineTransform
 from .base import Transform
 from .composite import CompositeTransform
-from .field import DisplacementField
+from .field import FIELD_IMAGE_SUFFIXES, DisplacementField
+from .files import TRANSFORM_SUFFIXES, read_transform, write_transform
 from .fitting import ROBUST_FITS, fit_affine
 from .smoothing import field_from_matches, field_geometry, smooth_field
 
 __all__ = ["Transform", "AffineTransform", "DisplacementField", "CompositeTransform", "fit_affine",
-           "ROBUST_FITS", "field_from_matches", "field_geometry", "smooth_field"]
+           "ROBUST_FITS", "field_from_matches", "field_geometry", "smooth_field", "write_transform",
+           "read_transform", "TRANSFORM_SUFFIXES", "FIELD_IMAGE_SUFFIXES"]

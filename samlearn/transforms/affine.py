@@ -5,7 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .._utils.docs import fill_doc
-from .base import Transform, reference_geometry
+from .base import HDF5_SUFFIXES, Transform, reference_geometry
 
 __all__ = ["AffineTransform"]
 
@@ -27,6 +27,9 @@ class AffineTransform(Transform):
     reference : ImageGeometry or None
         The fixed grid.
     """
+
+    #: :meth:`save` writes ITK HDF5, ITK text (``.tfm`` / ``.txt``) or ITK MATLAB (``.mat``, ANTs')
+    file_suffixes = HDF5_SUFFIXES + (".tfm", ".txt", ".mat")
 
     def __init__(self, matrix, *, reference=None):
         m = np.asarray(matrix, dtype=np.float64)

@@ -1,18 +1,55 @@
-"""What every samlearn transform shares: point checks, the fixed reference grid, and resampling
-a moving image onto it through SimpleITK (see :mod:`samlearn.transforms` for the direction
-convention)."""
+"""What every samlearn transform shares: point checks, the fixed reference grid, resampling
+a moving image onto it through SimpleITK, and writing it to an ITK transform file (see
+:mod:`samlearn.transforms` for the direction convention)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
+from .._utils.files import write_atomically
 from .._utils.docs import fill_doc
+from ..exceptions import InvalidParameterError
 from ..image import Image, ImageGeometry, check_images, check_points
 from ..image.resampling import check_interpolator, resample_sitk
 
 __all__ = ["Transform", "reference_geometry"]
+
+#: ITK transform files every samlearn transform can be written to (HDF5: SimpleITK, ITK and ANTs
+#: read it, composites included)
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def file_suffix(path, accepted, what: str) -> str:
+    """The suffix of ``path`` among ``accepted`` (case-insensitive, longest match), or raise.
+
+    Parameters
+    ----------
+    path : str or path
+        The file.
+    accepted : sequence of str
+        The suffixes, with their dot (``".nii.gz"``).
+    what : str
+        What is written, for the message.
+
+    Returns
+    -------
+    str
+        The matching suffix, lower case.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the file and the accepted suffixes.
+    """
+    low = Path(path).name.lower()
+    for suf in sorted(accepted, key=len, reverse=True):
+        if low.endswith(suf) and len(low) > len(suf):
+            return suf
+    raise InvalidParameterError(f"cannot write {what} to '{path}': the file name must end with "
+                                f"one of {', '.join(accepted)}")
 
 
 def reference_geometry(reference, name="reference") -> ImageGeometry:
@@ -60,6 +97,8 @@ class Transform:
 
     ndim: int
     reference: Optional[ImageGeometry]
+    #: the file suffixes :meth:`save` accepts
+    file_suffixes = HDF5_SUFFIXES
 
     def _check(self, points, name="points"):
         single = np.ndim(points) == 1
@@ -82,6 +121,36 @@ class Transform:
             As ``sitk.Resample`` expects it.
         """
         raise NotImplementedError
+
+    def save(self, path) -> Path:
+        """Write to an ITK transform file, with the same fixed -> moving meaning.
+
+        ``SimpleITK.ReadTransform`` (and ITK, ANTs) reads it back as the transform
+        that ``sitk.Resample`` expects: it maps points of the fixed / output image to the moving
+        / input image, as :meth:`transform_points` does. The file appears complete or not at all.
+
+        Parameters
+        ----------
+        path : str or path
+            The file; the suffix picks the format (``file_suffixes``): ``.h5`` / ``.hdf5`` (ITK
+            HDF5, any transform, composites included), and for an affine also ``.tfm`` /
+            ``.txt`` (ITK text) or ``.mat`` (ITK MATLAB, ANTs' affine format).
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        Raises
+        ------
+        InvalidParameterError
+            For a suffix this transform cannot be written to (the message lists the accepted).
+        FileNotFoundError
+            When the folder does not exist.
+        """
+        suffix = file_suffix(path, self.file_suffixes, type(self).__name__)
+        tx = self.to_sitk()
+        return write_atomically(path, lambda tmp: sitk.WriteTransform(tx, tmp), suffix=suffix)
 
     def __call__(self, points) -> np.ndarray:
         return self.transform_points(points)

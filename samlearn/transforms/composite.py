@@ -7,7 +7,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .._utils.docs import fill_doc
-from .base import Transform, reference_geometry
+from .base import HDF5_SUFFIXES, Transform, reference_geometry
 
 __all__ = ["CompositeTransform"]
 
@@ -18,6 +18,8 @@ class CompositeTransform(Transform):
     For SAM-coarse the chain is ``[DisplacementField, AffineTransform]``: a fixed point ``x`` goes
     to ``A (x + u(x)) + t`` in the moving image. (SimpleITK's ``CompositeTransform`` applies its
     *last* entry first; :meth:`to_sitk` adds the entries in reverse so the meaning is the same.)
+    :meth:`save` writes it to an ITK HDF5 file (``.h5``) that SimpleITK, ITK and ANTs
+    read as one composite transform with the same meaning.
 
     Parameters
     ----------
@@ -36,6 +38,9 @@ class CompositeTransform(Transform):
         The fixed grid.
     """
 
+    #: :meth:`save` writes ITK HDF5 only (the format that holds a chain)
+    file_suffixes = HDF5_SUFFIXES
+
     def __init__(self, transforms: Sequence[Transform], *, reference=None):
         ts = list(transforms)
         if not ts:
@@ -50,6 +55,14 @@ class CompositeTransform(Transform):
         self.transforms = tuple(ts)
         self.ndim = ts[0].ndim
         self.reference = None if reference is None else reference_geometry(reference)
+
+    def _leaves(self):
+        """The non-composite entries, nested chains flattened, in the order they apply."""
+        for t in self.transforms:
+            if isinstance(t, CompositeTransform):
+                yield from t._leaves()
+            else:
+                yield t
 
     @fill_doc
     def transform_points(self, points) -> np.ndarray:
@@ -75,13 +88,15 @@ class CompositeTransform(Transform):
     def to_sitk(self) -> sitk.CompositeTransform:
         """SimpleITK ``CompositeTransform`` with the same meaning (entries added in reverse).
 
+        Nested chains are flattened (ITK's transform files hold one level of composite only).
+
         Returns
         -------
         SimpleITK.CompositeTransform
             The transform.
         """
         comp = sitk.CompositeTransform(self.ndim)
-        for t in reversed(self.transforms):
+        for t in reversed(list(self._leaves())):
             comp.AddTransform(t.to_sitk())
         return comp
 

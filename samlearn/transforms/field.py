@@ -1,15 +1,21 @@
 """Dense displacement fields ``y = x + u(x)`` on a grid in the FIXED space."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from .._utils.docs import fill_doc
 from ..image import ImageGeometry
-from .base import Transform, reference_geometry
+from .._utils.files import write_atomically
+from .base import HDF5_SUFFIXES, Transform, file_suffix, reference_geometry
 
-__all__ = ["DisplacementField"]
+__all__ = ["DisplacementField", "FIELD_IMAGE_SUFFIXES"]
+
+#: image files a field can be written to as a vector image (single-file formats only)
+FIELD_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 class DisplacementField(Transform):
@@ -39,6 +45,9 @@ class DisplacementField(Transform):
     reference : ImageGeometry or None
         The fixed grid.
     """
+
+    #: :meth:`save` writes an ITK HDF5 transform or a vector image
+    file_suffixes = HDF5_SUFFIXES + FIELD_IMAGE_SUFFIXES
 
     def __init__(self, displacements, geometry: ImageGeometry, *, reference=None):
         if not isinstance(geometry, ImageGeometry):
@@ -125,6 +134,53 @@ class DisplacementField(Transform):
                 break
         return DisplacementField(v.reshape(self.displacements.shape), self.geometry)
 
+    @classmethod
+    def from_sitk(cls, field, *, reference=None) -> "DisplacementField":
+        """From a SimpleITK ``DisplacementFieldTransform`` or a displacement-field vector image.
+
+        Parameters
+        ----------
+        field : SimpleITK.DisplacementFieldTransform or SimpleITK.Image
+            The transform (fixed -> moving, as SimpleITK's), or its field: a vector image of
+            ``ndim`` components, displacements in world mm (LPS) on the fixed grid, as ITK and
+            ANTs write them.
+        reference : ImageGeometry, Image or None, default None
+            The fixed grid: the default target of :meth:`resample`.
+
+        Returns
+        -------
+        DisplacementField
+            The same mapping.
+        """
+        if isinstance(field, sitk.Transform):
+            tx = field.Downcast()
+            if not isinstance(tx, sitk.DisplacementFieldTransform):
+                raise TypeError(f"field must be a SimpleITK DisplacementFieldTransform or a vector "
+                                f"image, got a {field.GetName()}")
+            field = tx.GetDisplacementField()
+        if not isinstance(field, sitk.Image):
+            raise TypeError(f"field must be a SimpleITK DisplacementFieldTransform or a vector image, "
+                            f"got {type(field).__name__}")
+        if field.GetNumberOfComponentsPerPixel() != field.GetDimension():
+            raise ValueError(f"a displacement field of a {field.GetDimension()}D image needs "
+                             f"{field.GetDimension()} components per voxel, got "
+                             f"{field.GetNumberOfComponentsPerPixel()}")
+        u = sitk.GetArrayFromImage(field).astype(np.float64)
+        return cls(u, ImageGeometry.from_sitk(field), reference=reference)
+
+    def to_sitk_image(self) -> sitk.Image:
+        """The field as a SimpleITK vector image (float64, ``ndim`` components, this grid).
+
+        Returns
+        -------
+        SimpleITK.Image
+            Displacements in world mm (LPS), fixed -> moving, the image
+            ``sitk.DisplacementFieldTransform`` takes and ITK / ANTs write as a warp field.
+        """
+        img = sitk.GetImageFromArray(np.ascontiguousarray(self.displacements), isVector=True)
+        img = self.geometry.apply_to_sitk(img)
+        return sitk.Cast(img, sitk.sitkVectorFloat64)
+
     def to_sitk(self) -> sitk.DisplacementFieldTransform:
         """SimpleITK ``DisplacementFieldTransform`` with the same fixed -> moving meaning.
 
@@ -133,10 +189,43 @@ class DisplacementField(Transform):
         SimpleITK.DisplacementFieldTransform
             The transform (float64 field).
         """
-        img = sitk.GetImageFromArray(np.ascontiguousarray(self.displacements), isVector=True)
-        img = self.geometry.apply_to_sitk(img)
-        img = sitk.Cast(img, sitk.sitkVectorFloat64)
-        return sitk.DisplacementFieldTransform(img)  # takes the image over
+        return sitk.DisplacementFieldTransform(self.to_sitk_image())  # takes the image over
+
+    def save(self, path) -> Path:
+        """Write as an ITK HDF5 transform or as a displacement-field image.
+
+        ``.h5`` / ``.hdf5``: an ITK ``DisplacementFieldTransform`` that ``SimpleITK.ReadTransform``
+        (and ITK, ANTs) reads back. ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``: the field as a
+        vector image on this grid, float64, displacements in world mm in LPS components, fixed ->
+        moving, the convention of ITK's and ANTs' warp fields (``*Warp.nii.gz``): read it with
+        ``sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(path),
+        sitk.sitkVectorFloat64))`` or pass it to ``antsApplyTransforms -t``. (NIfTI stores the
+        grid in RAS as usual, but ITK keeps the vector components in LPS; tools that assume RAS
+        vectors must negate x and y.) Either way the file maps points as :meth:`transform_points`
+        does and appears complete or not at all.
+
+        Parameters
+        ----------
+        path : str or path
+            The file; its suffix picks the format.
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        Raises
+        ------
+        InvalidParameterError
+            For another suffix (the message lists the accepted ones).
+        FileNotFoundError
+            When the folder does not exist.
+        """
+        suffix = file_suffix(path, self.file_suffixes, "a DisplacementField")
+        if suffix in HDF5_SUFFIXES:
+            return super().save(path)
+        img = self.to_sitk_image()
+        return write_atomically(path, lambda tmp: sitk.WriteImage(img, tmp), suffix=suffix)
 
     def __repr__(self) -> str:
         mag = np.linalg.norm(self.displacements, axis=-1)
