@@ -25,7 +25,7 @@ from ._version import __version__
 #: public name -> the sub-package that defines it
 _EXPORTS = {
     "Image": "image", "ImageGeometry": "image", "check_images": "image", "check_points": "image",
-    "normalize_intensity": "image", "read_image": "image",
+    "normalize_intensity": "image", "read_image": "image", "read_points": "image", "write_points": "image",
     "SAMEmbedder": "embedding", "load": "embedding",
     "OneShotLandmarkDetector": "apps", "LesionMatcher": "apps", "SAMAffineRegistrar": "apps",
     "SAMDeformableRegistrar": "apps", "LandmarkIntensityFeatures": "apps",

@@ -1,6 +1,5 @@
 """SAMEmbedder: training loop, transform geometry, determinism, persistence, interruption."""
 import pickle
-import warnings
 
 import numpy as np
 import pytest

@@ -1,11 +1,9 @@
 """Geometry, I/O, resampling and input checking of samlearn.image."""
-import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from hypothesis import given, settings, strategies as st
-from hypothesis.extra.numpy import arrays
 
 from samlearn import Image, ImageGeometry, check_images, check_points, normalize_intensity, read_image
 from helpers import random_rotation

@@ -1,13 +1,12 @@
 """Bounded-memory inference: receptive reach, tiles that reproduce one pass, the memory model,
 the embedding cache and parallel / batched transform."""
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from samlearn import Image
-from samlearn.embedding.cache import EmbeddingCache, image_key, model_fingerprint
+from samlearn.embedding.cache import image_key, model_fingerprint
 from samlearn.embedding.engine import auto_tile_shape, estimate_pass_bytes, halo, pad_batch, plan_tiles, run_network
 from samlearn.nn.network import NetworkConfig, SAMNet, receptive_reach
 from helpers import smooth_images, tiny_embedder

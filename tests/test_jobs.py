@@ -19,7 +19,7 @@ from helpers import ROOT, smooth_images, tiny_embedder
 
 from samlearn.cli import main
 from samlearn.jobs import DetectTask, OutputBusyError, OutputLock, failures_path, run_batch, state_paths
-from samlearn.jobs.output import atomic_write_text
+from samlearn._utils.files import atomic_write_text
 
 N_IMAGES = 12
 

@@ -1,7 +1,6 @@
 """The network, the loss and its negative sampling, and I3D inflation."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

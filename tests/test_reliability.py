@@ -33,7 +33,7 @@ from samlearn import Image, ImageGeometry, OneShotLandmarkDetector, check_points
 from samlearn.datasets import load_ct_folder
 from samlearn.embedding.model_file import ModelFileError, load_payload, save_payload
 from samlearn.exceptions import InvalidParameterError
-from helpers import random_rotation, smooth_images, tiny_embedder
+from helpers import smooth_images, tiny_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

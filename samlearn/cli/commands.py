@@ -25,7 +25,7 @@ from .parser import POINT_SUFFIXES, build_parser
 
 logger = logging.getLogger("samlearn.cli")
 
-TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5", ".xfm")
+TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
 MARKUP_SUFFIXES = (".mrk.json", ".fcsv")
 
 
@@ -67,8 +67,19 @@ def _read_marks(path, what: str, ndim=None, lesions: bool = False):
     return read_points(path, ndim=ndim)
 
 
-def _fmt(v) -> str:
-    return f"{float(v):.3f}"
+def _output_names(files) -> dict:
+    """Image -> a unique output file name (its stem, ``_2``, ``_3``... for repeats), fixed before
+    any work so that a resumed run names every file as the first one did."""
+    names, used = {}, set()
+    for f in files:
+        stem = image_stem(f)
+        name, k = stem, 1
+        while name in used:
+            k += 1
+            name = f"{stem}_{k}"
+        used.add(name)
+        names[f] = name
+    return names
 
 
 def _dask_client(args):
@@ -263,15 +274,7 @@ def cmd_embed(args) -> int:
     files = collect_images(args.images)
     out = check_output_folder(args.out)
     model = _check_model_file(args.model)
-    names, used = {}, set()
-    for f in files:  # fixed before any work, so that a resumed run names every file alike
-        stem = image_stem(f)
-        name, k = stem, 1
-        while name in used:
-            k += 1
-            name = f"{stem}_{k}"
-        used.add(name)
-        names[f] = name
+    names = _output_names(files)
     out.mkdir(parents=True, exist_ok=True)
     task = EmbedTask(model=model, threads=args.threads, folder=str(out), file_names=tuple(names.items()),
                      format=args.format)
@@ -343,14 +346,12 @@ def _register_one(args, moving) -> int:
 
     out = check_output_file(args.out)
     model = _load_model(args.model)
-    import SimpleITK as sitk
-
     from ..apps import SAMAffineRegistrar
     from ..image import read_image
     fixed, moving = read_image(args.fixed), read_image(moving)
     reg = SAMAffineRegistrar(embedder=model, **dict(_registrar_params(args))).fit(fixed, moving)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteTransform(reg.transform_.to_sitk(), str(out))
+    reg.transform_.save(out)
     inl = getattr(reg, "inlier_mask_", None)
     n_inl = len(reg.matches_) if inl is None else int(sum(bool(v) for v in inl))
     logger.info(f"affine from {len(reg.matches_)} confident matches ({n_inl} inliers), "
@@ -395,15 +396,7 @@ def cmd_register(args) -> int:
     files = collect_images(args.moving)
     check_output_folder(out)
     _check_model_file(args.model)
-    names, used = {}, set()
-    for f in files:
-        stem = image_stem(f)
-        name, k = stem, 1
-        while name in used:
-            k += 1
-            name = f"{stem}_{k}"
-        used.add(name)
-        names[f] = name
+    names = _output_names(files)
     out.mkdir(parents=True, exist_ok=True)
     task = RegisterTask(model=args.model, threads=args.threads, fixed=args.fixed, folder=str(out),
                         file_names=tuple(names.items()), registrar=_registrar_params(args))

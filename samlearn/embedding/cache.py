@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._utils.files import atomic_write_bytes
 from ..image import ImageGeometry
 from .maps import Embedding, EmbeddingMap
-from .model_file import write_atomic
 
 __all__ = ["EmbeddingCache", "model_fingerprint", "image_key", "cache_folder"]
 
@@ -203,5 +203,5 @@ class EmbeddingCache:
                 "local": embedding.local_map.data.detach().to("cpu", torch.float16).contiguous()}
         buf = io.BytesIO()
         torch.save(blob, buf)
-        write_atomic(path, buf.getvalue(), durable=False)  # a cache: no fsync; mode from the umask
+        atomic_write_bytes(path, buf.getvalue(), durable=False)  # a cache: no fsync; mode from the umask
         return path

@@ -17,14 +17,12 @@ are loaded (:func:`network_from_state`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import math
 import os
 import pickle
-import secrets
 import warnings
 from pathlib import Path
 
@@ -32,13 +30,14 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from .._utils.files import atomic_write_bytes
 from .._version import __version__
 from ..exceptions import ModelFileError, ModelFormatWarning
 from ..nn.network import SAMNet
 from .config import network_config
 
 __all__ = ["save_payload", "load_payload", "check_checkpointing", "read_checkpoint", "network_from_state", "embedder_meta",
-           "read_embedder_meta", "to_jsonable", "write_atomic", "FORMAT_VERSION"]
+           "read_embedder_meta", "to_jsonable", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 2
 MAGIC = "samlearn-model"
@@ -80,63 +79,7 @@ def save_payload(path, kind: str, meta: dict, tensors: dict) -> Path:
               "layout_json": json.dumps(layout, allow_nan=True), "sha256": payload_digest(meta_json, tensors)}
     data = safetensors.torch.save(flat, metadata=header)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(path, data)
-
-
-def write_atomic(path, data: bytes, durable: bool = True) -> Path:
-    """Write a file atomically (a temporary file beside it, renamed), with mode 0o666 less the umask.
-
-    Parameters
-    ----------
-    path : str or path
-        The file; its folder must exist.
-    data : bytes
-        The content.
-    durable : bool, default True
-        Flush the file and the folder entry to disk before returning.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-    """
-    path = Path(path)
-    fd, tmp = _new_temp_file(path)  # readers see the previous file or the complete new one
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-    return path
-
-
-def _new_temp_file(path: Path):
-    """A new file beside ``path``, opened for writing, with mode 0o666 less the umask (as any new
-    file; ``tempfile.mkstemp``'s 0o600 would survive the rename and hide the model from others)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        with contextlib.suppress(FileExistsError):
-            return os.open(tmp, flags, 0o666), tmp
-    raise FileExistsError(f"could not create a temporary file beside '{path}'")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable: flush the folder's entry to disk (a no-op where folders cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(str(folder), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    return atomic_write_bytes(path, data)
 
 
 def _flatten(tensors):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from .engines import run_dask, run_serial, torchrun_shard, with_progress
-from .output import Journal, OutputLock, atomic_write_text, csv_text, read_journal, write_failures
+from .output import Journal, OutputLock, csv_text, read_journal, write_failures, write_text
 from .tasks import BatchTask
 
 __all__ = ["BatchResult", "run_batch", "state_paths"]
@@ -75,7 +75,7 @@ def state_paths(output) -> tuple:
 
 
 def _write_table(path, header, rows) -> None:
-    atomic_write_text(path, csv_text(header, rows))
+    write_text(path, csv_text(header, rows))
 
 
 def _collect(images, done: dict, failed: dict) -> tuple:

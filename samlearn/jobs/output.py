@@ -18,51 +18,25 @@ import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["OutputBusyError", "OutputLock", "Journal", "atomic_write_text", "check_output_file",
-           "check_output_folder", "failures_path", "write_failures", "csv_text", "read_journal",
-           "private_to_umask"]
+from .._utils.files import atomic_write_text
+
+__all__ = ["OutputBusyError", "OutputLock", "Journal", "write_text", "check_output_file",
+           "check_output_folder", "failures_path", "write_failures", "csv_text", "read_journal"]
 
 
 class OutputBusyError(ValueError):
     """Another run holds the output (its lock file exists and its process is alive)."""
 
 
-_UMASK = []
-
-
-def _umask() -> int:
-    """The process's umask, read once (reading it means setting it, which is not thread-safe)."""
-    if not _UMASK:
-        old = os.umask(0o022)
-        os.umask(old)
-        _UMASK.append(old)
-    return _UMASK[0]
-
-
-def private_to_umask(path) -> None:
-    """Give a file made by :func:`tempfile.mkstemp` (mode 0600) the mode the umask asks for.
+def write_text(path, text: str) -> Path:
+    """Write a text file atomically, creating its folder (:func:`samlearn._utils.files.atomic_write_text`).
 
     Parameters
     ----------
     path : str or path
         The file.
-    """
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write a text file atomically: a unique temporary file in the same folder, then a rename.
-
-    The file's permissions follow the umask (as ``open`` would give), not the private mode of a
-    temporary file. Readers never see a half-written file, and concurrent writers never share a
-    temporary name.
-
-    Parameters
-    ----------
-    path : str or path
-        The file; its folder is created.
     text : str
-        The content, written as UTF-8.
+        The content.
 
     Returns
     -------
@@ -71,19 +45,7 @@ def atomic_write_text(path, text: str) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 def csv_text(header, rows) -> str:
@@ -219,7 +181,7 @@ def write_failures(output, failures) -> Path | None:
         if path.exists():
             path.unlink()
         return None
-    return atomic_write_text(path, csv_text(["image", "error"], failures))
+    return write_text(path, csv_text(["image", "error"], failures))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,19 +9,16 @@ a Dask worker loads the model once, however many images it is given.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from ..apps import LesionMatcher, OneShotLandmarkDetector, SAMAffineRegistrar
 from ..embedding import load, save_embedding
 from ..image import read_image
-from .output import private_to_umask
 
 __all__ = ["BatchTask", "DetectTask", "LesionTask", "EmbedTask", "RegisterTask", "prepared", "model_identity",
            "load_model"]
@@ -401,17 +398,7 @@ class RegisterTask(BatchTask):
         """
         model, fixed = prepared(self)
         reg = SAMAffineRegistrar(embedder=model, **dict(self.registrar)).fit(fixed, image)
-        out = Path(self.folder) / f"{dict(self.file_names)[image]}.tfm"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".tfm", dir=str(out.parent))
-        os.close(fd)
-        private_to_umask(tmp)
-        try:
-            sitk.WriteTransform(reg.transform_.to_sitk(), tmp)
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        out = reg.transform_.save(Path(self.folder) / f"{dict(self.file_names)[image]}.tfm")
         inl = getattr(reg, "inlier_mask_", None)
         n_inl = len(reg.matches_) if inl is None else int(sum(bool(v) for v in inl))
         return [[image, str(out), str(len(reg.matches_)), str(n_inl)]]
