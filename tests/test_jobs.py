@@ -294,3 +294,24 @@ def test_sigkill_then_resume_gives_the_uninterrupted_file(batch, tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 3, res.stderr
     assert out.read_bytes() == ref.read_bytes()
+
+
+def test_slicer_markups_as_template_points(batch, tmp_path):
+    """-p takes 3D Slicer markups (RAS, three coordinates on a 2D image): same answers as the CSV."""
+    from samlearn.image import lps_to_ras, read_points
+
+    names, lps = read_points(batch / "points.csv")
+    ras = lps_to_ras(np.column_stack([lps, np.zeros(len(lps))]))
+    cps = [{"id": str(k), "label": n, "position": p.tolist(), "positionStatus": "defined"}
+           for k, (n, p) in enumerate(zip(names, ras))]
+    marks = tmp_path / "marks.mrk.json"
+    marks.write_text(json.dumps({"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/"
+                                            "Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
+                                 "markups": [{"type": "Fiducial", "coordinateSystem": "RAS",
+                                              "coordinateUnits": "mm", "controlPoints": cps}]}))
+    ref, out = tmp_path / "ref.csv", tmp_path / "out.csv"
+    assert main(_detect_args(batch, ref)) == 3
+    args = _detect_args(batch, out)
+    args[args.index("-p") + 1] = str(marks)
+    assert main(args) == 3
+    assert out.read_bytes() == ref.read_bytes()
