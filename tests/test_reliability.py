@@ -365,7 +365,7 @@ MATRIX = [
     Row("direction of the wrong size", "geometry", ValueError, r"direction must be a 2x2 matrix",
         lambda c: Image.from_array(np.ones((4, 4)), direction=np.eye(3))),
     Row("geometry needing a huge working grid", "geometry", ValueError, r"images\[0\] would need a working grid",
-        lambda c: c.emb3.transform(Image.from_array(np.arange(8.0).reshape(2, 2, 2), spacing=2e4))),
+        lambda c: c.emb3.transform(Image.from_array(np.arange(64.0).reshape(4, 4, 4), spacing=2e4))),
     # ---------------------------------------------------------------- files
     Row("missing file", "files", FileNotFoundError, r"image path does not exist: '.*nope\.nii\.gz'",
         lambda c: read_image(c.path("nope.nii.gz"))),

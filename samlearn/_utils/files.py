@@ -68,6 +68,20 @@ def fsync_dir(folder) -> None:
             os.close(fd)
 
 
+def _commit(path: Path, tmp: Path, fill, durable: bool) -> Path:
+    """Fill the temporary file (``fill()``), rename it over ``path``; remove it on any failure."""
+    try:
+        fill()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+    return path
+
+
 def write_atomically(path, write, *, suffix: str = ".tmp", durable: bool = True) -> Path:
     """Write a file through ``write(tmp_path)`` into a temporary file beside it, then rename.
 
@@ -91,7 +105,8 @@ def write_atomically(path, write, *, suffix: str = ".tmp", durable: bool = True)
     path = Path(path)
     fd, tmp = new_temp_file(path, suffix)
     os.close(fd)
-    try:
+
+    def fill():
         write(str(tmp))
         if durable:
             fd = os.open(tmp, os.O_RDONLY)
@@ -99,14 +114,8 @@ def write_atomically(path, write, *, suffix: str = ".tmp", durable: bool = True)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_dir(path.parent)
-    return path
+
+    return _commit(path, tmp, fill, durable)
 
 
 def atomic_write_bytes(path, data: bytes, *, durable: bool = True) -> Path:
@@ -126,11 +135,17 @@ def atomic_write_bytes(path, data: bytes, *, durable: bool = True) -> Path:
     pathlib.Path
         ``path``.
     """
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+    path = Path(path)
+    fd, tmp = new_temp_file(path)
 
-    return write_atomically(path, write, durable=durable)
+    def fill():
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+
+    return _commit(path, tmp, fill, durable)
 
 
 def atomic_write_text(path, text: str, *, durable: bool = True) -> Path:
