@@ -261,7 +261,7 @@ def test_python_dash_m_entry_point(tmp_path):
                        cwd=tmp_path, env=env, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
-    assert r.stderr.startswith("samlearn detect: error: points file does not exist")
+    assert r.stderr.startswith("samlearn detect: error: 'q.nii.gz' is not a file")
 
 
 # ------------------------------------------------------------------------------- demo
