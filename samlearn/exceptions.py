@@ -8,12 +8,15 @@
   images it was given (too few confident matches, degenerate point layouts).
 * :class:`ModelFormatWarning` -- a model file in an old format, loaded, that should be saved again
   (a ``UserWarning``).
+* :class:`RegistrationQualityWarning` -- a registration that produced a transform its own evidence
+  does not support (a ``UserWarning``; the result's ``quality_`` says why).
 
 Unfitted estimators raise scikit-learn's ``sklearn.exceptions.NotFittedError``; bad images and
 points raise ``ValueError`` / ``TypeError`` naming the argument.
 """
 
-__all__ = ["InvalidParameterError", "ModelFileError", "ModelFormatWarning", "RegistrationError"]
+__all__ = ["InvalidParameterError", "ModelFileError", "ModelFormatWarning", "RegistrationError",
+           "RegistrationQualityWarning"]
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -40,3 +43,8 @@ class ModelFormatWarning(UserWarning):
 
 class RegistrationError(RuntimeError):
     """Registration could not produce a transform (e.g. too few confident matches)."""
+
+
+class RegistrationQualityWarning(UserWarning):
+    """A registration whose transform its own matches do not support (too few of them agree, or
+    they leave it uncertain): likely wrong. The registrar's ``quality_`` gives the measures."""

@@ -49,7 +49,8 @@ _REGISTRATION = [
     ("robust", "ransac", None, "fits the affine robustly (RANSAC) against wrong matches; the paper fits "
                                "plain least squares"),
     ("n_refinements", 1, 0, "a refinement pass: the moving image resampled through the first affine, "
-                            "embedded again and matched near each point"),
+                            "embedded again and matched near each point (points mapped outside the moving "
+                            "image, or near its faces, left out)"),
     ("search_radius_mm", "auto", None, "searches the local map only near the global map's peak; the paper "
                                        "searches the whole image"),
 ]

@@ -11,6 +11,7 @@ of :mod:`samlearn.transforms`).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Optional
@@ -21,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils.docs import fill_doc_with
 from .._utils.validation import Interval, Options
-from ..exceptions import RegistrationError
+from ..exceptions import RegistrationError, RegistrationQualityWarning
 from ..image import Image, ImageGeometry, check_images
 from ..matching import (DEFAULT_CHUNK_SIZE, MODES, auto_body_threshold, body_grid_points, cycle_consistency,
                         match_points, template_vectors)
@@ -29,11 +30,16 @@ from ..matching.ncc import NCC_PARAMETER_CONSTRAINTS, NCCRefiner, resolve_search
 from ..matching.search import SEARCH_RADIUS_CONSTRAINT
 from ..transforms import ROBUST_FITS, AffineTransform, fit_affine
 from ._base import POSITIVE_INT, POSITIVE_MM, SCORE, FrozenComponentMixin, embed_images, resolve_embedder
+from .quality import assess_affine
 
 __all__ = ["SAMAffineRegistrar", "Matches", "REGISTRAR_DOCS"]
 
 #: the parameters of :class:`SAMAffineRegistrar`, which :class:`SAMDeformableRegistrar` inherits (the
 #: intensity refinement's apart: they come last in both signatures)
+#: how far inside the moving image's faces a mapped fixed point must lie to be matched in the
+#: refinement passes (a patch cut by the face embeds differently from the whole anatomy)
+FOV_MARGIN_MM = 16.0
+
 REGISTRAR_DOCS = {"registrar_parameters": """
 %(embedder)s
 grid_spacing_mm : float, default 16
@@ -150,6 +156,12 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
         Distances between ``transform_(fixed)`` and the matched points.
     n_refinements_done_ : int
         Refinement passes that changed the affine.
+    quality_ : RegistrationQuality
+        How far the matches support the affine (:func:`samlearn.apps.quality.assess_affine`): the
+        fraction of the grid points mapped inside the moving image whose first-pass match agrees
+        with it, and a split-half estimate of its error. When
+        ``quality_.ok`` is False the fit warns (:class:`~samlearn.exceptions.RegistrationQualityWarning`)
+        and the transform should not be trusted.
     timings_ : dict
         Seconds of each stage (embed, match, fit, refine, total).
     embedder_ : SAMEmbedder
@@ -293,6 +305,13 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
                                       timings)
         self.embedder_ = embedder
         self.ndim_ = ndim
+        self.quality_ = assess_affine(self.transform_, pts, self._first_matches, moving_im.geometry,
+                                      self.matches_.fixed_points, self.matches_.moving_points,
+                                      self.inlier_mask_, self.residuals_mm_)
+        if not self.quality_.ok:
+            warnings.warn(RegistrationQualityWarning(
+                f"{type(self).__name__}: the affine is likely wrong: " + "; ".join(self.quality_.reasons)),
+                stacklevel=2)
         self._after_affine(embedder, fixed_im, moving_im, fixed_emb, moving_emb, ref, rng, timings)
         timings["total"] = time.perf_counter() - t_start
         self.timings_ = timings
@@ -324,6 +343,8 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
                 + (f" and cycle_threshold_mm={self.cycle_threshold_mm}" if cyc is not None else "")
                 + f" (need {need}; scores ranged {res.scores.min():.3f}..{res.scores.max():.3f}); "
                   f"lower the threshold(s) or check that the images show the same body region")
+        # the first-pass matches, independent of any transform: the evidence quality_ weighs
+        self._first_matches = np.where(keep[:, None], res.points, np.nan)
         t0 = time.perf_counter()
         x, y = pts[keep], res.points[keep]
         matrix, inl = fit_affine(x, y, robust=self.robust,
@@ -379,7 +400,9 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
             w_im, w_emb = self._warp_and_embed(embedder, fixed_im, moving_im, current)
             res = match_points(gv, lv, w_emb, centers_world=pts, **kwargs)
             matched = self._ncc_points(refiner, w_im, w_emb, res.points)
-            keep = res.scores >= float(self.score_threshold)
+            # partial views: a fixed point the current affine puts outside (or at the edge of) the
+            # moving image has no counterpart there, only padding; it must not drive the fit
+            keep = (res.scores >= float(self.score_threshold)) & self._overlaps(moving_im, current, pts)
             cyc = None
             if self.cycle_threshold_mm is not None:
                 cyc = cycle_consistency(fixed_emb, pts, w_emb, forward=res, centers_world=pts,
@@ -400,6 +423,12 @@ class SAMAffineRegistrar(FrozenComponentMixin, BaseEstimator):
             ref = (w_emb, current, w_im)
         timings["refine"] = time.perf_counter() - t0
         return ref
+
+    @staticmethod
+    def _overlaps(moving_im: Image, transform, pts) -> np.ndarray:
+        """Which fixed points ``transform`` maps at least ``FOV_MARGIN_MM`` inside the moving image."""
+        g = moving_im.geometry
+        return g.contains(transform.transform_points(pts), margin=-FOV_MARGIN_MM / float(g.spacing.max()))
 
     @staticmethod
     def _working_geometry(embedder, fixed_im: Image) -> ImageGeometry:
