@@ -315,3 +315,23 @@ def test_slicer_markups_as_template_points(batch, tmp_path):
     args[args.index("-p") + 1] = str(marks)
     assert main(args) == 3
     assert out.read_bytes() == ref.read_bytes()
+
+
+def test_flagged_registrations_go_to_the_failures_file(batch, tmp_path, monkeypatch):
+    """A registration its own evidence flags is a failure of that image: listed with the reason,
+    no transform written, exit 3; the single-pair command writes it but exits 3."""
+    import samlearn.apps.registration as registration
+
+    real = registration.assess_affine
+    monkeypatch.setattr(registration, "assess_affine", lambda *a, **k: real(*a, **dict(k, min_agreement=1.01)))
+    reg = tmp_path / "reg"
+    queries = sorted(str(p) for p in (batch / "queries").iterdir())[:2]
+    args = ["register", "-m", str(batch / "model.samlearn"), "-o", str(reg), str(batch / "template.nrrd"),
+            *queries, "-q", "--grid-spacing", "8"]
+    assert main(args) == 3
+    fails = _rows(failures_path(reg))[1:]
+    assert [f[0] for f in fails] == queries and all("flagged as likely wrong" in f[1] for f in fails)
+    assert not list(reg.glob("*.tfm"))
+    one = tmp_path / "one.tfm"
+    assert main(args[:4] + [str(one)] + args[5:7] + ["-q", "--grid-spacing", "8"]) == 3
+    assert one.exists()

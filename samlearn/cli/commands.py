@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from .._version import __version__
@@ -347,9 +348,12 @@ def _register_one(args, moving) -> int:
     out = check_output_file(args.out)
     model = _load_model(args.model)
     from ..apps import SAMAffineRegistrar
+    from ..exceptions import RegistrationQualityWarning
     from ..image import read_image
     fixed, moving = read_image(args.fixed), read_image(moving)
-    reg = SAMAffineRegistrar(embedder=model, **dict(_registrar_params(args))).fit(fixed, moving)
+    with warnings.catch_warnings():  # reported below, with the exit code
+        warnings.simplefilter("ignore", RegistrationQualityWarning)
+        reg = SAMAffineRegistrar(embedder=model, **dict(_registrar_params(args))).fit(fixed, moving)
     out.parent.mkdir(parents=True, exist_ok=True)
     reg.transform_.save(out)
     inl = getattr(reg, "inlier_mask_", None)
@@ -361,6 +365,10 @@ def _register_one(args, moving) -> int:
         warped = reg.transform_.resample(moving, reference=fixed)
         warped.save(args.resampled)
         logger.info(f"moving image resampled onto the fixed grid: {args.resampled}")
+    if not reg.quality_.ok:
+        logger.warning("the registration is flagged as likely wrong (exit code 3): "
+                       + "; ".join(reg.quality_.reasons))
+        return 3
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from ..apps import LesionMatcher, OneShotLandmarkDetector, SAMAffineRegistrar
 from ..embedding import load, save_embedding
+from ..exceptions import RegistrationError, RegistrationQualityWarning
 from ..image import read_image
 
 __all__ = ["BatchTask", "DetectTask", "LesionTask", "EmbedTask", "RegisterTask", "prepared", "model_identity",
@@ -395,9 +397,19 @@ class RegisterTask(BatchTask):
         -------
         list of list of str
             One row: moving image, transform file, confident matches, inliers.
+
+        Raises
+        ------
+        RegistrationError
+            When the registration fails, or its own evidence flags it (``quality_.ok`` False): the
+            image goes to the failures file and no transform is written.
         """
         model, fixed = prepared(self)
-        reg = SAMAffineRegistrar(embedder=model, **dict(self.registrar)).fit(fixed, image)
+        with warnings.catch_warnings():  # a flagged result is reported as this image's failure
+            warnings.simplefilter("ignore", RegistrationQualityWarning)
+            reg = SAMAffineRegistrar(embedder=model, **dict(self.registrar)).fit(fixed, image)
+        if not reg.quality_.ok:
+            raise RegistrationError("flagged as likely wrong, no transform written: " + "; ".join(reg.quality_.reasons))
         out = reg.transform_.save(Path(self.folder) / f"{dict(self.file_names)[image]}.tfm")
         inl = getattr(reg, "inlier_mask_", None)
         n_inl = len(reg.matches_) if inl is None else int(sum(bool(v) for v in inl))
