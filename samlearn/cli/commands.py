@@ -2,7 +2,7 @@
 
 One function per subcommand (``cmd_<name>(args) -> exit code``), named in the parser
 (:mod:`samlearn.cli.parser`). Exit codes: 0 done; 3 done with failures (a batch command whose bad
-images are listed in ``<output stem>.failures.csv``); 2 bad arguments or inputs (a missing file, a
+images are listed in ``<output stem>.failures.csv``, or a registration flagged as likely wrong); 2 bad arguments or inputs (a missing file, a
 CSV without the expected columns, points outside the image, an unreadable model file, an output
 that cannot be written or that another run holds); 1 a failure while running (a registration
 without enough confident matches, an unexpected error). Errors print ``samlearn COMMAND: error:

@@ -219,7 +219,9 @@ def _add_register(sub):
                     ".mat, .h5), writes that file; with -o a folder, writes OUT/<moving name>.tfm "
                     "per moving image and an index OUT/registrations.csv, as a batch job. A transform "
                     "maps FIXED world points to MOVING world points (what sitk.Resample expects to "
-                    "pull MOVING onto FIXED's grid).")
+                    "pull MOVING onto FIXED's grid). A registration its own matches do not support "
+                    "(quality_) is flagged: one pair exits with 3 (the transform written, a warning "
+                    "says why); in a batch it goes to the failures file, without a transform.")
     reg.add_argument("fixed", help="fixed image (file or DICOM folder)")
     reg.add_argument("moving", nargs="+", help="moving image(s): files, folders or quoted glob patterns")
     reg.add_argument("-m", "--model", required=True, help="trained model file")
