@@ -183,6 +183,7 @@ def run_registration(cases, embedder, methods, seed, elastic_mm, threads, sam_ro
                 "timings": {k: float(v) for k, v in reg.timings_.items()},
                 "n_matches": int(len(reg.matches_)), "n_inliers": int(reg.inlier_mask_.sum()),
                 "n_body_points": int(reg.n_body_points_),
+                "quality": reg.quality_.as_dict() if hasattr(reg, "quality_") else None,
                 "score_median": float(np.median(reg.matches_.scores)),
                 "match_error_median": float(np.median(np.linalg.norm(
                     reg.matches_.moving_points - truth_fixed_to_moving(reg.matches_.fixed_points, e, b), axis=1))),
