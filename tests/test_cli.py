@@ -232,7 +232,8 @@ def test_register_writes_a_transform(files, phantoms, capsys, tmp_path):
                         scans / "ph0.nii.gz", scans / "ph1.nii.gz"], capsys)
     if code == 1 and "matches" in err:  # the untrained tiny model may not give enough confident matches
         pytest.skip(f"tiny model too weak to register: {err.strip()}")
-    assert code == 0, err
+    # the tiny model's registration of two different phantoms may be flagged: exit 3, transform written
+    assert code == 0 or (code == 3 and "flagged as likely wrong" in err), err
     tx = sitk.ReadTransform(str(tfm))
     assert np.all(np.isfinite(tx.TransformPoint((0.0, 0.0, 0.0))))
     out = sitk.ReadImage(str(moved))
@@ -241,7 +242,7 @@ def test_register_writes_a_transform(files, phantoms, capsys, tmp_path):
     tfm2 = tmp_path / "t2.tfm"
     code, _, err = run(["register", "-m", m, "-o", tfm2, "--grid-spacing", "20", "--ncc-radius", "8",
                         scans / "ph0.nii.gz", scans / "ph1.nii.gz"], capsys)
-    assert code == 0, err
+    assert code in (0, 3), err
     assert np.all(np.isfinite(sitk.ReadTransform(str(tfm2)).TransformPoint((0.0, 0.0, 0.0))))
 
 

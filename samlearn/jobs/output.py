@@ -87,7 +87,7 @@ def check_output_file(path, what: str = "--out") -> Path:
     Parameters
     ----------
     path : str or path
-        The output file.
+        The output file (its folder is created now when missing).
     what : str, default "--out"
         The argument's name, for the message.
 
@@ -117,7 +117,7 @@ def check_output_folder(path, what: str = "--out") -> Path:
     Parameters
     ----------
     path : str or path
-        The output folder (created later when missing).
+        The output folder (created now when missing).
     what : str, default "--out"
         The argument's name, for the message.
 
