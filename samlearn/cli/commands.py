@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from .._version import __version__
-from .files import CLIError, collect_images, image_stem, one_line, read_lesions_csv, read_points_csv, write_csv
+from .files import CLIError, collect_images, image_stem, one_line, read_lesions_csv, write_csv
 from .parser import POINT_SUFFIXES, build_parser
 
 logger = logging.getLogger("samlearn.cli")
@@ -60,12 +60,15 @@ def _read_marks(path, what: str, ndim=None, lesions: bool = False):
     suffix = _suffix(path)
     if suffix not in POINT_SUFFIXES:
         raise CLIError(f"{what} file '{path}' must be .csv, .mrk.json or .fcsv, got '{suffix}'")
-    if suffix == ".csv":
-        return read_lesions_csv(path) if lesions else read_points_csv(path, what)
+    if suffix == ".csv" and lesions:
+        return read_lesions_csv(path)  # centres or boxes
     if not Path(path).is_file():
         raise CLIError(f"{what} file does not exist: '{path}'")
     from ..image import read_points
-    return read_points(path, ndim=ndim)
+
+    # a CSV keeps its own dimension (the caller names a mismatch with the model); markups always
+    # hold three coordinates, which a 2D model takes on the z = 0 plane
+    return read_points(path, ndim=ndim if suffix in MARKUP_SUFFIXES else None)
 
 
 def _output_names(files) -> dict:

@@ -1,9 +1,10 @@
 """File plumbing of the command-line tool: collect image paths from folders and glob patterns, read
-and write point / lesion CSV files (world millimetres), one-line error messages. No estimators here.
+lesion CSV files and write result tables (world millimetres; point files are
+:func:`samlearn.image.read_points`'s), one-line error messages. No estimators here.
 
-Point files are CSV with a header row: ``name,x,y[,z]`` (world mm, (x, y[, z]) order as SimpleITK
-reports them); lesion files ``name,x,y[,z]`` (centres) or ``name,x0,y0[,z0],x1,y1[,z1]`` (boxes:
-minimum corner, then maximum corner).
+Lesion files are CSV with a header row: ``name,x,y[,z]`` (centres) or
+``name,x0,y0[,z0],x1,y1[,z1]`` (boxes: minimum corner, then maximum corner), world mm in the
+(x, y[, z]) order SimpleITK reports.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from .._utils.messages import one_line
 
-__all__ = ["CLIError", "IMAGE_SUFFIXES", "collect_images", "read_points_csv", "read_lesions_csv",
+__all__ = ["CLIError", "IMAGE_SUFFIXES", "collect_images", "read_lesions_csv",
            "write_csv", "image_stem", "one_line"]
 
 # files a folder given on the command line is searched for (DICOM: see collect_images)
@@ -142,49 +143,6 @@ def _numbers(row, cols, lineno, path, what):
             raise CLIError(f"{what} file '{path}' line {lineno}: coordinate '{raw}' is not finite")
         vals.append(v)
     return vals
-
-
-def read_points_csv(path, what: str = "points"):
-    """Read a point file: a CSV with header ``name,x,y[,z]`` (world mm).
-
-    Parameters
-    ----------
-    path : str or path
-        The CSV file.
-    what : str, default "points"
-        What the file holds, for the error messages.
-
-    Returns
-    -------
-    names : list of str
-        Point names (``point<i>`` for empty ones); every name is unique.
-    points : ndarray of shape (n, ndim), float64
-        The points, world mm (x, y[, z]).
-
-    Raises
-    ------
-    CLIError
-        For a missing or unreadable file, a wrong header, no rows, a value that is not a finite
-        number, or repeated names.
-    """
-    header, rows = _read_rows(path, what)
-    axes = [a for a in ("x", "y", "z") if a in header]
-    if "name" not in header or axes not in (["x", "y"], ["x", "y", "z"]):
-        raise CLIError(f"{what} file '{path}' must have the header name,x,y or name,x,y,z (world mm), "
-                       f"got {','.join(header)}")
-    if not rows:
-        raise CLIError(f"{what} file '{path}' holds a header but no points")
-    ni = header.index("name")
-    cols = [header.index(a) for a in axes]
-    names, pts = [], []
-    for k, row in enumerate(rows, start=2):
-        name = row[ni].strip() if ni < len(row) else ""
-        names.append(name or f"point{len(names)}")
-        pts.append(_numbers(row, cols, k, path, what))
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise CLIError(f"{what} file '{path}' repeats the names {dup}; every point needs its own name")
-    return names, np.asarray(pts, dtype=np.float64)
 
 
 def read_lesions_csv(path):

@@ -136,15 +136,15 @@ def run_batch(task: BatchTask, images, output, *, table=None, resume: bool = Fal
         raise ValueError("images: each image may appear only once in a job")
     write = write or _write_table
     table = Path(output if table is None else table)
-    journal_path, lock_path = state_paths(output)
+    base, lock_path = state_paths(output)
     shard, rank, world = torchrun_shard(images)
+    journals = [base] if world == 1 else [base.with_name(f"{base.name}.rank{r}-of-{world}") for r in range(world)]
     if world > 1:
-        journal_path = journal_path.with_name(f"{journal_path.name}.rank{rank}-of-{world}")
         lock_path = lock_path.with_name(f"{lock_path.name}.rank{rank}-of-{world}")
     settings = task.settings()
     result = BatchResult(n_images=len(images))
     with OutputLock(lock_path):
-        journal = Journal(journal_path, settings).open(resume)
+        journal = Journal(journals[rank], settings).open(resume)
         try:
             todo = [im for im in shard if im not in journal.done]
             result.resumed = len(shard) - len(todo)
@@ -159,25 +159,18 @@ def run_batch(task: BatchTask, images, output, *, table=None, resume: bool = Fal
                     logger.debug("%s: done", image)
         finally:
             journal.close()
+        done, failed = journal.done, journal.failed
         if world > 1:
             _barrier()
             if rank != 0:
                 return result
-            done, failed = {}, {}
-            for r in range(world):
-                d, f = read_journal(journal_path.with_name(f"{journal_path.name.rsplit('.rank', 1)[0]}"
-                                                           f".rank{r}-of-{world}"), settings)
+            for other in journals[1:]:  # rank 0 gathers the other ranks' records
+                d, f = read_journal(other, settings)
                 done.update(d)
                 failed.update(f)
-        else:
-            done, failed = journal.done, journal.failed
         result.rows, result.failures = _collect(images, done, failed)
         write(table, list(task.header), result.rows)
         result.failures_file = write_failures(output, result.failures)
-        if world > 1:
-            for r in range(world):
-                journal_path.with_name(f"{journal_path.name.rsplit('.rank', 1)[0]}.rank{r}-of-{world}").unlink(
-                    missing_ok=True)
-        else:
-            journal_path.unlink(missing_ok=True)
+        for path in journals:
+            path.unlink(missing_ok=True)
     return result
