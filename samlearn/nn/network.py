@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .._utils.docs import fill_doc
 
-__all__ = ["NetworkConfig", "SAMNet", "SAMBackbone", "RESNET_LAYERS", "receptive_reach"]
+__all__ = ["NetworkConfig", "FeaturePyramid", "SAMNet", "SAMBackbone", "RESNET_LAYERS", "receptive_reach"]
 
 # blocks per stage; "resnet14" halves the two high-resolution stages of ResNet-18 (each stage costs
 # about the same), keeping most of its receptive field
@@ -307,10 +307,12 @@ class SAMBackbone(nn.Module):
 
 
 @fill_doc
-class SAMNet(nn.Module):
-    """ResNet + FPN with a global head on the coarsest level and a local head on ``local_level``.
+class FeaturePyramid(nn.Module):
+    """The ResNet encoder and FPN of :class:`SAMNet`, without heads: the trunk that heads share.
 
-    See the module docstring for the architecture and its geometry.
+    :class:`SAMNet` adds the global and local embedding heads; other networks initialised from a
+    trained SAM (e.g. :class:`samlearn.nn.HeatmapNet`) add their own. The module names (``stem``,
+    ``stages``, ``lateral``) are :class:`SAMNet`'s, so a SAM state dict loads into any subclass.
 
     Parameters
     ----------
@@ -323,34 +325,15 @@ class SAMNet(nn.Module):
         The ResNet encoder: the stem, and the ``ModuleList`` of stages (Conv2_x, ...).
     lateral : torch.nn.ModuleList
         The FPN's 1x1(x1) lateral convolutions, from stage ``local_level`` to the coarsest.
-    global_head, local_head : torch.nn.Module
-        The heads of the global and local embeddings.
     """
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
         self.config = cfg = config
-        nd = cfg.ndim
-        conv = _conv(nd)
+        conv = _conv(cfg.ndim)
         ch = cfg.channels
         self.stem, self.stages = _build_encoder(cfg)
-        top = cfg.n_stages - 1
         self.lateral = nn.ModuleList([conv(ch[i], cfg.fpn_channels, 1) for i in range(cfg.local_level, cfg.n_stages)])
-        self.global_head = self._head(cfg)
-        self.local_head = self._head(cfg)
-        self._top = top
-        self._init_weights()
-
-    @staticmethod
-    def _head(cfg):
-        conv = _conv(cfg.ndim)
-        if cfg.head == "conv":
-            return conv(cfg.fpn_channels, cfg.embed_dim, 3, padding=1)
-        return nn.Sequential(conv(cfg.fpn_channels, cfg.fpn_channels, 3, padding=1, groups=cfg.fpn_channels),
-                             conv(cfg.fpn_channels, cfg.embed_dim, 1))
-
-    def _init_weights(self):
-        _init_resnet(self)
 
     @property
     def total_stride(self):
@@ -374,6 +357,82 @@ class SAMNet(nn.Module):
         loc = tuple(math.ceil(n / s) for n, s in zip(spatial, self.config.local_stride))
         return g, loc
 
+    def pyramid(self, x: torch.Tensor, pad_value: float | None = None):
+        """The FPN's coarsest and finest levels of a batch, before any head.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape ``(n, in_channels, *spatial)``
+            The input, padded here to a multiple of the total stride.
+        pad_value : float or None, default None
+            The padding value; None is the batch minimum.
+
+        Returns
+        -------
+        p_global, p_local : torch.Tensor
+            ``(n, fpn_channels, *size)`` at the global and the local stride, for the padded input
+            (not cropped).
+        """
+        cfg = self.config
+        pad = [(-n) % s for n, s in zip(x.shape[2:], cfg.global_stride)]
+        if any(pad):
+            fill = float(x.amin()) if pad_value is None else pad_value
+            padding = []
+            for p in reversed(pad):  # F.pad wants the last axis first
+                padding += [0, p]
+            x = F.pad(x, padding, value=fill)
+        feats = []
+        h = self.stem(x)
+        for stage in self.stages:
+            h = stage(h)
+            feats.append(h)
+        lat = [conv(feats[cfg.local_level + i]) for i, conv in enumerate(self.lateral)]
+        # top-down pathway below the coarsest level; the coarsest -> next connection is cut
+        p = lat[-2] if len(lat) > 1 else lat[-1]
+        for lvl in range(len(lat) - 3, -1, -1):
+            p = lat[lvl] + F.interpolate(p, size=lat[lvl].shape[2:], mode="bilinear" if cfg.ndim == 2 else "trilinear",
+                                         align_corners=False)
+        return lat[-1], p
+
+
+@fill_doc
+class SAMNet(FeaturePyramid):
+    """ResNet + FPN with a global head on the coarsest level and a local head on ``local_level``.
+
+    See the module docstring for the architecture and its geometry.
+
+    Parameters
+    ----------
+    %(config)s
+
+    Attributes
+    ----------
+    %(config)s
+    stem, stages : torch.nn.Module
+        The ResNet encoder: the stem, and the ``ModuleList`` of stages (Conv2_x, ...).
+    lateral : torch.nn.ModuleList
+        The FPN's 1x1(x1) lateral convolutions, from stage ``local_level`` to the coarsest.
+    global_head, local_head : torch.nn.Module
+        The heads of the global and local embeddings.
+    """
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__(config)
+        self.global_head = self._head(config)
+        self.local_head = self._head(config)
+        self._init_weights()
+
+    @staticmethod
+    def _head(cfg):
+        conv = _conv(cfg.ndim)
+        if cfg.head == "conv":
+            return conv(cfg.fpn_channels, cfg.embed_dim, 3, padding=1)
+        return nn.Sequential(conv(cfg.fpn_channels, cfg.fpn_channels, 3, padding=1, groups=cfg.fpn_channels),
+                             conv(cfg.fpn_channels, cfg.embed_dim, 1))
+
+    def _init_weights(self):
+        _init_resnet(self)
+
     def forward(self, x: torch.Tensor, pad_value: float | None = None):
         """The global and local embedding maps of a batch.
 
@@ -390,31 +449,10 @@ class SAMNet(nn.Module):
             The maps, ``(n, embed_dim, *size)``, L2-normalised along the channel axis and cropped
             to ``ceil(spatial / stride)`` (:meth:`output_sizes`).
         """
-        cfg = self.config
-        spatial = x.shape[2:]
-        tot = cfg.global_stride
-        pad = [(-n) % s for n, s in zip(spatial, tot)]
-        if any(pad):
-            fill = float(x.amin()) if pad_value is None else pad_value
-            padding = []
-            for p in reversed(pad):  # F.pad wants the last axis first
-                padding += [0, p]
-            x = F.pad(x, padding, value=fill)
-        feats = []
-        h = self.stem(x)
-        for stage in self.stages:
-            h = stage(h)
-            feats.append(h)
-        lat = [l(feats[cfg.local_level + i]) for i, l in enumerate(self.lateral)]
-        p_global = lat[-1]
-        # top-down pathway below the coarsest level; the coarsest -> next connection is cut
-        p = lat[-2] if len(lat) > 1 else lat[-1]
-        for lvl in range(len(lat) - 3, -1, -1):
-            p = lat[lvl] + F.interpolate(p, size=lat[lvl].shape[2:], mode="bilinear" if cfg.ndim == 2 else "trilinear",
-                                         align_corners=False)
+        p_global, p = self.pyramid(x, pad_value)
         g = F.normalize(self.global_head(p_global), dim=1)
         loc = F.normalize(self.local_head(p), dim=1)
-        gs, ls = self.output_sizes(spatial)
+        gs, ls = self.output_sizes(x.shape[2:])
         g = g[(slice(None), slice(None)) + tuple(slice(0, n) for n in gs)]
         loc = loc[(slice(None), slice(None)) + tuple(slice(0, n) for n in ls)]
         return g, loc
