@@ -34,6 +34,9 @@ def load(path):
     file_kind, meta, tensors, _ = load_payload(path)
     if file_kind == "SAMEmbedder":
         return embedder_from_payload(meta, tensors, source=str(path))
+    if file_kind == "SelfTrainedLandmarkDetector":
+        raise ModelFileError(f"model file '{path}' holds a SelfTrainedLandmarkDetector, not an embedder; "
+                             f"load it with samlearn.SelfTrainedLandmarkDetector.load(path)")
     raise ModelFileError(f"model file '{path}' holds an unknown kind of model: {file_kind!r}")
 
 

@@ -9,11 +9,13 @@ Works on preprocessed arrays (numpy order) and torch networks; knows nothing of 
 * :mod:`~samlearn.training.patch_pairs`, :mod:`~samlearn.training.sampler` -- drawing pairs of
   overlapping patches and their positives (the paper's crop logic, never a flip).
 * :mod:`~samlearn.training.stream` -- the endless, seeded stream of samples and its DataLoader.
+* :mod:`~samlearn.training.heatmaps` -- training a landmark heatmap network on (pseudo-)labels.
 * :mod:`~samlearn.training.loop` -- the optimisation loop; :mod:`~samlearn.training.distributed`
   -- data-parallel training under ``torchrun``; :mod:`~samlearn.training.run` -- one run put
   together (stream, loader, wrappers, progress, clean stops).
 """
 from .distributed import DistributedContext, setup_distributed, sync_buffers, torchrun_env
+from .heatmaps import HeatmapTraining, train_heatmap_net
 from .loop import TrainState, lr_at, train
 from .patch_pairs import CrossPatchPair, PatchPair, estimate_overlap
 from .patch_transform import PatchTransform, feature_grid_positions, patch_to_feature_index
@@ -24,4 +26,5 @@ from .stream import PairStream, make_loader
 __all__ = ["PatchTransform", "PatchPair", "CrossPatchPair", "PatchPairSampler", "sampler_for_preset",
            "sampler_from_config", "estimate_overlap", "feature_grid_positions", "patch_to_feature_index",
            "PairStream", "make_loader", "train", "TrainState", "lr_at", "DistributedContext",
-           "setup_distributed", "torchrun_env", "sync_buffers", "run_training", "sigterm_as_interrupt"]
+           "setup_distributed", "torchrun_env", "sync_buffers", "run_training", "sigterm_as_interrupt",
+           "HeatmapTraining", "train_heatmap_net"]
