@@ -29,6 +29,7 @@ _EXPORTS = {
     "SAMEmbedder": "embedding", "load": "embedding",
     "OneShotLandmarkDetector": "apps", "LesionMatcher": "apps", "SAMAffineRegistrar": "apps",
     "SAMDeformableRegistrar": "apps", "LandmarkIntensityFeatures": "apps",
+    "SelfTrainedLandmarkDetector": "apps", "suggest_templates": "apps",
     "AffineTransform": "transforms", "DisplacementField": "transforms", "CompositeTransform": "transforms",
 }
 
