@@ -237,6 +237,23 @@ def samlearn_predictor(embedder, **detector_params) -> Predictor:
     return predict
 
 
+def self_trained_predictor(path) -> Predictor:
+    """A saved ``SelfTrainedLandmarkDetector``: it predicts the queries alone (it was fitted with
+    its own template and pseudo-labels); the protocol's template is ignored."""
+    from samlearn import SelfTrainedLandmarkDetector
+    det = SelfTrainedLandmarkDetector.load(path)
+    return lambda template, pts, queries: det.predict(list(queries))
+
+
+def self_trained_rows(specs: Sequence[str]) -> list:
+    """``(name, path)`` of ``--self-trained`` values ``NAME=PATH`` (or ``PATH``)."""
+    out = []
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        out.append((name or f"samlearn self-trained ({Path(path).name})", Path(path)))
+    return out
+
+
 SAMLEARN_VARIANTS = (  # the first row is the detector's defaults (consistency="coarse" since 2026-11-26)
     ("samlearn {preset}{labels} (S^g+S^l, coarse-to-fine window, SAM-coarse prior)", {}),
     # world unit = one half-resolution pixel (the loader's PNGs): a 32-unit patch is 64 full-res px
@@ -284,6 +301,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--samlearn-jobs", type=int, default=None,
                     help="n_jobs of the detector: queries embedded and matched in that many threads")
     ap.add_argument("--samlearn-set", action="append", default=[], help="extra SAMEmbedder param=value")
+    ap.add_argument("--self-trained", action="append", default=[],
+                    help="NAME=PATH of a saved SelfTrainedLandmarkDetector, scored as one more row")
     ap.add_argument("--samlearn-out", type=Path, default=OUT / "ceph_samlearn.samlearn")
     ap.add_argument("--samlearn-labelled", type=int, default=0,
                     help="few-label training: landmarks of the template plus N other images of 001-070")
@@ -355,6 +374,11 @@ def main(argv=None) -> dict:
             rows.append(evaluate_predictor(name.format(preset=embedder.preset_, labels=tag), predictor,
                                            data, template_id, eval_ids, threads=threads, notes=notes))
             timed.append((rows[-1], predictor))
+    for name, path in self_trained_rows(args.self_trained):
+        predictor = self_trained_predictor(path)
+        rows.append(evaluate_predictor(name, predictor, data, template_id, eval_ids,
+                                       threads=args.samlearn_threads, notes=str(path)))
+        timed.append((rows[-1], predictor))
     for name, factory, notes in EXTRA_ROWS:
         predictor = factory(args)
         rows.append(evaluate_predictor(name, predictor, data, template_id, eval_ids, notes=notes))
