@@ -253,3 +253,45 @@ def test_shape_prior_flags_a_displaced_landmark():
     many[5, 3] += 30.0
     w, res = pseudo_label_weights(ref, many, np.ones((20, 8)))
     assert w[5, 3] == 0 and w.sum() >= 20 * 8 - 8
+
+
+def test_frozen_trunk_keeps_its_weights_and_statistics(scene):
+    st = regressor(scene["detector"], max_iter=3, freeze_trunk=True)
+    before = {}
+
+    def spy(cfg, det, n, rng):  # record the trunk right after it is built
+        net = SelfTrainedLandmarkDetector._new_network(st, cfg, det, n, rng)
+        before.update({k: v.clone() for k, v in net.state_dict().items()})
+        return net
+
+    st._new_network = spy
+    st.fit(scene["train"])
+    after = st.network_.state_dict()
+    trunk = [k for k in after if k.startswith(("stem.", "stages.", "lateral."))]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("head."))
+
+
+def test_three_d_runs_end_to_end(tmp_path):
+    from helpers import smooth_images
+    ims = smooth_images(4, ndim=3, seed=3)
+    emb = tiny_embedder(3, max_iter=1).fit(ims)
+    pts = ims[0].geometry.index_to_world(np.array([[8.0, 9.0, 6.0], [14.0, 12.0, 9.0], [10.0, 15.0, 7.0],
+                                                   [16.0, 8.0, 10.0], [7.0, 14.0, 11.0]]))
+    det = OneShotLandmarkDetector(embedder=emb, consistency=None).fit(ims[0], pts)
+    st = SelfTrainedLandmarkDetector(detector=det, max_iter=2, batch_size=2, random_state=0).fit(ims)
+    out, scores = st.predict(ims[:2], return_scores=True)
+    assert out.shape == (2, 5, 3) and np.isfinite(out).all() and np.isfinite(scores).all()
+    back = SelfTrainedLandmarkDetector.load(st.save(tmp_path / "st3d.samlearn"))
+    np.testing.assert_allclose(back.predict(ims[:2]), out, atol=1e-9)
+
+
+def test_contrast_augmentation_inverts_and_keeps_the_range():
+    from samlearn.training.heatmaps import _contrast
+    x = torch.linspace(-1, 3, 50).view(1, 1, 50).repeat(3, 1, 1)
+    inv = _contrast(x, np.random.default_rng(0), 1.0, 0.0)
+    torch.testing.assert_close(inv, 2.0 - x)
+    curved = _contrast(x, np.random.default_rng(0), 0.0, np.log(2.0))
+    torch.testing.assert_close(curved.amin(dim=-1), x.amin(dim=-1))
+    torch.testing.assert_close(curved.amax(dim=-1), x.amax(dim=-1))
+    assert not torch.allclose(curved, x)

@@ -59,6 +59,9 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
         shared by clones, never refitted. Not needed after ``fit`` (nor stored by ``save``).
     init : {"sam", "random"}, default "sam"
         Initialise the trunk from the embedder's trained network, or at random.
+    freeze_trunk : bool, default False
+        Train the heatmap head alone on the trunk's (SAM's) features; the trunk learns too when
+        False.
     pseudo_label_filter : bool, default True
         Drop (weight 0) pseudo-labels far from the template configuration's robust affine fit
         (beyond their landmark's median + 3 robust SDs) or among the lowest 10% of their
@@ -77,6 +80,10 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
     augment : bool, default True
         Random rotations (up to 10 degrees), scales (up to 10%), shifts (up to 5%) and intensity
         jitter of every training sample.
+    contrast_augment : bool, default False
+        Also train on contrast-inverted copies (half of the samples) and under gamma curves in
+        [0.5, 2]: robustness to images from other scanners, windows or polarities, for some
+        accuracy on images like the training set.
     shape_check : bool, default True
         In ``predict``, search a landmark again within its tolerance of where a robust affine of
         the template configuration (fitted to the other landmarks) puts it, when it lies farther;
@@ -128,6 +135,7 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
     _frozen_param = "detector"
     _parameter_constraints = {
         "init": [Options("sam", "random")],
+        "freeze_trunk": ["boolean"],
         "pseudo_label_filter": ["boolean"],
         "max_iter": [POSITIVE_INT],
         "max_time": [Interval(Real, 0, None, closed="neither", unit="s"), None],
@@ -135,6 +143,7 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "sigma": [Interval(Real, 0, None, closed="neither", unit="voxels")],
         "augment": ["boolean"],
+        "contrast_augment": ["boolean"],
         "shape_check": ["boolean"],
         "network_params": [dict, None],
         "device": [str, torch.device, None],
@@ -143,11 +152,13 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
         "verbose": [Interval(Integral, 0, None), "boolean"],
     }
 
-    def __init__(self, *, detector=None, init="sam", pseudo_label_filter=True, max_iter=3000, max_time=600.0,
-                 batch_size=4, lr=1e-3, sigma=1.5, augment=True, shape_check=True, network_params=None,
+    def __init__(self, *, detector=None, init="sam", freeze_trunk=False, pseudo_label_filter=True, max_iter=3000,
+                 max_time=600.0, batch_size=4, lr=1e-3, sigma=1.5, augment=True,
+                 contrast_augment=False, shape_check=True, network_params=None,
                  device=None, n_threads=None, random_state=None, verbose=0):
         self.detector = detector
         self.init = init
+        self.freeze_trunk = freeze_trunk
         self.pseudo_label_filter = pseudo_label_filter
         self.max_iter = max_iter
         self.max_time = max_time
@@ -155,6 +166,7 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
         self.lr = lr
         self.sigma = sigma
         self.augment = augment
+        self.contrast_augment = contrast_augment
         self.shape_check = shape_check
         self.network_params = network_params
         self.device = device
@@ -248,10 +260,11 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
             works = [preprocess(im, cfg, where=f"images[{i}]") for i, im in enumerate(ims)]
             net = self._new_network(cfg, det, len(reference), rng)
             arrays, idx = self._training_arrays(works, points, net.config.global_stride)
-            settings = HeatmapTraining(
-                max_iter=int(self.max_iter), batch_size=int(self.batch_size), lr=float(self.lr),
-                sigma=float(self.sigma), **({} if self.augment else
-                                             dict(rotation_deg=0.0, scale=0.0, shift=0.0, intensity=0.0)))
+            aug = {} if self.augment else dict(rotation_deg=0.0, scale=0.0, shift=0.0, intensity=0.0)
+            if self.contrast_augment:
+                aug.update(invert=0.5, gamma=float(np.log(2.0)))
+            settings = HeatmapTraining(max_iter=int(self.max_iter), batch_size=int(self.batch_size),
+                                       lr=float(self.lr), sigma=float(self.sigma), **aug)
             bar = progress_bar(self.verbose, int(self.max_iter), "self-training", unit="it")
             try:
                 out = train_heatmap_net(net.to(device), arrays, np.nan_to_num(idx), weights * finite, settings,
@@ -296,6 +309,8 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
                 net.load_trunk(det.embedder_.network_.state_dict())
             except ValueError as exc:
                 raise ValueError(f"init='sam': {exc}") from None
+        if self.freeze_trunk:
+            net.freeze_trunk()
         return net
 
     @staticmethod

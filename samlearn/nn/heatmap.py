@@ -82,6 +82,34 @@ class HeatmapNet(FeaturePyramid):
             raise ValueError(f"the SAM state's trunk weights {bad[:3]} do not fit this network's")
         self.load_state_dict(trunk, strict=False)
 
+    def freeze_trunk(self) -> None:
+        """Train the head alone: the trunk's weights stop learning and its BatchNorm statistics
+        stay as they are (the trunk stays in eval mode when :meth:`train` is called)."""
+        for name, p in self.named_parameters():
+            if name.startswith(TRUNK_PREFIXES):
+                p.requires_grad_(False)
+        self.trunk_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        """Set train / eval mode; a frozen trunk stays in eval mode.
+
+        Parameters
+        ----------
+        mode : bool, default True
+            Train mode when True.
+
+        Returns
+        -------
+        HeatmapNet
+            This network.
+        """
+        super().train(mode)
+        if getattr(self, "trunk_frozen", False):
+            for module in (self.stem, self.stages, self.lateral):
+                module.eval()
+        return self
+
     def forward(self, x: torch.Tensor, pad_value: float | None = None) -> torch.Tensor:
         """Heatmap logits of a batch.
 

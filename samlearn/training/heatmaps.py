@@ -50,6 +50,11 @@ class HeatmapTraining:
         all 0 switches the geometric augmentation off.
     intensity : float
         Intensity jitter: gain in ``1 +- intensity``, offset ``+- intensity`` standard deviations.
+    invert : float
+        Probability of inverting a sample's contrast (``max + min - x``).
+    gamma : float
+        Gamma curve ``exp(U(-gamma, gamma))`` on each sample's intensities rescaled to [0, 1]
+        (0: off).
     """
 
     max_iter: int = 2000
@@ -61,6 +66,8 @@ class HeatmapTraining:
     scale: float = 0.1
     shift: float = 0.05
     intensity: float = 0.1
+    invert: float = 0.0
+    gamma: float = 0.0
 
 
 def input_to_heatmap_index(index, stride):
@@ -178,6 +185,22 @@ def _jitter(x: torch.Tensor, rng: np.random.Generator, amount: float) -> torch.T
     return x * gain + off * sd
 
 
+def _contrast(x: torch.Tensor, rng: np.random.Generator, invert: float, gamma: float) -> torch.Tensor:
+    """Per-sample gamma curve and contrast inversion, the intensity range of each sample kept."""
+    n = x.shape[0]
+    dims = tuple(range(1, x.dim()))
+    view = (-1,) + (1,) * (x.dim() - 1)
+    lo, hi = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    u = (x - lo) / (hi - lo).clamp_min(1e-6)
+    if gamma > 0:
+        g = torch.as_tensor(np.exp(rng.uniform(-gamma, gamma, n)), dtype=x.dtype, device=x.device).view(view)
+        u = u.clamp_min(0) ** g
+    if invert > 0:
+        flip = torch.as_tensor(rng.random(n) < invert, device=x.device).view(view)
+        u = torch.where(flip, 1 - u, u)
+    return lo + u * (hi - lo)
+
+
 def train_heatmap_net(net, arrays, points, weights, settings: HeatmapTraining, *, rng, device="cpu",
                       progress=None, stop_time: float | None = None) -> dict:
     """Fit ``net`` to landmark positions on working images.
@@ -213,7 +236,7 @@ def train_heatmap_net(net, arrays, points, weights, settings: HeatmapTraining, *
     p_all = torch.as_tensor(points, dtype=torch.float32)
     w_all = torch.as_tensor(weights, dtype=torch.float32)
     heat_shape = net.output_sizes(arrays.shape[1:])[1]
-    opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=settings.lr, weight_decay=1e-4)
     geometric = settings.rotation_deg > 0 or settings.scale > 0 or settings.shift > 0
     t0 = time.perf_counter()
     deadline = t0 + settings.max_time if settings.max_time is not None else math.inf
@@ -226,6 +249,8 @@ def train_heatmap_net(net, arrays, points, weights, settings: HeatmapTraining, *
         x, p, w = (t[idx].to(device) for t in (x_all, p_all, w_all))
         if geometric:
             x, p = warp_batch(x, p, *random_affines(rng, len(idx), arrays.shape[1:], settings))
+        if settings.invert > 0 or settings.gamma > 0:
+            x = _contrast(x, rng, settings.invert, settings.gamma)
         if settings.intensity > 0:
             x = _jitter(x, rng, settings.intensity)
         hp = input_to_heatmap_index(p, stride)
