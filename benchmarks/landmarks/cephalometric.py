@@ -237,11 +237,12 @@ def samlearn_predictor(embedder, **detector_params) -> Predictor:
     return predict
 
 
-def self_trained_predictor(path) -> Predictor:
-    """A saved ``SelfTrainedLandmarkDetector``: it predicts the queries alone (it was fitted with
-    its own template and pseudo-labels); the protocol's template is ignored."""
+def self_trained_predictor(path, **params) -> Predictor:
+    """A saved ``SelfTrainedLandmarkDetector`` (``params`` set on it, e.g. ``shape_check=False``):
+    it predicts the queries alone (it was fitted with its own template and pseudo-labels); the
+    protocol's template is ignored."""
     from samlearn import SelfTrainedLandmarkDetector
-    det = SelfTrainedLandmarkDetector.load(path)
+    det = SelfTrainedLandmarkDetector.load(path).set_params(**params)
     return lambda template, pts, queries: det.predict(list(queries))
 
 

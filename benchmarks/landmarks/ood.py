@@ -9,7 +9,7 @@ benchmarks/README.md)::
     ../venv-bench/bin/python -m benchmarks.landmarks.ood --split dev --methods ants-syn \\
         --samlearn-model benchmarks/out/dev.samlearn
     ../venv-bench/bin/python -m benchmarks.landmarks.ood --split eval --methods ants-syn \\
-        --samlearn-model benchmarks/out/ceph_samlearn.samlearn [--self-trained PATH]
+        --samlearn-model benchmarks/out/ceph_samlearn.samlearn [--self-trained NAME=PATH]
 
 Protocol (that of benchmarks/landmarks/cephalometric.py, whose helpers this script imports):
 
@@ -51,10 +51,10 @@ Protocol (that of benchmarks/landmarks/cephalometric.py, whose helpers this scri
 Rows: ``identity (template coordinates)`` (always: runs without any model); ``--methods``
 registration peers (``peer_predictor``: PNG resized by ``--scale``, template fixed, query moving);
 ``--samlearn-model PATH``: the one-shot detector of ``samlearn.load(PATH)`` with default settings
-and with ``ncc_radius_mm=32.0``; ``--self-trained PATH``: ``SelfTrainedLandmarkDetector.load(PATH)``
-predicting the queries alone (it was fitted on its own template, which must come from the split's
-training ids); ``EXTRA_ROWS``: ``(name, factory(args) -> predictor, notes)``, as in
-cephalometric.py.
+and with ``ncc_radius_mm=32.0``; ``--self-trained NAME=PATH``:
+``SelfTrainedLandmarkDetector.load(PATH)`` with and without its shape check, predicting the
+queries alone (it was fitted on its own template, which must come from the split's training
+ids); ``EXTRA_ROWS``: ``(name, factory(args) -> predictor, notes)``, as in cephalometric.py.
 
 Output: a markdown table on stdout and JSON with per-image errors of every row and variant in
 ``benchmarks/out/ood_<split>.json`` (``--out`` to change).
@@ -84,6 +84,7 @@ from benchmarks.landmarks.cephalometric import (
     peer_predictor,
     samlearn_predictor,
     self_trained_predictor,
+    self_trained_rows,
 )
 from samlearn.datasets import FULL_RESOLUTION_FACTOR, choose_template, load_cephalograms
 from samlearn.image import Image, ImageGeometry, read_image
@@ -221,9 +222,10 @@ def build_predictors(args, methods: Sequence[str]) -> list:
         for name, params in SAMLEARN_VARIANTS[:2]:  # defaults, + NCC refinement 32
             out.append((name.format(preset=emb.preset_, labels=""), samlearn_predictor(emb, **params),
                         f"{args.samlearn_model}: {emb.n_iter_} iterations"))
-    if args.self_trained is not None:
-        out.append(("self-trained detector", self_trained_predictor(args.self_trained),
-                    f"{args.self_trained} (its own template)"))
+    for name, path in self_trained_rows(args.self_trained):
+        out.append((name, self_trained_predictor(path), f"{path} (its own template)"))
+        out.append((f"{name}, no shape check", self_trained_predictor(path, shape_check=False),
+                    f"{path} (its own template), shape_check=False"))
     out += [(name, factory(args), notes) for name, factory, notes in EXTRA_ROWS]
     return out
 
@@ -281,7 +283,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="ITK threads per peer")
     ap.add_argument("--samlearn-model", default=None, help="a saved SAMEmbedder (samlearn.load)")
     ap.add_argument("--samlearn-threads", type=int, default=None, help="torch threads of the embedder")
-    ap.add_argument("--self-trained", default=None, help="a saved SelfTrainedLandmarkDetector")
+    ap.add_argument("--self-trained", action="append", default=[],
+                    help="NAME=PATH of a saved SelfTrainedLandmarkDetector (also scored without its shape check)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N queries (smoke runs)")
     ap.add_argument("--machine", default=None, help="free-text note on the machine, kept in the JSON")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/out/ood_<split>.json)")
