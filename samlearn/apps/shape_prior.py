@@ -30,22 +30,25 @@ _SCORE_QUANTILE = 0.1
 _TOL_FACTOR = 2.0
 
 
-def _loo_residuals(reference, points):
+def _loo_residuals(reference, points, usable=None):
     """Leave-one-out residuals of one image: each landmark's distance from where the affine fitted
-    (least squares) to the *other* inliers of a Huber fit puts it, and those predictions."""
+    (least squares) to the *other* usable landmarks puts it, and those predictions. ``usable``
+    (bool, (K,)): the landmarks the fits may use; default the inliers of a Huber fit."""
     k, d = reference.shape
     res, pred = np.full(k, np.nan), np.full((k, d), np.nan)
     ok = np.isfinite(points).all(axis=1)
     if ok.sum() < d + 2:
         return res, pred
-    try:
-        _, inl = fit_affine(reference[ok], points[ok], robust="huber")
-    except RegistrationError:
-        return res, pred
-    inliers = np.zeros(k, dtype=bool)
-    inliers[np.flatnonzero(ok)[inl]] = True
+    if usable is None:
+        try:
+            _, inl = fit_affine(reference[ok], points[ok], robust="huber")
+        except RegistrationError:
+            return res, pred
+        usable = np.zeros(k, dtype=bool)
+        usable[np.flatnonzero(ok)[inl]] = True
+    usable = usable & ok
     for j in range(k):
-        use = inliers.copy()
+        use = usable.copy()
         use[j] = False
         if use.sum() < d + 1:
             continue
@@ -140,6 +143,11 @@ def prior_tolerance(residuals, weights, floor_mm: float) -> np.ndarray:
 def shape_outliers(reference, points, tolerance) -> tuple:
     """Which predicted landmarks break the shape prior, and where the prior puts them.
 
+    Worst first: the landmark farthest beyond its tolerance (leave-one-out residual over
+    tolerance) is set aside, the residuals are computed again without it, and so on while one
+    exceeds its tolerance (at most half of the landmarks), so that several wrong landmarks, e.g.
+    outside a cropped field of view, do not pull the judgement of the others.
+
     Parameters
     ----------
     reference : ndarray of shape (K, ndim)
@@ -152,12 +160,23 @@ def shape_outliers(reference, points, tolerance) -> tuple:
     Returns
     -------
     outliers : ndarray of bool, shape (K,)
-        Landmarks whose leave-one-out residual exceeds their tolerance (none when no affine
-        could be fitted, e.g. fewer than ndim + 2 landmarks).
+        The landmarks set aside (none when no affine could be fitted, e.g. fewer than ndim + 2
+        landmarks).
     expected : ndarray of shape (K, ndim)
-        Where the prior puts every landmark (``points`` itself where no affine was fitted).
+        Where the affine of the other kept landmarks puts each landmark (``points`` itself where
+        none could be fitted).
     """
-    res, pred = _loo_residuals(np.asarray(reference, float), np.asarray(points, float))
-    fitted = np.isfinite(res)
-    expected = np.where(fitted[:, None], pred, points)
-    return fitted & (np.nan_to_num(res) > tolerance), expected
+    reference = np.asarray(reference, dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64)
+    k = len(points)
+    out = np.zeros(k, dtype=bool)
+    res, pred = _loo_residuals(reference, points, usable=np.ones(k, dtype=bool))
+    for _ in range(k // 2):
+        ratio = np.where(np.isfinite(res) & ~out, res / tolerance, 0.0)
+        worst = int(np.argmax(ratio))
+        if ratio[worst] <= 1.0:
+            break
+        out[worst] = True
+        res, pred = _loo_residuals(reference, points, usable=~out)
+    fitted = np.isfinite(pred).all(axis=1)
+    return out & fitted, np.where(fitted[:, None], pred, points)
