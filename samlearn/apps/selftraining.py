@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._utils.parallel import limit_threads, progress_bar
 from .._utils.validation import Interval, Options
-from ..embedding.config import network_config, resolve_device
+from ..embedding.config import loading_device, network_config, resolve_device
 from ..embedding.model_file import load_payload, save_payload, to_jsonable, untuple
 from ..embedding.preprocessing import preprocess
 from ..exceptions import ModelFileError
@@ -443,10 +443,7 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"model file '{path}' has damaged or incompatible contents "
                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
-        try:
-            device = resolve_device(est.device)
-        except ValueError:
-            device = torch.device("cpu")
+        device = loading_device(est.device)
         est.network_ = net.to(device).eval()
         est.device_ = device
         est.config_ = cfg

@@ -22,7 +22,7 @@ from ..nn.network import NetworkConfig
 from ..presets import PRESETS, get_preset, resolve_preset_name
 from ..training.distributed import rank_device
 
-__all__ = ["PRESET_KEYS", "CONFIG_CONSTRAINTS", "resolve_config", "validate_config", "network_config",
+__all__ = ["loading_device", "PRESET_KEYS", "CONFIG_CONSTRAINTS", "resolve_config", "validate_config", "network_config",
            "loss_config", "inference_config", "amp_dtype", "bf16_supported", "resolve_device"]
 
 logger = logging.getLogger(__name__)
@@ -313,3 +313,22 @@ def resolve_device(device, distributed=False) -> torch.device:
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available on this machine")
     return rank_device(d, distributed)
+
+
+def loading_device(device) -> torch.device:
+    """Where a loaded model goes: its ``device`` setting when this machine has it, else the CPU.
+
+    Parameters
+    ----------
+    device : "auto", str, torch.device or None
+        The saved ``device`` parameter.
+
+    Returns
+    -------
+    torch.device
+        :func:`resolve_device` of it, or the CPU when it names a device this machine lacks.
+    """
+    try:
+        return resolve_device(device)
+    except ValueError:
+        return torch.device("cpu")

@@ -1,10 +1,8 @@
 """Loading any samlearn model file (:func:`samlearn.load`)."""
 from __future__ import annotations
 
-import torch
-
 from ..exceptions import ModelFileError
-from .config import resolve_device
+from .config import loading_device
 from .estimator import SAMEmbedder
 from .model_file import load_payload, network_from_state, read_embedder_meta
 
@@ -59,10 +57,7 @@ def embedder_from_payload(meta: dict, tensors: dict, source=None) -> SAMEmbedder
     params, fitted, net_cfg = read_embedder_meta(meta, SAMEmbedder._get_param_names(), source)
     net = network_from_state(net_cfg, tensors, f"model file {source!r}")
     est = SAMEmbedder(**params)
-    try:
-        device = resolve_device(est.device)
-    except ValueError:
-        device = torch.device("cpu")
+    device = loading_device(est.device)
     est.network_ = net.to(device).eval()
     est.device_ = device
     for name, value in fitted.items():
