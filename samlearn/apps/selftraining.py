@@ -244,8 +244,7 @@ class SelfTrainedLandmarkDetector(FrozenComponentMixin, BaseEstimator):
         if bad:
             raise ValueError(f"images {bad[:5]} are not {ndim}D like the detector's templates")
         cfg = self._config(det.embedder_, ndim)
-        rng = np.random.default_rng(self.random_state) if not isinstance(self.random_state, np.random.Generator) \
-            else self.random_state
+        rng = np.random.default_rng(self.random_state)  # a Generator passes through unchanged
         device = resolve_device(self.device)
         deadline = t_start + self.max_time if self.max_time is not None else None
         with limit_threads(self.n_threads):

@@ -142,6 +142,15 @@ def _grid(shape, device) -> list:
     return out
 
 
+def _squared_distance(grid, centers: torch.Tensor) -> torch.Tensor:
+    """``(n, K, *size)`` squared distances (voxels) of every voxel to ``centers`` ``(n, K, ndim)``."""
+    n, k, nd = centers.shape
+    d2 = 0.0
+    for a, g in enumerate(grid):
+        d2 = d2 + (g[None, None] - centers[..., a].reshape(n, k, *([1] * nd))) ** 2
+    return d2
+
+
 def heatmap_loss(logits: torch.Tensor, points: torch.Tensor, weights: torch.Tensor, sigma: float) -> torch.Tensor:
     """Weighted cross-entropy of the spatial softmax against Gaussian targets.
 
@@ -163,10 +172,7 @@ def heatmap_loss(logits: torch.Tensor, points: torch.Tensor, weights: torch.Tens
     """
     n, k = logits.shape[:2]
     spatial = logits.shape[2:]
-    grid = _grid(spatial, logits.device)
-    d2 = 0.0
-    for a, g in enumerate(grid):
-        d2 = d2 + (g[None, None] - points[..., a].reshape(n, k, *([1] * len(spatial)))) ** 2
+    d2 = _squared_distance(_grid(spatial, logits.device), points)
     target = torch.softmax((-0.5 * d2 / sigma ** 2).reshape(n, k, -1), dim=-1)
     logp = torch.log_softmax(logits.float().reshape(n, k, -1), dim=-1)
     ce = -(target * logp).sum(-1)
@@ -204,10 +210,7 @@ def decode_heatmaps(logits: torch.Tensor, *, radius: int = 2, centers: torch.Ten
     grid = _grid(spatial, logits.device)
     search = prob
     if centers is not None:
-        d2 = 0.0
-        for a, g in enumerate(grid):
-            d2 = d2 + (g[None, None] - centers[..., a].reshape(n, k, *([1] * nd))) ** 2
-        allowed = d2 <= (max_distance.reshape(n, k, *([1] * nd)) ** 2)
+        allowed = _squared_distance(grid, centers) <= (max_distance.reshape(n, k, *([1] * nd)) ** 2)
         search = torch.where(allowed, prob, torch.full_like(prob, -1.0))
     flat = search.reshape(n, k, -1).argmax(-1)
     peak = torch.stack(torch.unravel_index(flat, spatial), dim=-1).float()  # (n, K, nd)
